@@ -1,0 +1,55 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need from
+# Debian packages (idempotently, non-interactively) and build what they need.
+#
+#   make deps    install the Debian packages below (only the missing ones)
+#   make build   configure + build (Release, Ninja, ccache when present)
+#   make test    build and run the whole test suite (ctest)
+#   make demo    build and run the Fashion-MNIST demo
+#
+# Variables: BUILD (build folder, default build), JOBS (parallel compile jobs, default 2: each
+# LibTorch translation unit takes up to 1.4 GB), CMAKE_ARGS (extra cmake arguments, e.g.
+# -DCMAKE_PREFIX_PATH=... to build against another LibTorch).
+
+BUILD ?= build
+JOBS ?= 2
+CMAKE_ARGS ?=
+
+# libopenblas0-pthread: libtorch only *recommends* a BLAS; without OpenBLAS fp32 GEMM falls back to
+# the reference BLAS, ~25x slower. dataset-fashion-mnist: the demo's data.
+PACKAGES := g++ cmake ninja-build ccache libtorch-dev libopenblas0-pthread googletest libgtest-dev \
+            libgmock-dev zlib1g-dev dataset-fashion-mnist
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Threads: OpenMP workers must not spin after a parallel region and steal the cores from
+# OpenBLAS's own threads (see docs/PLATFORM.md of the shared docs).
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: deps configure build test demo clean
+
+deps:
+	@missing=$$(for p in $(PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	  echo "make deps: all packages present"; \
+	fi
+
+configure: deps
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j 2
+
+demo: build
+	$(BUILD)/examples/fashion_mnist_demo
+
+clean:
+	rm -rf $(BUILD)

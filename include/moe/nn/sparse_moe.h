@@ -1,0 +1,36 @@
+// moe::nn::SparseMoE: a router (softmax top-k, Switch or Shazeer noisy top-k) and an expert bank
+// behind the engine's RoutingPlan (DESIGN.md §1, §3).
+//
+// Parameters: router.weight [E, d], router.noise_weight [E, d] (noisy), router.bias [E] (optional),
+//             experts.w1 [E, d, h], experts.w2 [E, h, d], experts.w3 [E, d, h] (gated units),
+//             experts.b1 [E, h], experts.b2 [E, d] (optional).
+#pragma once
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include "moe/experts.h"
+#include "moe/nn/sparse_moe_options.h"
+#include "moe/router.h"
+#include "moe/stats.h"
+
+namespace moe::nn {
+
+class SparseMoEImpl : public torch::nn::Cloneable<SparseMoEImpl> {
+ public:
+  explicit SparseMoEImpl(SparseMoEOptions options);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  /// x: [..., d_model] (any leading dims; float32, float64 or bfloat16 matching the experts).
+  MoEOutput forward(const torch::Tensor& x);
+
+  SparseMoEOptions options;
+  TopKRouter router = nullptr;
+  ExpertBank experts = nullptr;
+};
+TORCH_MODULE(SparseMoE);
+
+}  // namespace moe::nn

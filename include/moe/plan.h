@@ -1,0 +1,52 @@
+// RoutingPlan: the one data structure between routing and expert compute (DESIGN.md §1).
+//
+// A router fills K slots per token (slot s of token t has flat id t*K + s); each slot names an expert
+// or is unused (-1: not chosen, dropped by capacity, or a skipped token). The plan lists the used
+// slots as (token, expert) pairs in expert-major CSR order, plus the token-major inverse that the
+// combine and the backward pass need. A variable number of experts per token is just a ragged plan.
+// Nothing of size T·E·capacity is ever allocated.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+
+namespace moe {
+
+struct RoutingPlan {
+  int64_t num_tokens = 0;       ///< T
+  int64_t num_experts = 0;      ///< E
+  int64_t slots_per_token = 0;  ///< K: router slots per token (the width of expert_index)
+
+  // Expert-major view (P = number of pairs). Pairs of one expert are ordered by slot id, hence by token.
+  torch::Tensor expert_offsets;  ///< [E+1] int64: pairs of expert e are [offsets[e], offsets[e+1])
+  torch::Tensor token_index;     ///< [P] int64: token of each pair
+  torch::Tensor pair_slot;       ///< [P] int64: flat slot id (t*K + s) each pair came from
+
+  // Token-major view: the pairs of token t, in slot order, are token_pairs[token_offsets[t] ..
+  // token_offsets[t+1]).
+  torch::Tensor token_offsets;  ///< [T+1] int64
+  torch::Tensor token_pairs;    ///< [P] int64: pair positions (indices into the expert-major view)
+
+  int64_t num_pairs() const { return token_index.defined() ? token_index.size(0) : 0; }
+  /// Pairs per expert, [E] int64.
+  torch::Tensor tokens_per_expert() const;
+  /// Pairs per token, [T] int64.
+  torch::Tensor experts_per_token() const;
+};
+
+/// Builds a plan from a router's slot table by counting sort (O(T·K + E)).
+/// expert_index: [T, K] int64 with values in [0, E) or -1 for an unused slot (CPU tensor).
+/// Rejects ids out of range, with the offending value in the message.
+RoutingPlan build_routing_plan(const torch::Tensor& expert_index, int64_t num_experts);
+
+/// The combine weight of every pair in plan order, [P], differentiable w.r.t. gate.
+/// gate: [T, K] (same slot layout as the expert_index the plan was built from).
+torch::Tensor pair_weights(const RoutingPlan& plan, const torch::Tensor& gate);
+
+/// Checks every invariant of a plan (sizes, dtypes, offsets monotone, indices in range, the two views
+/// inverse to each other). Throws c10::Error naming the broken field. For plans built outside
+/// build_routing_plan.
+void validate_routing_plan(const RoutingPlan& plan);
+
+}  // namespace moe

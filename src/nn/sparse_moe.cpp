@@ -1,0 +1,79 @@
+// moe::nn::SparseMoE: router → RoutingPlan → expert bank (include/moe/nn/sparse_moe.h).
+#include "moe/nn/sparse_moe.h"
+
+#include <ATen/ATen.h>
+
+#include <ostream>
+
+#include "moe/plan.h"
+#include "nn/common.h"
+
+namespace moe::nn {
+
+RouterOptions SparseMoEOptions::router_options() const {
+  return RouterOptions(d_model(), num_experts())
+      .kind(router())
+      .top_k(top_k())
+      .normalize_top_k(normalize_top_k())
+      .bias(router_bias())
+      .noise_epsilon(noise_epsilon())
+      .jitter(jitter())
+      .capacity_factor(capacity_factor())
+      .min_capacity(min_capacity())
+      .importance_coef(importance_coef())
+      .load_coef(load_coef())
+      .balance_coef(balance_coef())
+      .z_loss_coef(z_loss_coef())
+      .aux_loss_in_eval(aux_loss_in_eval())
+      .non_finite(non_finite())
+      .zero_init(router_zero_init())
+      .router_init_std(router_init_std())
+      .name("SparseMoE");
+}
+
+ExpertBankOptions SparseMoEOptions::expert_options() const {
+  return ExpertBankOptions(num_experts(), d_model(), hidden_size())
+      .activation(activation())
+      .bias(expert_bias())
+      .init(expert_init())
+      .init_std(expert_init_std());
+}
+
+SparseMoEImpl::SparseMoEImpl(SparseMoEOptions options_) : options(std::move(options_)) {
+  check_router_options(options.router_options(), "SparseMoE");
+  reset();
+}
+
+void SparseMoEImpl::reset() {
+  router = register_module("router", TopKRouter(options.router_options()));
+  experts = register_module("experts", ExpertBank(options.expert_options()));
+}
+
+void SparseMoEImpl::reset_parameters() {
+  router->reset_parameters();
+  experts->reset_parameters();
+}
+
+void SparseMoEImpl::pretty_print(std::ostream& stream) const {
+  stream << "moe::nn::SparseMoE(d_model=" << options.d_model()
+         << ", num_experts=" << options.num_experts() << ", hidden_size=" << options.hidden_size()
+         << ", top_k=" << options.top_k() << ", router=" << to_string(options.router())
+         << ", activation=" << to_string(options.activation())
+         << ", capacity_factor=" << options.capacity_factor() << ")";
+}
+
+MoEOutput SparseMoEImpl::forward(const torch::Tensor& x) {
+  const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, "SparseMoE");
+  RouterOutput r = router->route(xf);
+  const RoutingPlan plan = build_routing_plan(r.expert_index, options.num_experts());
+  const auto w = pair_weights(plan, r.gate).to(xf.scalar_type());
+
+  MoEOutput out;
+  out.output = experts->forward(xf, plan, w).view(x.sizes());
+  out.aux_loss = r.aux_loss;
+  out.stats = detail::make_stats(plan, r.importance, r.load, r.assigned, r.dropped, r.skipped_tokens);
+  out.routing = {r.expert_index, r.gate.detach()};
+  return out;
+}
+
+}  // namespace moe::nn

@@ -1,0 +1,59 @@
+#include "support/test_util.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cstring>
+#include <sstream>
+
+namespace moe::testing {
+
+::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected,
+                                     double rtol, double atol) {
+  if (actual.sizes() != expected.sizes()) {
+    std::ostringstream s;
+    s << "shape mismatch: " << actual.sizes() << " vs " << expected.sizes();
+    return ::testing::AssertionFailure() << s.str();
+  }
+  const auto a = actual.detach().to(at::kDouble).to(at::kCPU);
+  const auto b = expected.detach().to(at::kDouble).to(at::kCPU);
+  if (a.numel() == 0) return ::testing::AssertionSuccess();
+  if (!at::isfinite(a).all().item<bool>() || !at::isfinite(b).all().item<bool>()) {
+    return ::testing::AssertionFailure() << "non-finite values";
+  }
+  const auto diff = (a - b).abs();
+  const auto bad = diff > (atol + rtol * b.abs());
+  if (bad.any().item<bool>()) {
+    std::ostringstream s;
+    s << bad.sum().item<int64_t>() << " of " << a.numel() << " elements differ; max |diff| = "
+      << diff.max().item<double>() << " (rtol " << rtol << ", atol " << atol << ")";
+    return ::testing::AssertionFailure() << s.str();
+  }
+  return ::testing::AssertionSuccess();
+}
+
+bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) return false;
+  const auto ac = a.detach().contiguous().to(at::kCPU), bc = b.detach().contiguous().to(at::kCPU);
+  return std::memcmp(ac.data_ptr(), bc.data_ptr(), ac.nbytes()) == 0;
+}
+
+::testing::AssertionResult throws_with(const std::function<void()>& f,
+                                       const std::vector<std::string>& parts) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    for (const auto& p : parts) {
+      if (msg.find(p) == std::string::npos) {
+        return ::testing::AssertionFailure() << "message lacks '" << p << "': " << msg;
+      }
+    }
+    return ::testing::AssertionSuccess();
+  } catch (const std::exception& e) {
+    return ::testing::AssertionFailure() << "threw a non-c10 exception: " << e.what();
+  }
+  return ::testing::AssertionFailure() << "did not throw";
+}
+
+}  // namespace moe::testing

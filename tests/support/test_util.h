@@ -1,0 +1,26 @@
+// Small helpers shared by the tests.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <torch/types.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace moe::testing {
+
+/// Max |a - b| and whether every element satisfies |a - b| <= atol + rtol·|b|. Compared in float64.
+::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected,
+                                     double rtol, double atol);
+
+/// True iff the two tensors are bitwise equal (same shape, dtype and bytes).
+bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b);
+
+/// Runs f and expects a c10::Error (or subclass) whose message contains every one of `parts`.
+::testing::AssertionResult throws_with(const std::function<void()>& f,
+                                       const std::vector<std::string>& parts);
+
+}  // namespace moe::testing
+
+#define EXPECT_CLOSE(a, b, rtol, atol) EXPECT_TRUE(::moe::testing::all_close((a), (b), (rtol), (atol)))
