@@ -3,9 +3,11 @@
 // compute. Prints progress, test accuracy and each expert's share of the tokens.
 //
 //   make demo                       # builds and runs this with the defaults below
-//   build/examples/fashion_mnist_demo [--epochs N] [--experts E] [--top-k K] [--threads N] [--data DIR]
+//   build/examples/fashion_mnist_demo [--epochs N] [--experts E] [--top-k K] [--threads N] [--data
+//   DIR]
 //
-// Data: the Debian package dataset-fashion-mnist (gzipped IDX files in /usr/share/datasets/fashion-mnist).
+// Data: the Debian package dataset-fashion-mnist (gzipped IDX files in
+// /usr/share/datasets/fashion-mnist).
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -25,7 +27,7 @@ namespace {
 
 struct Config {
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
-  int64_t epochs = 4;
+  int64_t epochs = 8;
   int64_t batch = 128;
   int64_t width = 128;   // d_model of the MoE block
   int64_t experts = 8;   // E
@@ -48,9 +50,10 @@ uint32_t read_be32(gzFile f, const std::string& path) {
 torch::Tensor read_idx(const std::string& path, uint32_t magic, int64_t expect_count) {
   gzFile f = gzopen(path.c_str(), "rb");
   if (!f) {
-    throw std::runtime_error("cannot open " + path +
-                             "\n  Fashion-MNIST comes from the Debian package dataset-fashion-mnist: run "
-                             "`make deps`, or pass --data DIR with the four *-ubyte.gz files");
+    throw std::runtime_error(
+        "cannot open " + path +
+        "\n  Fashion-MNIST comes from the Debian package dataset-fashion-mnist: run "
+        "`make deps`, or pass --data DIR with the four *-ubyte.gz files");
   }
   std::vector<int64_t> shape;
   try {
@@ -59,8 +62,8 @@ torch::Tensor read_idx(const std::string& path, uint32_t magic, int64_t expect_c
     shape.push_back(read_be32(f, path));
     for (uint32_t i = 1; i < (magic & 0xff); ++i) shape.push_back(read_be32(f, path));
     if (shape[0] != expect_count)
-      throw std::runtime_error(path + ": expected " + std::to_string(expect_count) + " items, got " +
-                               std::to_string(shape[0]));
+      throw std::runtime_error(path + ": expected " + std::to_string(expect_count) +
+                               " items, got " + std::to_string(shape[0]));
     auto t = torch::empty(shape, torch::kUInt8);
     const auto n = static_cast<unsigned>(t.numel());
     if (gzread(f, t.data_ptr<uint8_t>(), n) != static_cast<int>(n))
@@ -94,14 +97,15 @@ struct ClassifierImpl : torch::nn::Module {
     out = register_module("out", torch::nn::Linear(c.width, 10));
     if (sparse) {
       moe = register_module("moe", moe::nn::SparseMoE(moe::nn::SparseMoEOptions(c.width, c.experts)
-                                                           .hidden_size(c.hidden)
-                                                           .top_k(c.top_k)
-                                                           .router(moe::RouterKind::kNoisyTopK)
-                                                           .activation(moe::Activation::kReLU)));
+                                                          .hidden_size(c.hidden)
+                                                          .top_k(c.top_k)
+                                                          .router(moe::RouterKind::kNoisyTopK)
+                                                          .activation(moe::Activation::kReLU)));
     } else {
-      dense = register_module("dense", torch::nn::Sequential(torch::nn::Linear(c.width, c.top_k * c.hidden),
-                                                              torch::nn::ReLU(),
-                                                              torch::nn::Linear(c.top_k * c.hidden, c.width)));
+      dense = register_module(
+          "dense",
+          torch::nn::Sequential(torch::nn::Linear(c.width, c.top_k * c.hidden), torch::nn::ReLU(),
+                                torch::nn::Linear(c.top_k * c.hidden, c.width)));
     }
   }
   // Returns logits; adds the MoE's aux loss and token counts when present.
@@ -126,8 +130,8 @@ TORCH_MODULE(Classifier);
 // ---- progress ---------------------------------------------------------------------------------
 
 // One line redrawn in place on a terminal; plain lines at each epoch end otherwise.
-void progress(const char* name, int64_t epoch, int64_t epochs, int64_t step, int64_t steps, double loss,
-              double elapsed) {
+void progress(const char* name, int64_t epoch, int64_t epochs, int64_t step, int64_t steps,
+              double loss, double elapsed) {
   if (!isatty(STDOUT_FILENO)) return;
   const int width = 30;
   const int fill = static_cast<int>(width * (step + 1) / steps);
@@ -145,7 +149,8 @@ struct Result {
   torch::Tensor tokens;  // [E] test-set tokens per expert (MoE only)
 };
 
-Result train_and_test(const char* name, bool sparse, const Config& c, const Split& train, const Split& test) {
+Result train_and_test(const char* name, bool sparse, const Config& c, const Split& train,
+                      const Split& test) {
   torch::manual_seed(c.seed);
   Classifier model(c, sparse);
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(c.lr));
@@ -169,11 +174,13 @@ Result train_and_test(const char* name, bool sparse, const Config& c, const Spli
       loss.backward();
       opt.step();
       loss_sum += ce;
-      if (s % 10 == 0 || s + 1 == steps) progress(name, epoch, c.epochs, s, steps, loss_sum / (s + 1), seconds());
+      if (s % 10 == 0 || s + 1 == steps)
+        progress(name, epoch, c.epochs, s, steps, loss_sum / (s + 1), seconds());
     }
     if (isatty(STDOUT_FILENO)) std::printf("\n");
-    std::printf("  %-6s epoch %lld/%lld  train loss %.4f  (%.1f s)\n", name, static_cast<long long>(epoch + 1),
-                static_cast<long long>(c.epochs), loss_sum / steps, seconds());
+    std::printf("  %-6s epoch %lld/%lld  train loss %.4f  (%.1f s)\n", name,
+                static_cast<long long>(epoch + 1), static_cast<long long>(c.epochs),
+                loss_sum / steps, seconds());
     std::fflush(stdout);
   }
   Result r;
@@ -200,15 +207,23 @@ Config parse(int argc, char** argv) {
       if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
       return argv[++i];
     };
-    if (a == "--data") c.data_dir = next();
-    else if (a == "--epochs") c.epochs = std::stoll(next());
-    else if (a == "--experts") c.experts = std::stoll(next());
-    else if (a == "--top-k") c.top_k = std::stoll(next());
-    else if (a == "--threads") c.threads = std::stoi(next());
-    else if (a == "--seed") c.seed = std::stoull(next());
+    if (a == "--data")
+      c.data_dir = next();
+    else if (a == "--epochs")
+      c.epochs = std::stoll(next());
+    else if (a == "--experts")
+      c.experts = std::stoll(next());
+    else if (a == "--top-k")
+      c.top_k = std::stoll(next());
+    else if (a == "--threads")
+      c.threads = std::stoi(next());
+    else if (a == "--seed")
+      c.seed = std::stoull(next());
     else if (a == "--help" || a == "-h") {
-      std::printf("usage: fashion_mnist_demo [--epochs N] [--experts E] [--top-k K] [--threads N] [--seed S] "
-                  "[--data DIR]\n");
+      std::printf(
+          "usage: fashion_mnist_demo [--epochs N] [--experts E] [--top-k K] [--threads N] [--seed "
+          "S] "
+          "[--data DIR]\n");
       std::exit(0);
     } else {
       throw std::invalid_argument("unknown argument '" + a + "' (see --help)");
@@ -224,31 +239,37 @@ Config parse(int argc, char** argv) {
 int main(int argc, char** argv) {
   try {
     Config c = parse(argc, argv);
-    if (const char* env = std::getenv("MOE_NUM_THREADS"); env && c.threads == 0) c.threads = std::atoi(env);
+    if (const char* env = std::getenv("MOE_NUM_THREADS"); env && c.threads == 0)
+      c.threads = std::atoi(env);
     // libtorch 1.13 defaults to half the cores; use them all unless told otherwise.
-    at::set_num_threads(c.threads > 0 ? c.threads : static_cast<int>(std::thread::hardware_concurrency()));
+    at::set_num_threads(c.threads > 0 ? c.threads
+                                      : static_cast<int>(std::thread::hardware_concurrency()));
 
-    std::printf("moe demo: Fashion-MNIST, MoE MLP vs dense MLP of equal active compute (%d threads)\n",
-                at::get_num_threads());
+    std::printf(
+        "moe demo: Fashion-MNIST, MoE MLP vs dense MLP of equal active compute (%d threads)\n",
+        at::get_num_threads());
     const auto train = load_split(c.data_dir, "train", 60000);
     const auto test = load_split(c.data_dir, "t10k", 10000);
-    std::printf("data: %lld train / %lld test images from %s\n", static_cast<long long>(train.x.size(0)),
-                static_cast<long long>(test.x.size(0)), c.data_dir.c_str());
-    std::printf("MoE: d=%lld, %lld experts of hidden %lld, noisy top-%lld (Shazeer 2017), importance+load "
-                "losses 1e-2\n",
-                static_cast<long long>(c.width), static_cast<long long>(c.experts),
-                static_cast<long long>(c.hidden), static_cast<long long>(c.top_k));
-    std::printf("dense: d=%lld, one FFN of hidden %lld (= k·h: the same active FLOPs per token)\n\n",
-                static_cast<long long>(c.width), static_cast<long long>(c.top_k * c.hidden));
+    std::printf("data: %lld train / %lld test images from %s\n",
+                static_cast<long long>(train.x.size(0)), static_cast<long long>(test.x.size(0)),
+                c.data_dir.c_str());
+    std::printf(
+        "MoE: d=%lld, %lld experts of hidden %lld, noisy top-%lld (Shazeer 2017), importance+load "
+        "losses 1e-2\n",
+        static_cast<long long>(c.width), static_cast<long long>(c.experts),
+        static_cast<long long>(c.hidden), static_cast<long long>(c.top_k));
+    std::printf(
+        "dense: d=%lld, one FFN of hidden %lld (= k·h: the same active FLOPs per token)\n\n",
+        static_cast<long long>(c.width), static_cast<long long>(c.top_k * c.hidden));
 
     const Result m = train_and_test("moe", true, c, train, test);
     const Result d = train_and_test("dense", false, c, train, test);
 
     std::printf("\n%-6s  %9s  %10s  %8s\n", "model", "test acc", "parameters", "time");
-    std::printf("%-6s  %8.2f%%  %10lld  %7.1fs\n", "moe", 100 * m.accuracy, static_cast<long long>(m.params),
-                m.seconds);
-    std::printf("%-6s  %8.2f%%  %10lld  %7.1fs\n", "dense", 100 * d.accuracy, static_cast<long long>(d.params),
-                d.seconds);
+    std::printf("%-6s  %8.2f%%  %10lld  %7.1fs\n", "moe", 100 * m.accuracy,
+                static_cast<long long>(m.params), m.seconds);
+    std::printf("%-6s  %8.2f%%  %10lld  %7.1fs\n", "dense", 100 * d.accuracy,
+                static_cast<long long>(d.params), d.seconds);
 
     const auto share = m.tokens.to(torch::kDouble) / m.tokens.sum().item<double>();
     const double mean = 1.0 / c.experts;
@@ -256,7 +277,8 @@ int main(int argc, char** argv) {
     for (int64_t e = 0; e < c.experts; ++e) {
       const double s = share[e].item<double>();
       const int bar = static_cast<int>(s * 200);
-      std::printf("  expert %2lld  %5.1f%%  %.*s\n", static_cast<long long>(e), 100 * s, std::min(bar, 60),
+      std::printf("  expert %2lld  %5.1f%%  %.*s\n", static_cast<long long>(e), 100 * s,
+                  std::min(bar, 60),
                   "############################################################");
     }
     const double max_ratio = share.max().item<double>() / mean;

@@ -20,16 +20,16 @@ std::tuple<torch::Tensor, torch::Tensor> topk_lowest_index(const torch::Tensor& 
 struct TopKGate {
   torch::Tensor expert_index;  ///< [T, k] int64
   torch::Tensor gate;          ///< [T, k] combine weights (differentiable)
-  torch::Tensor in_top_k;      ///< [T, E] P(x, e) (noisy, k < E) or the 0/1 indicator of e being chosen
-  torch::Tensor load;          ///< [E] Σ over valid tokens of in_top_k (Shazeer Eq. 10, or counts)
-  torch::Tensor probs;         ///< [T, E] softmax of the clean logits (softmax gates only; else undefined)
+  torch::Tensor in_top_k;  ///< [T, E] P(x, e) (noisy, k < E) or the 0/1 indicator of e being chosen
+  torch::Tensor load;      ///< [E] Σ over valid tokens of in_top_k (Shazeer Eq. 10, or counts)
+  torch::Tensor probs;  ///< [T, E] softmax of the clean logits (softmax gates only; else undefined)
 };
 
 /// Both gating functions take an optional `valid` [T] bool mask: invalid tokens get no expert
 /// (slots -1, gate 0) and are left out of the load.
 
-/// Softmax top-k (§5.1, §5.2): p = softmax(logits); keep the k largest; gate = p of the kept experts,
-/// renormalised over them when `normalize` (Mixtral/GShard), raw otherwise (Switch).
+/// Softmax top-k (§5.1, §5.2): p = softmax(logits); keep the k largest; gate = p of the kept
+/// experts, renormalised over them when `normalize` (Mixtral/GShard), raw otherwise (Switch).
 TopKGate softmax_top_k_gating(const torch::Tensor& logits, int64_t k, bool normalize,
                               const torch::Tensor& valid = {});
 
@@ -52,8 +52,8 @@ torch::Tensor assignment_counts(const torch::Tensor& expert_index, int64_t num_e
 torch::Tensor importance(const torch::Tensor& expert_index, const torch::Tensor& gate,
                          int64_t num_experts);
 
-/// Expert capacity for T tokens with k slots each: max(min_capacity, ceil(T·k/E · capacity_factor)).
-/// Rejects capacities above 2^31 rows.
+/// Expert capacity for T tokens with k slots each: max(min_capacity, ceil(T·k/E ·
+/// capacity_factor)). Rejects capacities above 2^31 rows.
 int64_t expert_capacity(int64_t num_tokens, int64_t k, int64_t num_experts, double capacity_factor,
                         int64_t min_capacity);
 

@@ -10,8 +10,8 @@ namespace moe {
 torch::Tensor cv_squared(const torch::Tensor& v);
 
 /// Switch / GShard balance loss E · Σ_e f_e · P_e (§5.1), where f_e is the fraction of the T tokens
-/// that chose e (over all router slots, so Σ f = k: balanced routing with uniform probabilities gives
-/// exactly k) and P_e the mean router probability. expert_index: the router's choices before
+/// that chose e (over all router slots, so Σ f = k: balanced routing with uniform probabilities
+/// gives exactly k) and P_e the mean router probability. expert_index: the router's choices before
 /// capacity, [T, K]; probs: [T, E]. T = 0 gives 0.
 torch::Tensor balance_loss(const torch::Tensor& probs, const torch::Tensor& expert_index);
 

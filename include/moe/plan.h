@@ -1,10 +1,10 @@
 // RoutingPlan: the one data structure between routing and expert compute (DESIGN.md §1).
 //
-// A router fills K slots per token (slot s of token t has flat id t*K + s); each slot names an expert
-// or is unused (-1: not chosen, dropped by capacity, or a skipped token). The plan lists the used
-// slots as (token, expert) pairs in expert-major CSR order, plus the token-major inverse that the
-// combine and the backward pass need. A variable number of experts per token is just a ragged plan.
-// Nothing of size T·E·capacity is ever allocated.
+// A router fills K slots per token (slot s of token t has flat id t*K + s); each slot names an
+// expert or is unused (-1: not chosen, dropped by capacity, or a skipped token). The plan lists the
+// used slots as (token, expert) pairs in expert-major CSR order, plus the token-major inverse that
+// the combine and the backward pass need. A variable number of experts per token is just a ragged
+// plan. Nothing of size T·E·capacity is ever allocated.
 #pragma once
 
 #include <torch/types.h>
@@ -18,7 +18,8 @@ struct RoutingPlan {
   int64_t num_experts = 0;      ///< E
   int64_t slots_per_token = 0;  ///< K: router slots per token (the width of expert_index)
 
-  // Expert-major view (P = number of pairs). Pairs of one expert are ordered by slot id, hence by token.
+  // Expert-major view (P = number of pairs). Pairs of one expert are ordered by slot id, hence by
+  // token.
   torch::Tensor expert_offsets;  ///< [E+1] int64: pairs of expert e are [offsets[e], offsets[e+1])
   torch::Tensor token_index;     ///< [P] int64: token of each pair
   torch::Tensor pair_slot;       ///< [P] int64: flat slot id (t*K + s) each pair came from
@@ -44,8 +45,8 @@ RoutingPlan build_routing_plan(const torch::Tensor& expert_index, int64_t num_ex
 /// gate: [T, K] (same slot layout as the expert_index the plan was built from).
 torch::Tensor pair_weights(const RoutingPlan& plan, const torch::Tensor& gate);
 
-/// Checks every invariant of a plan (sizes, dtypes, offsets monotone, indices in range, the two views
-/// inverse to each other). Throws c10::Error naming the broken field. For plans built outside
+/// Checks every invariant of a plan (sizes, dtypes, offsets monotone, indices in range, the two
+/// views inverse to each other). Throws c10::Error naming the broken field. For plans built outside
 /// build_routing_plan.
 void validate_routing_plan(const RoutingPlan& plan);
 

@@ -49,7 +49,8 @@ class TopKRouterImpl : public torch::nn::Cloneable<TopKRouterImpl>, public Route
 };
 TORCH_MODULE(TopKRouter);
 
-/// The dtype routers compute in for input dtype `t`: float64 stays float64, everything else float32.
+/// The dtype routers compute in for input dtype `t`: float64 stays float64, everything else
+/// float32.
 c10::ScalarType router_dtype(c10::ScalarType t);
 
 }  // namespace moe

@@ -11,13 +11,15 @@
 
 namespace moe {
 
-/// Example: TopKRouter r(RouterOptions(/*d_model=*/512, /*num_experts=*/16).kind(RouterKind::kNoisyTopK).top_k(4));
+/// Example: TopKRouter r(RouterOptions(/*d_model=*/512,
+/// /*num_experts=*/16).kind(RouterKind::kNoisyTopK).top_k(4));
 ///
 /// Loss coefficients left unset take the defaults of the router's paper:
 ///   kNoisyTopK:            importance 1e-2, load 1e-2 (t2t moe_loss_coef), balance 0, z 0
 ///   kSoftmaxTopK, kSwitch: importance 0, load 0, balance 1e-2, z 0 (ST-MoE uses z = 1e-3)
 struct RouterOptions {
-  RouterOptions(int64_t d_model, int64_t num_experts) : d_model_(d_model), num_experts_(num_experts) {}
+  RouterOptions(int64_t d_model, int64_t num_experts)
+      : d_model_(d_model), num_experts_(num_experts) {}
   TORCH_ARG(int64_t, d_model);
   TORCH_ARG(int64_t, num_experts);
   TORCH_ARG(RouterKind, kind) = RouterKind::kSoftmaxTopK;

@@ -10,11 +10,12 @@ namespace moe {
 
 /// Routing statistics of one forward pass. Tensors are detached.
 struct RoutingStats {
-  torch::Tensor tokens_per_expert;  ///< [E] int64: pairs each expert computed (after capacity drops)
-  torch::Tensor importance;         ///< [E] Σ_x G(x)_e, the gate mass per expert (Shazeer Eq. 6)
-  torch::Tensor load;               ///< [E] smooth load Σ_x P(x,e) for noisy gates, else assignment counts
-  double dropped_fraction = 0.0;    ///< assignments dropped by capacity / assignments chosen
-  int64_t skipped_tokens = 0;       ///< tokens routed nowhere by NonFinitePolicy::kSkip
+  torch::Tensor
+      tokens_per_expert;     ///< [E] int64: pairs each expert computed (after capacity drops)
+  torch::Tensor importance;  ///< [E] Σ_x G(x)_e, the gate mass per expert (Shazeer Eq. 6)
+  torch::Tensor load;  ///< [E] smooth load Σ_x P(x,e) for noisy gates, else assignment counts
+  double dropped_fraction = 0.0;  ///< assignments dropped by capacity / assignments chosen
+  int64_t skipped_tokens = 0;     ///< tokens routed nowhere by NonFinitePolicy::kSkip
   double experts_per_token_mean = 0.0;
   int64_t experts_per_token_min = 0;
   int64_t experts_per_token_max = 0;
@@ -30,8 +31,9 @@ struct Routing {
 
 /// Output of every single-task MoE layer.
 struct MoEOutput {
-  torch::Tensor output;    ///< same shape as the input
-  torch::Tensor aux_loss;  ///< 0-dim, already weighted by the layer's coefficients; 0 in eval by default
+  torch::Tensor output;  ///< same shape as the input
+  torch::Tensor
+      aux_loss;  ///< 0-dim, already weighted by the layer's coefficients; 0 in eval by default
   RoutingStats stats;
   Routing routing;
 };

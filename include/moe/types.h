@@ -17,7 +17,8 @@ enum class Activation { kReLU, kGELU, kSiLU, kSwiGLU, kGEGLU };
 
 /// Initialisation of the stacked expert weights.
 enum class ExpertInit {
-  kGlorotUniform,  ///< U(±sqrt(6/(fan_in+fan_out))), the TF default used by Shazeer's experts (§1.5)
+  kGlorotUniform,  ///< U(±sqrt(6/(fan_in+fan_out))), the TF default used by Shazeer's experts
+                   ///< (§1.5)
   kLinearDefault,  ///< U(±1/sqrt(fan_in)), as torch::nn::Linear's default
   kNormal,         ///< N(0, init_std)
 };
@@ -32,29 +33,40 @@ inline bool is_gated(Activation a) { return a == Activation::kSwiGLU || a == Act
 
 inline const char* to_string(RouterKind k) {
   switch (k) {
-    case RouterKind::kSoftmaxTopK: return "softmax_topk";
-    case RouterKind::kNoisyTopK: return "noisy_topk";
-    case RouterKind::kSwitch: return "switch";
+    case RouterKind::kSoftmaxTopK:
+      return "softmax_topk";
+    case RouterKind::kNoisyTopK:
+      return "noisy_topk";
+    case RouterKind::kSwitch:
+      return "switch";
   }
   return "?";
 }
 
 inline const char* to_string(Activation a) {
   switch (a) {
-    case Activation::kReLU: return "relu";
-    case Activation::kGELU: return "gelu";
-    case Activation::kSiLU: return "silu";
-    case Activation::kSwiGLU: return "swiglu";
-    case Activation::kGEGLU: return "geglu";
+    case Activation::kReLU:
+      return "relu";
+    case Activation::kGELU:
+      return "gelu";
+    case Activation::kSiLU:
+      return "silu";
+    case Activation::kSwiGLU:
+      return "swiglu";
+    case Activation::kGEGLU:
+      return "geglu";
   }
   return "?";
 }
 
 inline const char* to_string(ExpertInit i) {
   switch (i) {
-    case ExpertInit::kGlorotUniform: return "glorot_uniform";
-    case ExpertInit::kLinearDefault: return "linear_default";
-    case ExpertInit::kNormal: return "normal";
+    case ExpertInit::kGlorotUniform:
+      return "glorot_uniform";
+    case ExpertInit::kLinearDefault:
+      return "linear_default";
+    case ExpertInit::kNormal:
+      return "normal";
   }
   return "?";
 }

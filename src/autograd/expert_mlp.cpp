@@ -1,5 +1,5 @@
-// The engine's hot path: dispatch → grouped expert GEMMs → weighted combine, and its backward, as one
-// custom autograd function over a RoutingPlan (see include/moe/functional.h).
+// The engine's hot path: dispatch → grouped expert GEMMs → weighted combine, and its backward, as
+// one custom autograd function over a RoutingPlan (see include/moe/functional.h).
 //
 // Forward per expert segment [o_e, o_{e+1}) of the plan:
 //   xg = x[token_index]                       gather, [P, d]
@@ -44,10 +44,10 @@ void segment_mm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
 }
 
 struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& pair_weight,
-                            const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& w3,
-                            const at::Tensor& b1, const at::Tensor& b2, const RoutingPlan& plan,
-                            Activation act) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& pair_weight, const at::Tensor& w1,
+                            const at::Tensor& w2, const at::Tensor& w3, const at::Tensor& b1,
+                            const at::Tensor& b2, const RoutingPlan& plan, Activation act) {
     const int64_t T = x.size(0), d = x.size(1), h = w1.size(2), E = w1.size(0);
     const int64_t P = plan.num_pairs();
     const bool gated = is_gated(act);
@@ -131,7 +131,8 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
       using T_ = decltype(tag);
       // Combine adjoints: d o[p] = w_p · dy[t_p];  d w_p = <dy[t_p], o[p]>.
-      k::gather_scale_rows<T_>(dy.data_ptr<T_>(), tok, pw.data_ptr<T_>(), P, d, dout.data_ptr<T_>());
+      k::gather_scale_rows<T_>(dy.data_ptr<T_>(), tok, pw.data_ptr<T_>(), P, d,
+                               dout.data_ptr<T_>());
       k::gather_dot_rows<T_>(dy.data_ptr<T_>(), tok, o.data_ptr<T_>(), P, d, dpw.data_ptr<T_>());
       k::activation_forward<T_>(act, hpre.data_ptr<T_>(), gated ? gpre.data_ptr<T_>() : nullptr,
                                 P * h, a.data_ptr<T_>());
@@ -210,7 +211,8 @@ torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
     TORCH_CHECK(w.b2.sizes() == at::IntArrayRef({E, d}), "expert_mlp: b2 must be [", E, ", ", d,
                 "], got ", w.b2.sizes());
   TORCH_CHECK(pair_weight.dim() == 1 && pair_weight.size(0) == plan.num_pairs(),
-              "expert_mlp: pair_weight must be [P=", plan.num_pairs(), "], got ", pair_weight.sizes());
+              "expert_mlp: pair_weight must be [P=", plan.num_pairs(), "], got ",
+              pair_weight.sizes());
   const auto dt = x.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16,
                    "expert_mlp: x must be float32, float64 or bfloat16, got ", dt);
@@ -218,8 +220,8 @@ torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
     if (!t->defined()) continue;
     TORCH_CHECK_TYPE(t->scalar_type() == dt, "expert_mlp: every tensor must have x's dtype ", dt,
                      ", got ", t->scalar_type());
-    TORCH_CHECK(t->device() == x.device(), "expert_mlp: input on ", x.device(),
-                " but a weight on ", t->device());
+    TORCH_CHECK(t->device() == x.device(), "expert_mlp: input on ", x.device(), " but a weight on ",
+                t->device());
   }
   TORCH_CHECK(x.device().is_cpu(), "expert_mlp: only the CPU backend is built, got x on ",
               x.device());

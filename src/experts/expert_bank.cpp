@@ -1,11 +1,10 @@
 // ExpertBank: stacked expert parameters and their grouped evaluation (include/moe/experts.h).
-#include "moe/experts.h"
-
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <ostream>
 
+#include "moe/experts.h"
 #include "moe/functional.h"
 
 namespace moe {
@@ -54,7 +53,9 @@ void ExpertBankImpl::reset_parameters() {
         w.uniform_(-b, b);
         break;
       }
-      case ExpertInit::kNormal: w.normal_(0.0, options.init_std()); break;
+      case ExpertInit::kNormal:
+        w.normal_(0.0, options.init_std());
+        break;
     }
   };
   init(w1, d, h);
@@ -74,8 +75,8 @@ void ExpertBankImpl::reset_parameters() {
 }
 
 void ExpertBankImpl::pretty_print(std::ostream& stream) const {
-  stream << "moe::ExpertBank(num_experts=" << options.num_experts() << ", d_model=" << options.d_model()
-         << ", hidden_size=" << options.hidden_size()
+  stream << "moe::ExpertBank(num_experts=" << options.num_experts()
+         << ", d_model=" << options.d_model() << ", hidden_size=" << options.hidden_size()
          << ", activation=" << to_string(options.activation()) << ", bias=" << options.bias()
          << ", init=" << to_string(options.init()) << ")";
 }

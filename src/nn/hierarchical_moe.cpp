@@ -30,8 +30,8 @@ HierarchicalMoEImpl::HierarchicalMoEImpl(HierarchicalMoEOptions options_)
   const auto& o = options;
   TORCH_CHECK_VALUE(o.d_model() >= 1, "HierarchicalMoE: d_model must be >= 1, got ", o.d_model());
   TORCH_CHECK_VALUE(o.groups() >= 1, "HierarchicalMoE: groups must be >= 1, got ", o.groups());
-  TORCH_CHECK_VALUE(o.experts_per_group() >= 1, "HierarchicalMoE: experts_per_group must be >= 1, got ",
-                    o.experts_per_group());
+  TORCH_CHECK_VALUE(o.experts_per_group() >= 1,
+                    "HierarchicalMoE: experts_per_group must be >= 1, got ", o.experts_per_group());
   TORCH_CHECK_VALUE(o.primary_top_k() >= 1 && o.primary_top_k() <= o.groups(),
                     "HierarchicalMoE: primary_top_k must be in [1, groups=", o.groups(), "], got ",
                     o.primary_top_k());
@@ -39,7 +39,8 @@ HierarchicalMoEImpl::HierarchicalMoEImpl(HierarchicalMoEOptions options_)
                     "HierarchicalMoE: secondary_top_k must be in [1, experts_per_group=",
                     o.experts_per_group(), "], got ", o.secondary_top_k());
   TORCH_CHECK_VALUE(std::isfinite(o.noise_epsilon()) && o.noise_epsilon() >= 0,
-                    "HierarchicalMoE: noise_epsilon must be finite and >= 0, got ", o.noise_epsilon());
+                    "HierarchicalMoE: noise_epsilon must be finite and >= 0, got ",
+                    o.noise_epsilon());
   TORCH_CHECK_VALUE(std::isfinite(o.importance_coef()) && o.importance_coef() >= 0,
                     "HierarchicalMoE: importance_coef must be finite and >= 0, got ",
                     o.importance_coef());
@@ -51,7 +52,8 @@ HierarchicalMoEImpl::HierarchicalMoEImpl(HierarchicalMoEOptions options_)
 void HierarchicalMoEImpl::reset() {
   const int64_t a = options.groups(), b = options.experts_per_group();
   primary_router = register_module("primary_router", HierarchicalGate(options.d_model(), a));
-  secondary_router = register_module("secondary_router", HierarchicalGate(options.d_model(), a * b));
+  secondary_router =
+      register_module("secondary_router", HierarchicalGate(options.d_model(), a * b));
   experts = register_module(
       "experts", ExpertBank(ExpertBankOptions(a * b, options.d_model(), options.hidden_size())
                                 .activation(options.activation())
@@ -61,8 +63,8 @@ void HierarchicalMoEImpl::reset() {
 }
 
 void HierarchicalMoEImpl::pretty_print(std::ostream& stream) const {
-  stream << "moe::nn::HierarchicalMoE(d_model=" << options.d_model() << ", groups=" << options.groups()
-         << ", experts_per_group=" << options.experts_per_group()
+  stream << "moe::nn::HierarchicalMoE(d_model=" << options.d_model()
+         << ", groups=" << options.groups() << ", experts_per_group=" << options.experts_per_group()
          << ", hidden_size=" << options.hidden_size() << ", top_k=(" << options.primary_top_k()
          << ", " << options.secondary_top_k() << "), activation=" << to_string(options.activation())
          << ")";
@@ -85,10 +87,11 @@ MoEOutput HierarchicalMoEImpl::forward(const torch::Tensor& x) {
     const auto finite = at::isfinite(pl).all(1).logical_and(at::isfinite(sl).all(1));
     const int64_t bad = T - finite.sum().item<int64_t>();
     if (bad > 0) {
-      TORCH_CHECK(options.non_finite() == NonFinitePolicy::kSkip, "HierarchicalMoE: router logits ",
-                  "are non-finite for ", bad, " of ", T, " tokens (NaN or Inf in the input or the ",
-                  "gate weights); use non_finite(NonFinitePolicy::kSkip) to give such tokens a zero ",
-                  "output");
+      TORCH_CHECK(
+          options.non_finite() == NonFinitePolicy::kSkip, "HierarchicalMoE: router logits ",
+          "are non-finite for ", bad, " of ", T, " tokens (NaN or Inf in the input or the ",
+          "gate weights); use non_finite(NonFinitePolicy::kSkip) to give such tokens a zero ",
+          "output");
       valid = finite;
       skipped = bad;
       xr = xr.masked_fill(~finite.unsqueeze(1), 0.0);
@@ -102,23 +105,27 @@ MoEOutput HierarchicalMoEImpl::forward(const torch::Tensor& x) {
   const bool train = is_training();
   const auto s_noise = train ? at::randn_like(sl) : torch::Tensor();
   const auto p_noise = train ? at::randn_like(pl) : torch::Tensor();
-  const auto gp = noisy_top_k_gating(pl, at::linear(xr, Np), p_noise, k1, options.noise_epsilon(), valid);
+  const auto gp =
+      noisy_top_k_gating(pl, at::linear(xr, Np), p_noise, k1, options.noise_epsilon(), valid);
 
   // Secondary gates on rows (t, g); a row is valid iff the primary gate picked g for t (X^(g)).
   auto picked = at::zeros({T, a}, xf.options().dtype(at::kBool));
   picked.scatter_(1, gp.expert_index.clamp_min(0), gp.expert_index >= 0);
-  const auto s_rows = [&](const torch::Tensor& t) { return t.defined() ? t.reshape({T * a, b}) : t; };
+  const auto s_rows = [&](const torch::Tensor& t) {
+    return t.defined() ? t.reshape({T * a, b}) : t;
+  };
   const auto gs = noisy_top_k_gating(s_rows(sl), s_rows(at::linear(xr, Ns)), s_rows(s_noise), k2,
                                      options.noise_epsilon(), picked.reshape({-1}));
 
-  // Product plan: slot (s1, s2) of token t -> expert g·b + j with weight Gp(x)_g · G_g(x)_j (Eq. 12).
+  // Product plan: slot (s1, s2) of token t -> expert g·b + j with weight Gp(x)_g · G_g(x)_j (Eq.
+  // 12).
   const auto gidx = gp.expert_index.clamp_min(0).unsqueeze(2).expand({T, k1, k2});
   const auto s_idx = gs.expert_index.reshape({T, a, k2}).gather(1, gidx);
   const auto s_gate = gs.gate.reshape({T, a, k2}).gather(1, gidx);
   const auto primary_ok = (gp.expert_index >= 0).unsqueeze(2);
-  const auto expert_index =
-      at::where(primary_ok.logical_and(s_idx >= 0), gidx * b + s_idx, at::full({}, -1, gidx.options()))
-          .reshape({T, k1 * k2});
+  const auto expert_index = at::where(primary_ok.logical_and(s_idx >= 0), gidx * b + s_idx,
+                                      at::full({}, -1, gidx.options()))
+                                .reshape({T, k1 * k2});
   const auto gate = (gp.gate.unsqueeze(2) * s_gate).reshape({T, k1 * k2});
 
   // Importance_H (Eq. 13) and Load_H (Eq. 14) over the a·b experts.
@@ -138,7 +145,8 @@ MoEOutput HierarchicalMoEImpl::forward(const torch::Tensor& x) {
           options.load_coef() * cv_squared(load.reshape({-1}));
   }
   out.aux_loss = aux;
-  out.stats = detail::make_stats(plan, imp, load.reshape({-1}), (T - skipped) * k1 * k2, 0, skipped);
+  out.stats =
+      detail::make_stats(plan, imp, load.reshape({-1}), (T - skipped) * k1 * k2, 0, skipped);
   out.routing = {expert_index, gate.detach()};
   return out;
 }

@@ -71,7 +71,8 @@ MoEOutput SparseMoEImpl::forward(const torch::Tensor& x) {
   MoEOutput out;
   out.output = experts->forward(xf, plan, w).view(x.sizes());
   out.aux_loss = r.aux_loss;
-  out.stats = detail::make_stats(plan, r.importance, r.load, r.assigned, r.dropped, r.skipped_tokens);
+  out.stats =
+      detail::make_stats(plan, r.importance, r.load, r.assigned, r.dropped, r.skipped_tokens);
   out.routing = {r.expert_index, r.gate.detach()};
   return out;
 }

@@ -31,7 +31,8 @@ RoutingStats make_stats(const RoutingPlan& plan, const torch::Tensor& importance
   s.tokens_per_expert = plan.tokens_per_expert();
   s.importance = importance.detach();
   s.load = load.detach();
-  s.dropped_fraction = assigned > 0 ? static_cast<double>(dropped) / static_cast<double>(assigned) : 0.0;
+  s.dropped_fraction =
+      assigned > 0 ? static_cast<double>(dropped) / static_cast<double>(assigned) : 0.0;
   s.skipped_tokens = skipped_tokens;
   if (plan.num_tokens > 0) {
     const auto ept = plan.experts_per_token();

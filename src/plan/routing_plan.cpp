@@ -1,9 +1,8 @@
 // RoutingPlan construction and validation (counting sort; see include/moe/plan.h).
-#include "moe/plan.h"
-
 #include <ATen/ATen.h>
 
 #include "kernels/cpu/kernels.h"
+#include "moe/plan.h"
 
 namespace moe {
 
@@ -20,7 +19,8 @@ RoutingPlan build_routing_plan(const torch::Tensor& expert_index, int64_t num_ex
               "build_routing_plan: expert_index must be a [T, K] tensor, got ",
               expert_index.defined() ? expert_index.sizes() : at::IntArrayRef{});
   TORCH_CHECK_TYPE(expert_index.scalar_type() == at::kLong,
-                   "build_routing_plan: expert_index must be int64, got ", expert_index.scalar_type());
+                   "build_routing_plan: expert_index must be int64, got ",
+                   expert_index.scalar_type());
   TORCH_CHECK(num_experts >= 1, "build_routing_plan: num_experts must be >= 1, got ", num_experts);
   const auto idx = expert_index.to(at::kCPU).contiguous();
   const int64_t T = idx.size(0);
@@ -29,8 +29,9 @@ RoutingPlan build_routing_plan(const torch::Tensor& expert_index, int64_t num_ex
   if (S > 0) {
     const int64_t lo = idx.min().item<int64_t>();
     const int64_t hi = idx.max().item<int64_t>();
-    TORCH_CHECK_INDEX(lo >= -1 && hi < num_experts, "build_routing_plan: expert ids must be in [0, ",
-                      num_experts, ") or -1 (unused slot), got values in [", lo, ", ", hi, "]");
+    TORCH_CHECK_INDEX(lo >= -1 && hi < num_experts,
+                      "build_routing_plan: expert ids must be in [0, ", num_experts,
+                      ") or -1 (unused slot), got values in [", lo, ", ", hi, "]");
   }
 
   RoutingPlan plan;
@@ -41,10 +42,9 @@ RoutingPlan build_routing_plan(const torch::Tensor& expert_index, int64_t num_ex
   plan.expert_offsets = at::empty({num_experts + 1}, opts);
   auto pair_slot = at::empty({S}, opts);
   auto slot_pair = at::empty({S}, opts);
-  const int64_t P = kernels::cpu::build_expert_major(idx.data_ptr<int64_t>(), S, num_experts,
-                                                      plan.expert_offsets.data_ptr<int64_t>(),
-                                                      pair_slot.data_ptr<int64_t>(),
-                                                      slot_pair.data_ptr<int64_t>());
+  const int64_t P = kernels::cpu::build_expert_major(
+      idx.data_ptr<int64_t>(), S, num_experts, plan.expert_offsets.data_ptr<int64_t>(),
+      pair_slot.data_ptr<int64_t>(), slot_pair.data_ptr<int64_t>());
   plan.pair_slot = pair_slot.slice(0, 0, P);
   plan.token_index = K > 0 ? at::div(plan.pair_slot, K, "floor") : plan.pair_slot.clone();
 
@@ -63,15 +63,16 @@ RoutingPlan build_routing_plan(const torch::Tensor& expert_index, int64_t num_ex
     }
     to[t + 1] = j;
   }
-  TORCH_INTERNAL_ASSERT(j == P, "build_routing_plan: token-major view has ", j, " pairs, expected ", P);
+  TORCH_INTERNAL_ASSERT(j == P, "build_routing_plan: token-major view has ", j, " pairs, expected ",
+                        P);
   return plan;
 }
 
 torch::Tensor pair_weights(const RoutingPlan& plan, const torch::Tensor& gate) {
-  TORCH_CHECK(gate.dim() == 2 && gate.size(0) == plan.num_tokens &&
-                  gate.size(1) == plan.slots_per_token,
-              "pair_weights: gate must be [T, K] = [", plan.num_tokens, ", ", plan.slots_per_token,
-              "], got ", gate.sizes());
+  TORCH_CHECK(
+      gate.dim() == 2 && gate.size(0) == plan.num_tokens && gate.size(1) == plan.slots_per_token,
+      "pair_weights: gate must be [T, K] = [", plan.num_tokens, ", ", plan.slots_per_token,
+      "], got ", gate.sizes());
   return gate.reshape({-1}).index_select(0, plan.pair_slot.to(gate.device()));
 }
 

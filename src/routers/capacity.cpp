@@ -13,8 +13,10 @@ namespace moe {
 int64_t expert_capacity(int64_t num_tokens, int64_t k, int64_t num_experts, double capacity_factor,
                         int64_t min_capacity) {
   TORCH_CHECK_VALUE(std::isfinite(capacity_factor) && capacity_factor > 0,
-                    "expert_capacity: capacity_factor must be finite and > 0, got ", capacity_factor);
-  TORCH_CHECK_VALUE(min_capacity >= 0, "expert_capacity: min_capacity must be >= 0, got ", min_capacity);
+                    "expert_capacity: capacity_factor must be finite and > 0, got ",
+                    capacity_factor);
+  TORCH_CHECK_VALUE(min_capacity >= 0, "expert_capacity: min_capacity must be >= 0, got ",
+                    min_capacity);
   const double c = std::ceil(static_cast<double>(num_tokens) * static_cast<double>(k) /
                              static_cast<double>(num_experts) * capacity_factor);
   TORCH_CHECK_VALUE(c <= static_cast<double>(std::numeric_limits<int32_t>::max()),

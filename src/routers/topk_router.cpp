@@ -33,7 +33,8 @@ void check_router_options(const RouterOptions& o, const char* who) {
   TORCH_CHECK_VALUE(std::isfinite(o.capacity_factor()) && o.capacity_factor() >= 0, who,
                     ": capacity_factor must be finite and >= 0 (0 = dropless), got ",
                     o.capacity_factor());
-  TORCH_CHECK_VALUE(o.min_capacity() >= 0, who, ": min_capacity must be >= 0, got ", o.min_capacity());
+  TORCH_CHECK_VALUE(o.min_capacity() >= 0, who, ": min_capacity must be >= 0, got ",
+                    o.min_capacity());
   TORCH_CHECK_VALUE(std::isfinite(o.noise_epsilon()) && o.noise_epsilon() >= 0, who,
                     ": noise_epsilon must be finite and >= 0, got ", o.noise_epsilon());
   TORCH_CHECK_VALUE(std::isfinite(o.jitter()) && o.jitter() >= 0 && o.jitter() < 1, who,
@@ -85,16 +86,17 @@ void TopKRouterImpl::reset_parameters() {
 
 void TopKRouterImpl::pretty_print(std::ostream& stream) const {
   const auto c = resolve_coefficients(options);
-  stream << "moe::TopKRouter(kind=" << to_string(options.kind()) << ", d_model=" << options.d_model()
-         << ", num_experts=" << options.num_experts() << ", top_k=" << options.top_k()
-         << ", capacity_factor=" << options.capacity_factor() << ", importance=" << c.importance
-         << ", load=" << c.load << ", balance=" << c.balance << ", z=" << c.z << ")";
+  stream << "moe::TopKRouter(kind=" << to_string(options.kind())
+         << ", d_model=" << options.d_model() << ", num_experts=" << options.num_experts()
+         << ", top_k=" << options.top_k() << ", capacity_factor=" << options.capacity_factor()
+         << ", importance=" << c.importance << ", load=" << c.load << ", balance=" << c.balance
+         << ", z=" << c.z << ")";
 }
 
 RouterOutput TopKRouterImpl::route(const torch::Tensor& x) {
   const auto& who = options.name();
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == options.d_model(), who, ": expected router input of shape [T, ",
-              options.d_model(), "], got ", x.sizes());
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == options.d_model(), who,
+              ": expected router input of shape [T, ", options.d_model(), "], got ", x.sizes());
   const int64_t T = x.size(0), E = options.num_experts(), k = options.top_k();
   const auto rd = router_dtype(x.scalar_type());
   auto xr = x.to(rd);
@@ -112,15 +114,16 @@ RouterOutput TopKRouterImpl::route(const torch::Tensor& x) {
     const auto finite = at::isfinite(logits).all(1);
     const int64_t bad = T - finite.sum().item<int64_t>();
     if (bad > 0) {
-      TORCH_CHECK(options.non_finite() == NonFinitePolicy::kSkip, who, ": router logits are ",
-                  "non-finite for ", bad, " of ", T, " tokens (NaN or Inf in the input or the router ",
-                  "weights); use non_finite(NonFinitePolicy::kSkip) to give such tokens a zero output");
+      TORCH_CHECK(
+          options.non_finite() == NonFinitePolicy::kSkip, who, ": router logits are ",
+          "non-finite for ", bad, " of ", T, " tokens (NaN or Inf in the input or the router ",
+          "weights); use non_finite(NonFinitePolicy::kSkip) to give such tokens a zero output");
       valid = finite;
       skipped = bad;
       xr = xr.masked_fill(~finite.unsqueeze(1), 0.0);
       logits = at::linear(xr, W, b);
-      TORCH_CHECK(at::isfinite(logits).all().item<bool>(),
-                  who, ": router logits are non-finite for finite inputs: the router weights "
+      TORCH_CHECK(at::isfinite(logits).all().item<bool>(), who,
+                  ": router logits are non-finite for finite inputs: the router weights "
                   "contain NaN or Inf");
     }
   }

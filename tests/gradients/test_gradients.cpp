@@ -1,8 +1,8 @@
 // Gradients of the input, router and expert parameters vs central finite differences in float64,
-// with the routing held fixed: the noise is re-drawn from the same seed on every evaluation, and each
-// perturbed evaluation must reproduce the unperturbed routing table (else the test reports it).
-// The loss includes the auxiliary loss, so the importance, load (smooth estimator), balance and
-// z-loss gradients are checked too.
+// with the routing held fixed: the noise is re-drawn from the same seed on every evaluation, and
+// each perturbed evaluation must reproduce the unperturbed routing table (else the test reports
+// it). The loss includes the auxiliary loss, so the importance, load (smooth estimator), balance
+// and z-loss gradients are checked too.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -24,7 +24,8 @@ struct Eval {
 };
 
 // Checks d loss / d t for each named tensor at up to `samples` entries.
-void check_gradients(const std::function<Eval()>& f, const std::vector<std::pair<std::string, torch::Tensor>>& wrt,
+void check_gradients(const std::function<Eval()>& f,
+                     const std::vector<std::pair<std::string, torch::Tensor>>& wrt,
                      int64_t samples) {
   for (auto& [name, t] : wrt) {
     if (t.grad().defined()) t.mutable_grad().zero_();
@@ -45,11 +46,13 @@ void check_gradients(const std::function<Eval()>& f, const std::vector<std::pair
         torch::NoGradGuard g;
         flat[i] = orig + eps;
         Eval p = f();
-        ASSERT_TRUE(torch::equal(p.routing, base.routing)) << name << "[" << i << "]: routing flipped";
+        ASSERT_TRUE(torch::equal(p.routing, base.routing))
+            << name << "[" << i << "]: routing flipped";
         lp = p.loss.item<double>();
         flat[i] = orig - eps;
         Eval m = f();
-        ASSERT_TRUE(torch::equal(m.routing, base.routing)) << name << "[" << i << "]: routing flipped";
+        ASSERT_TRUE(torch::equal(m.routing, base.routing))
+            << name << "[" << i << "]: routing flipped";
         lm = m.loss.item<double>();
         flat[i] = orig;
       }
@@ -123,14 +126,19 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) {
       const auto& c = info.param;
       return std::string(moe::to_string(c.kind)) + "_k" + std::to_string(c.k) + "_" +
-             moe::to_string(c.act) + (c.bias ? "_bias" : "") + (c.capacity_factor > 0 ? "_capacity" : "");
+             moe::to_string(c.act) + (c.bias ? "_bias" : "") +
+             (c.capacity_factor > 0 ? "_capacity" : "");
     });
 
 TEST(HierarchicalMoEGradients, MatchFiniteDifferences) {
   torch::manual_seed(8);
   const int64_t d = 5;
-  moe::nn::HierarchicalMoE layer(moe::nn::HierarchicalMoEOptions(d, 3, 3).hidden_size(4).top_k(2)
-                                     .activation(Activation::kSiLU).importance_coef(0.3).load_coef(0.4));
+  moe::nn::HierarchicalMoE layer(moe::nn::HierarchicalMoEOptions(d, 3, 3)
+                                     .hidden_size(4)
+                                     .top_k(2)
+                                     .activation(Activation::kSiLU)
+                                     .importance_coef(0.3)
+                                     .load_coef(0.4));
   layer->to(at::kDouble);
   {
     torch::NoGradGuard g;

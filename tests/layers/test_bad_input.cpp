@@ -42,34 +42,53 @@ TEST(BadInput, ConstructionErrorsNameTheArgumentAndValue) {
     EXPECT_TRUE(throws_with([&] { SparseMoE{r.opts}; }, r.parts));
   }
   EXPECT_THROW(HierarchicalMoE(HierarchicalMoEOptions(8, 2, 3).primary_top_k(3)), c10::ValueError);
-  EXPECT_TRUE(throws_with([] { HierarchicalMoE(HierarchicalMoEOptions(8, 2, 3).secondary_top_k(0)); },
-                          {"secondary_top_k", "experts_per_group=3", "got 0"}));
-  EXPECT_TRUE(throws_with([] { HierarchicalMoE(HierarchicalMoEOptions(8, 0, 3)); }, {"groups", "got 0"}));
+  EXPECT_TRUE(
+      throws_with([] { HierarchicalMoE(HierarchicalMoEOptions(8, 2, 3).secondary_top_k(0)); },
+                  {"secondary_top_k", "experts_per_group=3", "got 0"}));
+  EXPECT_TRUE(
+      throws_with([] { HierarchicalMoE(HierarchicalMoEOptions(8, 0, 3)); }, {"groups", "got 0"}));
 }
 
 TEST(BadInput, ForwardErrors) {
   SparseMoE layer(base());
-  EXPECT_TRUE(throws_with([&] { layer->forward(torch::randn({3, 7})); },
-                          {"SparseMoE", "d_model=8", "[3, 7]"}));
+  EXPECT_TRUE(throws_with(
+      [&] {
+        layer->forward(torch::randn({3, 7}));
+      },
+      {"SparseMoE", "d_model=8", "[3, 7]"}));
   EXPECT_TRUE(throws_with([&] { layer->forward(torch::randn({})); }, {"0-dim"}));
   EXPECT_THROW(layer->forward(torch::ones({3, 8}, at::kLong)), c10::TypeError);
-  EXPECT_TRUE(throws_with([&] { layer->forward(torch::ones({3, 8}, at::kLong)); },
-                          {"floating-point", "Long"}));
+  EXPECT_TRUE(throws_with(
+      [&] {
+        layer->forward(torch::ones({3, 8}, at::kLong));
+      },
+      {"floating-point", "Long"}));
   EXPECT_THROW(layer->forward(torch::randn({3, 8}, at::kDouble)), c10::TypeError);
-  EXPECT_TRUE(throws_with([&] { layer->forward(torch::randn({3, 8}, at::kDouble)); },
-                          {"dtype Double", "experts are Float"}));
-  EXPECT_TRUE(throws_with([&] { layer->forward(torch::empty({3, 8}, torch::device(at::kMeta))); },
-                          {"input x on meta", "experts on cpu"}));
+  EXPECT_TRUE(throws_with(
+      [&] {
+        layer->forward(torch::randn({3, 8}, at::kDouble));
+      },
+      {"dtype Double", "experts are Float"}));
+  EXPECT_TRUE(throws_with(
+      [&] {
+        layer->forward(torch::empty({3, 8}, torch::device(at::kMeta)));
+      },
+      {"input x on meta", "experts on cpu"}));
   EXPECT_THROW(layer->forward(torch::Tensor()), c10::Error);
   HierarchicalMoE hier(HierarchicalMoEOptions(8, 2, 2).hidden_size(4));
-  EXPECT_TRUE(throws_with([&] { hier->forward(torch::randn({2, 5})); }, {"HierarchicalMoE", "d_model=8"}));
+  EXPECT_TRUE(throws_with(
+      [&] {
+        hier->forward(torch::randn({2, 5}));
+      },
+      {"HierarchicalMoE", "d_model=8"}));
   auto nan = torch::randn({4, 8});
   nan[0][0] = std::nanf("");
   {
     torch::NoGradGuard g;
     hier->primary_router->weight.normal_();
   }
-  EXPECT_TRUE(throws_with([&] { hier->forward(nan); }, {"HierarchicalMoE", "non-finite for 1 of 4"}));
+  EXPECT_TRUE(
+      throws_with([&] { hier->forward(nan); }, {"HierarchicalMoE", "non-finite for 1 of 4"}));
 }
 
 }  // namespace

@@ -12,8 +12,11 @@ namespace {
 std::vector<torch::Tensor> run_once(int threads) {
   at::set_num_threads(threads);
   torch::manual_seed(123);
-  moe::nn::SparseMoE layer(moe::nn::SparseMoEOptions(64, 8).hidden_size(96).top_k(2)
-                               .router(moe::RouterKind::kNoisyTopK).activation(moe::Activation::kSwiGLU)
+  moe::nn::SparseMoE layer(moe::nn::SparseMoEOptions(64, 8)
+                               .hidden_size(96)
+                               .top_k(2)
+                               .router(moe::RouterKind::kNoisyTopK)
+                               .activation(moe::Activation::kSwiGLU)
                                .router_zero_init(false));
   auto x = torch::randn({512, 64}, torch::requires_grad());
   auto out = layer->forward(x);
@@ -30,7 +33,8 @@ TEST(Determinism, BitwiseAcrossRepeatsAndThreadCounts) {
     const auto again = run_once(threads);
     ASSERT_EQ(again.size(), ref.size());
     for (size_t i = 0; i < ref.size(); ++i)
-      EXPECT_TRUE(moe::testing::bitwise_equal(again[i], ref[i])) << "tensor " << i << " threads " << threads;
+      EXPECT_TRUE(moe::testing::bitwise_equal(again[i], ref[i]))
+          << "tensor " << i << " threads " << threads;
   }
   at::set_num_threads(before);
 }

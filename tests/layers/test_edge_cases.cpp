@@ -1,5 +1,5 @@
-// Edge cases (RELIABILITY.md §6 B): empty experts, collapsed routing, one token, zero tokens, k = E,
-// and the non-finite input policy.
+// Edge cases (RELIABILITY.md §6 B): empty experts, collapsed routing, one token, zero tokens, k =
+// E, and the non-finite input policy.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -18,8 +18,9 @@ namespace mt = moe::testing;
 
 torch::Tensor reference_of(SparseMoE& layer, const torch::Tensor& x, const moe::MoEOutput& out) {
   const auto& ex = layer->experts;
-  return mt::dense_moe_reference(x.reshape({-1, x.size(-1)}), out.routing.expert_index, out.routing.gate,
-                                 ex->w1, ex->w2, ex->w3, ex->b1, ex->b2, layer->options.activation());
+  return mt::dense_moe_reference(x.reshape({-1, x.size(-1)}), out.routing.expert_index,
+                                 out.routing.gate, ex->w1, ex->w2, ex->w3, ex->b1, ex->b2,
+                                 layer->options.activation());
 }
 
 TEST(EdgeCases, EveryTokenToOneExpertAndEmptyExpertsGetZeroGrads) {
@@ -59,7 +60,8 @@ TEST(EdgeCases, OneToken) {
   EXPECT_CLOSE(out.output, reference_of(layer, x, out), 1e-12, 1e-12);
 }
 
-void expect_zero_token_batch(torch::nn::Module& m, const std::function<moe::MoEOutput(const torch::Tensor&)>& fwd,
+void expect_zero_token_batch(torch::nn::Module& m,
+                             const std::function<moe::MoEOutput(const torch::Tensor&)>& fwd,
                              std::vector<int64_t> shape) {
   auto x = torch::zeros(shape, torch::requires_grad());
   auto out = fwd(x);
@@ -77,9 +79,15 @@ void expect_zero_token_batch(torch::nn::Module& m, const std::function<moe::MoEO
 TEST(EdgeCases, ZeroTokens) {
   for (auto kind : {RouterKind::kSoftmaxTopK, RouterKind::kNoisyTopK, RouterKind::kSwitch}) {
     for (std::vector<int64_t> shape : {std::vector<int64_t>{0, 6}, std::vector<int64_t>{2, 0, 6}}) {
-      SparseMoE layer(SparseMoEOptions(6, 4).hidden_size(5).top_k(2).router(kind)
-                          .activation(Activation::kSwiGLU).z_loss_coef(1e-3).capacity_factor(1.0));
-      expect_zero_token_batch(*layer, [&](const torch::Tensor& x) { return layer->forward(x); }, shape);
+      SparseMoE layer(SparseMoEOptions(6, 4)
+                          .hidden_size(5)
+                          .top_k(2)
+                          .router(kind)
+                          .activation(Activation::kSwiGLU)
+                          .z_loss_coef(1e-3)
+                          .capacity_factor(1.0));
+      expect_zero_token_batch(
+          *layer, [&](const torch::Tensor& x) { return layer->forward(x); }, shape);
     }
   }
   moe::nn::HierarchicalMoE hier(moe::nn::HierarchicalMoEOptions(6, 2, 3).hidden_size(5));
@@ -101,8 +109,10 @@ TEST(EdgeCases, KEqualsEIsADenseSoftmaxMixture) {
   const auto probs = torch::softmax(x.matmul(layer->router->weight.t()), -1);
   const auto all = torch::arange(E, at::kLong).repeat({9, 1});
   const auto& ex = layer->experts;
-  EXPECT_CLOSE(out.output, mt::dense_moe_reference(x, all, probs, ex->w1, ex->w2, ex->w3, ex->b1, ex->b2,
-                                                   Activation::kGEGLU), 1e-12, 1e-12);
+  EXPECT_CLOSE(out.output,
+               mt::dense_moe_reference(x, all, probs, ex->w1, ex->w2, ex->w3, ex->b1, ex->b2,
+                                       Activation::kGEGLU),
+               1e-12, 1e-12);
   EXPECT_EQ(out.stats.experts_per_token_min, E);
 }
 
@@ -110,7 +120,8 @@ TEST(EdgeCases, NonFiniteInputIsAnErrorByDefault) {
   SparseMoE layer(SparseMoEOptions(4, 3).hidden_size(5).top_k(1).router_zero_init(false));
   auto x = torch::randn({10, 4});
   x[3][1] = std::nanf("");
-  EXPECT_TRUE(mt::throws_with([&] { layer->forward(x); }, {"SparseMoE", "non-finite for 1 of 10 tokens"}));
+  EXPECT_TRUE(
+      mt::throws_with([&] { layer->forward(x); }, {"SparseMoE", "non-finite for 1 of 10 tokens"}));
   x[3][1] = INFINITY;
   x[5][0] = -INFINITY;
   EXPECT_TRUE(mt::throws_with([&] { layer->forward(x); }, {"non-finite for 2 of 10 tokens"}));
@@ -119,7 +130,11 @@ TEST(EdgeCases, NonFiniteInputIsAnErrorByDefault) {
 TEST(EdgeCases, NonFiniteSkipPolicyZeroesOnlyThoseTokens) {
   torch::manual_seed(3);
   for (auto kind : {RouterKind::kSoftmaxTopK, RouterKind::kNoisyTopK}) {
-    SparseMoE layer(SparseMoEOptions(4, 3).hidden_size(5).top_k(2).router(kind).router_zero_init(false)
+    SparseMoE layer(SparseMoEOptions(4, 3)
+                        .hidden_size(5)
+                        .top_k(2)
+                        .router(kind)
+                        .router_zero_init(false)
                         .non_finite(moe::NonFinitePolicy::kSkip));
     layer->eval();
     auto x = torch::randn({10, 4});
@@ -131,13 +146,15 @@ TEST(EdgeCases, NonFiniteSkipPolicyZeroesOnlyThoseTokens) {
     EXPECT_EQ(out.stats.skipped_tokens, 2);
     EXPECT_EQ(out.output[3].abs().sum().item<float>(), 0.0f);
     EXPECT_EQ(out.output[7].abs().sum().item<float>(), 0.0f);
-    for (int64_t t : {0, 1, 2, 4, 5, 6, 8, 9}) EXPECT_TRUE(torch::equal(out.output[t], clean[t])) << t;
+    for (int64_t t : {0, 1, 2, 4, 5, 6, 8, 9})
+      EXPECT_TRUE(torch::equal(out.output[t], clean[t])) << t;
     // Gradients stay finite.
     layer->train();
     auto xb = bad.clone().requires_grad_();
     auto o = layer->forward(xb);
     (o.output.sum() + o.aux_loss).backward();
-    for (const auto& p : layer->parameters()) EXPECT_TRUE(at::isfinite(p.grad()).all().item<bool>());
+    for (const auto& p : layer->parameters())
+      EXPECT_TRUE(at::isfinite(p.grad()).all().item<bool>());
     EXPECT_EQ(xb.grad()[3].abs().sum().item<float>(), 0.0f);
   }
 }
@@ -146,7 +163,8 @@ TEST(EdgeCases, CapacityBoundsAndDroppedFraction) {
   torch::manual_seed(6);
   for (double cf : {0.5, 1.0, 1.25, 2.0}) {
     const int64_t T = 128, E = 8, k = 2;
-    SparseMoE layer(SparseMoEOptions(6, E).hidden_size(4).top_k(k).capacity_factor(cf).router_init_std(1.0));
+    SparseMoE layer(
+        SparseMoEOptions(6, E).hidden_size(4).top_k(k).capacity_factor(cf).router_init_std(1.0));
     auto out = layer->forward(torch::randn({T, 6}));
     const auto cap = static_cast<int64_t>(std::ceil(double(T) * k / E * cf));
     EXPECT_LE(out.stats.tokens_per_expert.max().item<int64_t>(), cap);

@@ -21,12 +21,17 @@ TEST_P(HierarchicalVsHand, OutputImportanceAndLoad) {
   const bool train = GetParam();
   const int64_t d = 10, a = 3, b = 4, k1 = 2, k2 = 2, h = 7, T = 20;
   torch::manual_seed(21);
-  HierarchicalMoE layer(HierarchicalMoEOptions(d, a, b).hidden_size(h).top_k(2)
-                            .activation(Activation::kSiLU).importance_coef(0.1).load_coef(0.2));
+  HierarchicalMoE layer(HierarchicalMoEOptions(d, a, b)
+                            .hidden_size(h)
+                            .top_k(2)
+                            .activation(Activation::kSiLU)
+                            .importance_coef(0.1)
+                            .load_coef(0.2));
   layer->to(at::kDouble);
   {
     torch::NoGradGuard g;
-    for (auto& p : layer->named_parameters()) if (p.key().find("router") != std::string::npos) p.value().normal_(0, 0.7);
+    for (auto& p : layer->named_parameters())
+      if (p.key().find("router") != std::string::npos) p.value().normal_(0, 0.7);
   }
   layer->train(train);
   auto x = torch::randn({T, d}, at::kDouble);
@@ -63,8 +68,11 @@ TEST_P(HierarchicalVsHand, OutputImportanceAndLoad) {
       const auto cl = sl.index({torch::indexing::Slice(t, t + 1), rows});
       const auto hl = sH.index({torch::indexing::Slice(t, t + 1), rows});
       const auto sr = mt::reference_noisy_route(cl, hl, k2);
-      if (train) s_load[g] += mt::reference_prob_in_top_k(cl, hl, ssd.index({torch::indexing::Slice(t, t + 1), rows}), k2)[0];
-      else for (int64_t s2 = 0; s2 < k2; ++s2) s_load[g][sr.expert_index[0][s2].item<int64_t>()] += 1;
+      if (train)
+        s_load[g] += mt::reference_prob_in_top_k(
+            cl, hl, ssd.index({torch::indexing::Slice(t, t + 1), rows}), k2)[0];
+      else
+        for (int64_t s2 = 0; s2 < k2; ++s2) s_load[g][sr.expert_index[0][s2].item<int64_t>()] += 1;
       for (int64_t s2 = 0; s2 < k2; ++s2) {
         const int64_t e = g * b + sr.expert_index[0][s2].item<int64_t>();
         const double w = gp * sr.gate[0][s2].item<double>();  // Eq. 12
@@ -80,8 +88,10 @@ TEST_P(HierarchicalVsHand, OutputImportanceAndLoad) {
   ASSERT_TRUE(torch::equal(out.routing.expert_index, idx));
   EXPECT_CLOSE(out.routing.gate, gate, 1e-12, 1e-14);
   const auto& ex = layer->experts;
-  EXPECT_CLOSE(out.output, mt::dense_moe_reference(x, idx, gate, ex->w1, ex->w2, ex->w3, ex->b1, ex->b2,
-                                                   Activation::kSiLU), 1e-10, 1e-10);
+  EXPECT_CLOSE(out.output,
+               mt::dense_moe_reference(x, idx, gate, ex->w1, ex->w2, ex->w3, ex->b1, ex->b2,
+                                       Activation::kSiLU),
+               1e-10, 1e-10);
   EXPECT_CLOSE(out.stats.importance, imp, 1e-12, 1e-14);
   EXPECT_CLOSE(out.stats.load, load.reshape({-1}), 1e-10, 1e-12);
   const double aux = train ? 0.1 * moe::cv_squared(imp).item<double>() +
@@ -96,9 +106,10 @@ INSTANTIATE_TEST_SUITE_P(Modes, HierarchicalVsHand, ::testing::Values(false, tru
 TEST(HierarchicalMoE, OneGroupEqualsSparseMoE) {
   const int64_t d = 8, E = 6, k = 2, h = 9;
   torch::manual_seed(5);
-  HierarchicalMoE hier(HierarchicalMoEOptions(d, 1, E).hidden_size(h).primary_top_k(1).secondary_top_k(k));
-  moe::nn::SparseMoE flat(moe::nn::SparseMoEOptions(d, E).hidden_size(h).top_k(k)
-                              .router(moe::RouterKind::kNoisyTopK));
+  HierarchicalMoE hier(
+      HierarchicalMoEOptions(d, 1, E).hidden_size(h).primary_top_k(1).secondary_top_k(k));
+  moe::nn::SparseMoE flat(
+      moe::nn::SparseMoEOptions(d, E).hidden_size(h).top_k(k).router(moe::RouterKind::kNoisyTopK));
   {
     torch::NoGradGuard g;
     hier->secondary_router->weight.normal_();

@@ -31,9 +31,9 @@ struct Case {
 
 std::string name_of(const Case& c) {
   std::ostringstream s;
-  s << moe::to_string(c.kind) << "_k" << c.k << "_cf" << static_cast<int>(c.capacity_factor * 100) << "_"
-    << moe::to_string(c.act) << (c.bias ? "_bias" : "") << (c.train ? "_train" : "_eval") << "_"
-    << (c.dtype == at::kDouble ? "f64" : "f32");
+  s << moe::to_string(c.kind) << "_k" << c.k << "_cf" << static_cast<int>(c.capacity_factor * 100)
+    << "_" << moe::to_string(c.act) << (c.bias ? "_bias" : "") << (c.train ? "_train" : "_eval")
+    << "_" << (c.dtype == at::kDouble ? "f64" : "f32");
   return s.str();
 }
 
@@ -81,7 +81,9 @@ TEST_P(SparseMoEVsDense, OutputAndRoutingMatchTheReference) {
     if (c.train) {
       torch::manual_seed(7);  // the router draws one standard normal [T, E] in router precision
       const auto noise = torch::randn({T, E}, c.dtype).to(at::kDouble);
-      const auto sd = at::log1p(at::exp(at::matmul(x2, layer->router->noise_weight.to(at::kDouble).t()))) + 1e-2;
+      const auto sd =
+          at::log1p(at::exp(at::matmul(x2, layer->router->noise_weight.to(at::kDouble).t()))) +
+          1e-2;
       H = logits + noise * sd;
     }
     route = mt::reference_noisy_route(logits, H, c.k);
@@ -97,13 +99,14 @@ TEST_P(SparseMoEVsDense, OutputAndRoutingMatchTheReference) {
   ASSERT_TRUE(torch::equal(out.routing.expert_index, route.expert_index));
   EXPECT_CLOSE(out.routing.gate, route.gate, tol, tol);
   const auto& ex = layer->experts;
-  const auto ref = mt::dense_moe_reference(x2, route.expert_index, route.gate, ex->w1, ex->w2, ex->w3,
-                                           ex->b1, ex->b2, c.act);
+  const auto ref = mt::dense_moe_reference(x2, route.expert_index, route.gate, ex->w1, ex->w2,
+                                           ex->w3, ex->b1, ex->b2, c.act);
   EXPECT_CLOSE(out.output.reshape({T, d}), ref, tol, tol);
 
   // Statistics agree with the table.
   for (int64_t e = 0; e < E; ++e)
-    EXPECT_EQ(out.stats.tokens_per_expert[e].item<int64_t>(), (route.expert_index == e).sum().item<int64_t>());
+    EXPECT_EQ(out.stats.tokens_per_expert[e].item<int64_t>(),
+              (route.expert_index == e).sum().item<int64_t>());
   const int64_t kept = (route.expert_index >= 0).sum().item<int64_t>();
   EXPECT_NEAR(out.stats.dropped_fraction, double(T * c.k - kept) / double(T * c.k), 1e-15);
   EXPECT_NEAR(out.stats.experts_per_token_mean, double(kept) / T, 1e-12);
@@ -111,8 +114,8 @@ TEST_P(SparseMoEVsDense, OutputAndRoutingMatchTheReference) {
 
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
-  const Activation acts[] = {Activation::kReLU, Activation::kGELU, Activation::kSiLU, Activation::kSwiGLU,
-                             Activation::kGEGLU};
+  const Activation acts[] = {Activation::kReLU, Activation::kGELU, Activation::kSiLU,
+                             Activation::kSwiGLU, Activation::kGEGLU};
   int i = 0;
   for (auto dtype : {at::kDouble, at::kFloat})
     for (auto kind : {RouterKind::kSoftmaxTopK, RouterKind::kNoisyTopK, RouterKind::kSwitch})
@@ -129,13 +132,16 @@ INSTANTIATE_TEST_SUITE_P(Grid, SparseMoEVsDense, ::testing::ValuesIn(all_cases()
                          [](const auto& info) { return name_of(info.param); });
 
 TEST(SparseMoE, ParameterNamesAndShapes) {
-  SparseMoE noisy(SparseMoEOptions(6, 4).hidden_size(5).router(RouterKind::kNoisyTopK)
-                      .activation(Activation::kSwiGLU).expert_bias(true));
+  SparseMoE noisy(SparseMoEOptions(6, 4)
+                      .hidden_size(5)
+                      .router(RouterKind::kNoisyTopK)
+                      .activation(Activation::kSwiGLU)
+                      .expert_bias(true));
   std::map<std::string, std::vector<int64_t>> got;
   for (const auto& p : noisy->named_parameters()) got[p.key()] = p.value().sizes().vec();
   const std::map<std::string, std::vector<int64_t>> expect{
-      {"router.weight", {4, 6}},  {"router.noise_weight", {4, 6}}, {"experts.w1", {4, 6, 5}},
-      {"experts.w2", {4, 5, 6}},  {"experts.w3", {4, 6, 5}},       {"experts.b1", {4, 5}},
+      {"router.weight", {4, 6}}, {"router.noise_weight", {4, 6}}, {"experts.w1", {4, 6, 5}},
+      {"experts.w2", {4, 5, 6}}, {"experts.w3", {4, 6, 5}},       {"experts.b1", {4, 5}},
       {"experts.b2", {4, 6}}};
   EXPECT_EQ(got, expect);
   // Shazeer §1.5: both gate matrices start at zero.
@@ -148,7 +154,8 @@ TEST(SparseMoE, ParameterNamesAndShapes) {
 }
 
 TEST(SparseMoE, OneExpertIsBitwiseAPlainFFN) {
-  // MegaBlocks' degenerate case: E = 1, k = 1, dropless => exactly the dense FFN, forward and grads.
+  // MegaBlocks' degenerate case: E = 1, k = 1, dropless => exactly the dense FFN, forward and
+  // grads.
   torch::manual_seed(3);
   SparseMoE layer(SparseMoEOptions(16, 1).hidden_size(24).top_k(1));
   auto x = torch::randn({33, 16}, torch::requires_grad());
@@ -176,7 +183,8 @@ TEST(SparseMoE, IdenticalExpertsWithKEqualEIsOneFFN) {
     layer->router->weight.normal_();
   }
   auto x = torch::randn({10, 8});
-  auto ffn = mt::reference_activation(Activation::kGELU, x.mm(layer->experts->w1[0])).mm(layer->experts->w2[0]);
+  auto ffn = mt::reference_activation(Activation::kGELU, x.mm(layer->experts->w1[0]))
+                 .mm(layer->experts->w2[0]);
   EXPECT_CLOSE(layer->forward(x).output, ffn, 1e-5, 1e-6);
 }
 

@@ -11,11 +11,14 @@ namespace moe::testing {
 
 torch::Tensor reference_activation(Activation act, const torch::Tensor& h) {
   switch (act) {
-    case Activation::kReLU: return at::clamp_min(h, 0.0);
+    case Activation::kReLU:
+      return at::clamp_min(h, 0.0);
     case Activation::kGELU:
-    case Activation::kGEGLU: return 0.5 * h * (1.0 + at::erf(h / std::sqrt(2.0)));
+    case Activation::kGEGLU:
+      return 0.5 * h * (1.0 + at::erf(h / std::sqrt(2.0)));
     case Activation::kSiLU:
-    case Activation::kSwiGLU: return h * at::sigmoid(h);
+    case Activation::kSwiGLU:
+      return h * at::sigmoid(h);
   }
   return h;
 }
@@ -23,7 +26,8 @@ torch::Tensor reference_activation(Activation act, const torch::Tensor& h) {
 torch::Tensor dense_moe_reference(const torch::Tensor& x, const torch::Tensor& expert_index,
                                   const torch::Tensor& gate, const torch::Tensor& w1,
                                   const torch::Tensor& w2, const torch::Tensor& w3,
-                                  const torch::Tensor& b1, const torch::Tensor& b2, Activation act) {
+                                  const torch::Tensor& b1, const torch::Tensor& b2,
+                                  Activation act) {
   const auto xd = x.to(at::kDouble);
   const int64_t T = x.size(0), E = w1.size(0), K = expert_index.size(1);
   // Dense mixing matrix, built with plain loops.
@@ -96,7 +100,8 @@ ReferenceRoute reference_softmax_route(const torch::Tensor& logits, int64_t k, b
   return r;
 }
 
-ReferenceRoute reference_noisy_route(const torch::Tensor& clean, const torch::Tensor& noisy, int64_t k) {
+ReferenceRoute reference_noisy_route(const torch::Tensor& clean, const torch::Tensor& noisy,
+                                     int64_t k) {
   (void)clean;
   const auto h = noisy.to(at::kDouble);
   ReferenceRoute r;

@@ -25,8 +25,9 @@ namespace moe::testing {
   const auto bad = diff > (atol + rtol * b.abs());
   if (bad.any().item<bool>()) {
     std::ostringstream s;
-    s << bad.sum().item<int64_t>() << " of " << a.numel() << " elements differ; max |diff| = "
-      << diff.max().item<double>() << " (rtol " << rtol << ", atol " << atol << ")";
+    s << bad.sum().item<int64_t>() << " of " << a.numel()
+      << " elements differ; max |diff| = " << diff.max().item<double>() << " (rtol " << rtol
+      << ", atol " << atol << ")";
     return ::testing::AssertionFailure() << s.str();
   }
   return ::testing::AssertionSuccess();

@@ -23,4 +23,5 @@ bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b);
 
 }  // namespace moe::testing
 
-#define EXPECT_CLOSE(a, b, rtol, atol) EXPECT_TRUE(::moe::testing::all_close((a), (b), (rtol), (atol)))
+#define EXPECT_CLOSE(a, b, rtol, atol) \
+  EXPECT_TRUE(::moe::testing::all_close((a), (b), (rtol), (atol)))

@@ -92,7 +92,8 @@ TEST(NoisyTopKGating, WithoutNoiseOrWithKEqualEUsesHardCounts) {
   EXPECT_TRUE(torch::equal(g.load, torch::tensor({1.0, 1.0, 2.0}, at::kDouble)));
   const double e1 = std::exp(1.0);
   EXPECT_NEAR(g.gate[0][0].item<double>(), e1 / (e1 + 1.0), 1e-15);
-  auto full = moe::noisy_top_k_gating(clean, torch::zeros_like(clean), torch::randn_like(clean), 3, 1e-2);
+  auto full =
+      moe::noisy_top_k_gating(clean, torch::zeros_like(clean), torch::randn_like(clean), 3, 1e-2);
   EXPECT_TRUE(torch::equal(full.load, torch::tensor({2.0, 2.0, 2.0}, at::kDouble)));
 }
 
@@ -109,21 +110,26 @@ TEST(SoftmaxTopKGating, RenormalisedOrRaw) {
   auto logits = torch::tensor({{1.0, 2.0, 0.0, 2.0}}, at::kDouble);
   const double z = std::exp(1.0) + 2 * std::exp(2.0) + 1.0;
   auto raw = moe::softmax_top_k_gating(logits, 2, /*normalize=*/false);
-  EXPECT_TRUE(torch::equal(raw.expert_index, torch::tensor({{1, 3}}, at::kLong)));  // tie: lower first
+  EXPECT_TRUE(
+      torch::equal(raw.expert_index, torch::tensor({{1, 3}}, at::kLong)));  // tie: lower first
   EXPECT_NEAR(raw.gate[0][0].item<double>(), std::exp(2.0) / z, 1e-15);
   EXPECT_NEAR(raw.gate[0][1].item<double>(), std::exp(2.0) / z, 1e-15);
   auto norm = moe::softmax_top_k_gating(logits, 2, /*normalize=*/true);
   EXPECT_NEAR(norm.gate[0][0].item<double>(), 0.5, 1e-15);
-  EXPECT_CLOSE(norm.probs, torch::tensor({{std::exp(1.0) / z, std::exp(2.0) / z, 1.0 / z, std::exp(2.0) / z}},
-                                         at::kDouble), 1e-15, 1e-15);
+  EXPECT_CLOSE(norm.probs,
+               torch::tensor({{std::exp(1.0) / z, std::exp(2.0) / z, 1.0 / z, std::exp(2.0) / z}},
+                             at::kDouble),
+               1e-15, 1e-15);
 }
 
 TEST(Capacity, FormulaAndLimits) {
   EXPECT_EQ(moe::expert_capacity(10, 2, 4, 1.25, 0), 7);  // ceil(10·2/4·1.25) = ceil(6.25)
   EXPECT_EQ(moe::expert_capacity(10, 2, 4, 1.0, 0), 5);
-  EXPECT_EQ(moe::expert_capacity(1, 1, 8, 1.0, 4), 4);    // min_capacity
-  EXPECT_TRUE(throws_with([] { moe::expert_capacity(10, 2, 4, 0.0, 0); }, {"capacity_factor", "0"}));
-  EXPECT_TRUE(throws_with([] { moe::expert_capacity(10, 2, 4, std::nan(""), 0); }, {"capacity_factor", "nan"}));
+  EXPECT_EQ(moe::expert_capacity(1, 1, 8, 1.0, 4), 4);  // min_capacity
+  EXPECT_TRUE(
+      throws_with([] { moe::expert_capacity(10, 2, 4, 0.0, 0); }, {"capacity_factor", "0"}));
+  EXPECT_TRUE(throws_with([] { moe::expert_capacity(10, 2, 4, std::nan(""), 0); },
+                          {"capacity_factor", "nan"}));
   EXPECT_TRUE(throws_with([] { moe::expert_capacity(1 << 20, 8, 1, 1e6, 0); }, {"2^31"}));
 }
 

@@ -19,7 +19,8 @@ TEST(Kernels, GatherAndCombineMatchLoops) {
   auto src = torch::randn({T, d}, at::kDouble);
   auto index = torch::randint(0, T, {P}, at::kLong);
   auto dst = torch::empty({P, d}, at::kDouble);
-  k::gather_rows<double>(src.data_ptr<double>(), index.data_ptr<int64_t>(), P, d, dst.data_ptr<double>());
+  k::gather_rows<double>(src.data_ptr<double>(), index.data_ptr<int64_t>(), P, d,
+                         dst.data_ptr<double>());
   for (int64_t i = 0; i < P; ++i) EXPECT_TRUE(torch::equal(dst[i], src[index[i].item<int64_t>()]));
 
   // Token-major CSR: token t owns pairs [off[t], off[t+1]).
@@ -28,8 +29,9 @@ TEST(Kernels, GatherAndCombineMatchLoops) {
   auto offsets = torch::tensor({0, 2, 2, 5, 6, 9, 10, 11}, at::kLong);
   auto pairs = torch::randperm(P, at::kLong);
   auto out = torch::empty({T, d}, at::kDouble);
-  k::combine_rows<double>(rows.data_ptr<double>(), w.data_ptr<double>(), offsets.data_ptr<int64_t>(),
-                          pairs.data_ptr<int64_t>(), T, d, out.data_ptr<double>());
+  k::combine_rows<double>(rows.data_ptr<double>(), w.data_ptr<double>(),
+                          offsets.data_ptr<int64_t>(), pairs.data_ptr<int64_t>(), T, d,
+                          out.data_ptr<double>());
   for (int64_t t = 0; t < T; ++t) {
     auto expect = torch::zeros({d}, at::kDouble);
     for (int64_t j = offsets[t].item<int64_t>(); j < offsets[t + 1].item<int64_t>(); ++j) {
@@ -40,11 +42,11 @@ TEST(Kernels, GatherAndCombineMatchLoops) {
   }
 
   auto scaled = torch::empty({P, d}, at::kDouble);
-  k::gather_scale_rows<double>(src.data_ptr<double>(), index.data_ptr<int64_t>(), w.data_ptr<double>(),
-                               P, d, scaled.data_ptr<double>());
+  k::gather_scale_rows<double>(src.data_ptr<double>(), index.data_ptr<int64_t>(),
+                               w.data_ptr<double>(), P, d, scaled.data_ptr<double>());
   auto dots = torch::empty({P}, at::kDouble);
-  k::gather_dot_rows<double>(src.data_ptr<double>(), index.data_ptr<int64_t>(), rows.data_ptr<double>(),
-                             P, d, dots.data_ptr<double>());
+  k::gather_dot_rows<double>(src.data_ptr<double>(), index.data_ptr<int64_t>(),
+                             rows.data_ptr<double>(), P, d, dots.data_ptr<double>());
   for (int64_t i = 0; i < P; ++i) {
     auto s = src[index[i].item<int64_t>()];
     EXPECT_CLOSE(scaled[i], w[i] * s, 1e-15, 1e-15);
@@ -62,8 +64,8 @@ TEST_P(ActivationKernel, ForwardMatchesDefinitionAndBackwardMatchesFiniteDiffere
   auto h = torch::randn({n}, at::kDouble) * 3;
   auto g = torch::randn({n}, at::kDouble);
   auto out = torch::empty({n}, at::kDouble);
-  k::activation_forward<double>(act, h.data_ptr<double>(), gated ? g.data_ptr<double>() : nullptr, n,
-                                out.data_ptr<double>());
+  k::activation_forward<double>(act, h.data_ptr<double>(), gated ? g.data_ptr<double>() : nullptr,
+                                n, out.data_ptr<double>());
   auto expect = moe::testing::reference_activation(act, h);
   if (gated) expect = expect * g;
   EXPECT_CLOSE(out, expect, 1e-14, 1e-14);
@@ -96,8 +98,9 @@ TEST(Kernels, BFloat16AccumulatesInFloat) {
   auto offsets = torch::tensor({int64_t(0), P}, at::kLong);
   auto pairs = torch::arange(P, at::kLong);
   auto out = torch::empty({1, d}, at::kBFloat16);
-  k::combine_rows<c10::BFloat16>(rows.data_ptr<c10::BFloat16>(), nullptr, offsets.data_ptr<int64_t>(),
-                                 pairs.data_ptr<int64_t>(), 1, d, out.data_ptr<c10::BFloat16>());
+  k::combine_rows<c10::BFloat16>(rows.data_ptr<c10::BFloat16>(), nullptr,
+                                 offsets.data_ptr<int64_t>(), pairs.data_ptr<int64_t>(), 1, d,
+                                 out.data_ptr<c10::BFloat16>());
   EXPECT_EQ(out.item<float>(), 1.0f);
 }
 

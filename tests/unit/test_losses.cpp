@@ -18,8 +18,8 @@ TEST(Losses, CvSquaredUsesPopulationVarianceAndEps) {
   double var = 0;
   for (double x : v) var += (x - mean) * (x - mean);
   var /= n;
-  EXPECT_NEAR(moe::cv_squared(torch::tensor(v, at::kDouble)).item<double>(), var / (mean * mean + 1e-10),
-              1e-15);
+  EXPECT_NEAR(moe::cv_squared(torch::tensor(v, at::kDouble)).item<double>(),
+              var / (mean * mean + 1e-10), 1e-15);
   EXPECT_EQ(moe::cv_squared(torch::zeros({0}, at::kDouble)).item<double>(), 0.0);
   EXPECT_EQ(moe::cv_squared(torch::zeros({5}, at::kDouble)).item<double>(), 0.0);
 }
@@ -27,7 +27,8 @@ TEST(Losses, CvSquaredUsesPopulationVarianceAndEps) {
 TEST(Losses, BalanceLossAnalyticValues) {
   const int64_t T = 8, E = 4, k = 2;
   // Balanced: every expert chosen by 4 of the 8 tokens, uniform probabilities → exactly k.
-  auto idx = torch::tensor({0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3}, at::kLong).view({T, k});
+  auto idx =
+      torch::tensor({0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3}, at::kLong).view({T, k});
   auto uniform = torch::full({T, E}, 0.25, at::kDouble);
   EXPECT_NEAR(moe::balance_loss(uniform, idx).item<double>(), 2.0, 1e-15);
   // Collapse: every token picks experts 0 and 1 with all probability there → E.
@@ -46,7 +47,9 @@ TEST(Losses, BalanceLossAnalyticValues) {
     expect += f * p.select(1, e).mean().item<double>();
   }
   EXPECT_NEAR(moe::balance_loss(p, r).item<double>(), E * expect, 1e-14);
-  EXPECT_EQ(moe::balance_loss(torch::zeros({0, E}, at::kDouble), torch::zeros({0, k}, at::kLong)).item<double>(), 0.0);
+  EXPECT_EQ(moe::balance_loss(torch::zeros({0, E}, at::kDouble), torch::zeros({0, k}, at::kLong))
+                .item<double>(),
+            0.0);
 }
 
 TEST(Losses, ZLossIsMeanSquaredLogSumExp) {
@@ -64,7 +67,8 @@ TEST(Losses, ZLossIsMeanSquaredLogSumExp) {
 TEST(Losses, ImportanceIsGateMassPerExpert) {
   auto idx = torch::tensor({{0, 2}, {2, -1}}, at::kLong);
   auto gate = torch::tensor({{0.7, 0.3}, {0.9, 0.1}}, at::kDouble);
-  EXPECT_CLOSE(moe::importance(idx, gate, 3), torch::tensor({0.7, 0.0, 1.2}, at::kDouble), 1e-15, 0);
+  EXPECT_CLOSE(moe::importance(idx, gate, 3), torch::tensor({0.7, 0.0, 1.2}, at::kDouble), 1e-15,
+               0);
 }
 
 // Megatron's check: backward of out.sum()*0 + aux leaves only the aux-loss gradient.
@@ -82,7 +86,10 @@ TEST(Losses, AuxLossGradientFlowsOnlyWhenEnabled) {
   EXPECT_EQ(router_grad_norm(base.balance_coef(0.0).z_loss_coef(0.0)), 0.0);
   EXPECT_GT(router_grad_norm(base.balance_coef(1e-2).z_loss_coef(0.0)), 0.0);
   EXPECT_GT(router_grad_norm(base.balance_coef(0.0).z_loss_coef(1e-3)), 0.0);
-  auto noisy = moe::nn::SparseMoEOptions(8, 4).hidden_size(16).top_k(2).router(moe::RouterKind::kNoisyTopK)
+  auto noisy = moe::nn::SparseMoEOptions(8, 4)
+                   .hidden_size(16)
+                   .top_k(2)
+                   .router(moe::RouterKind::kNoisyTopK)
                    .router_zero_init(false);
   EXPECT_EQ(router_grad_norm(noisy.importance_coef(0.0).load_coef(0.0)), 0.0);
   EXPECT_GT(router_grad_norm(noisy.importance_coef(1e-2).load_coef(0.0)), 0.0);
@@ -91,8 +98,9 @@ TEST(Losses, AuxLossGradientFlowsOnlyWhenEnabled) {
 
 TEST(Losses, SparseMoEAuxLossMatchesTheWeightedSum) {
   torch::manual_seed(1);
-  moe::nn::SparseMoE layer(moe::nn::SparseMoEOptions(8, 4).hidden_size(16).top_k(2).balance_coef(0.03)
-                               .z_loss_coef(0.002));
+  moe::nn::SparseMoE layer(
+      moe::nn::SparseMoEOptions(8, 4).hidden_size(16).top_k(2).balance_coef(0.03).z_loss_coef(
+          0.002));
   auto x = torch::randn({20, 8});
   auto out = layer->forward(x);
   auto logits = torch::matmul(x, layer->router->weight.t()).detach();

@@ -69,14 +69,23 @@ TEST(RoutingPlan, EmptyTableAndAllUnused) {
 }
 
 TEST(RoutingPlan, RejectsBadTables) {
-  EXPECT_TRUE(throws_with([] { moe::build_routing_plan(torch::tensor({0, 4}, at::kLong).view({1, 2}), 4); },
-                          {"expert ids must be in [0, 4)", "4]"}));
-  EXPECT_TRUE(throws_with([] { moe::build_routing_plan(torch::tensor({-2, 0}, at::kLong).view({1, 2}), 4); },
-                          {"[-2, 0]"}));
-  EXPECT_TRUE(throws_with([] { moe::build_routing_plan(torch::zeros({2, 2}, at::kInt), 4); },
-                          {"int64", "Int"}));
-  EXPECT_TRUE(throws_with([] { moe::build_routing_plan(torch::zeros({4}, at::kLong), 4); },
-                          {"[T, K]"}));
+  EXPECT_TRUE(throws_with(
+      [] {
+        moe::build_routing_plan(torch::tensor({0, 4}, at::kLong).view({1, 2}), 4);
+      },
+      {"expert ids must be in [0, 4)", "4]"}));
+  EXPECT_TRUE(throws_with(
+      [] {
+        moe::build_routing_plan(torch::tensor({-2, 0}, at::kLong).view({1, 2}), 4);
+      },
+      {"[-2, 0]"}));
+  EXPECT_TRUE(throws_with(
+      [] {
+        moe::build_routing_plan(torch::zeros({2, 2}, at::kInt), 4);
+      },
+      {"int64", "Int"}));
+  EXPECT_TRUE(
+      throws_with([] { moe::build_routing_plan(torch::zeros({4}, at::kLong), 4); }, {"[T, K]"}));
 }
 
 TEST(RoutingPlan, ValidationCatchesCorruption) {

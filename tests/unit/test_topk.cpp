@@ -22,8 +22,8 @@ TEST(TopK, MatchesAStableSortOnHeavilyTiedData) {
   // Small integer range: many ties. k spans the insertion path (<= 16) and the partial-sort path.
   for (int64_t E : {1, 3, 8, 33, 257}) {
     auto v = torch::randint(0, 5, {64, E}).to(at::kFloat);
-    for (int64_t k : {int64_t(1), std::min<int64_t>(E, 2), std::min<int64_t>(E, 4), std::min<int64_t>(E, 16),
-                      std::min<int64_t>(E, 17), E}) {
+    for (int64_t k : {int64_t(1), std::min<int64_t>(E, 2), std::min<int64_t>(E, 4),
+                      std::min<int64_t>(E, 16), std::min<int64_t>(E, 17), E}) {
       auto [idx, val] = moe::topk_lowest_index(v, k);
       EXPECT_TRUE(torch::equal(idx, moe::testing::reference_topk_indices(v, k)))
           << "E=" << E << " k=" << k;

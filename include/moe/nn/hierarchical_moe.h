@@ -2,7 +2,8 @@
 //
 // a groups of b experts. A primary noisy top-k gate picks k1 groups; the secondary noisy top-k gate
 // of each picked group picks k2 of its b experts; the combine weight is the product of the two gate
-// values (Eq. 12). Losses: CV² of Importance_H (Eq. 13) and of Load_H (Eq. 14), over the a·b entries.
+// values (Eq. 12). Losses: CV² of Importance_H (Eq. 13) and of Load_H (Eq. 14), over the a·b
+// entries.
 //
 // Parameters: primary_router.weight / noise_weight [a, d], secondary_router.weight / noise_weight
 // [a·b, d] (rows g·b .. g·b+b-1 belong to group g), experts.* as in SparseMoE with E = a·b
@@ -25,7 +26,9 @@ namespace moe::nn {
 ///                                .hidden_size(1024).top_k(2));
 struct HierarchicalMoEOptions {
   HierarchicalMoEOptions(int64_t d_model, int64_t groups, int64_t experts_per_group)
-      : d_model_(d_model), groups_(groups), experts_per_group_(experts_per_group),
+      : d_model_(d_model),
+        groups_(groups),
+        experts_per_group_(experts_per_group),
         hidden_size_(4 * d_model) {}
   /// Sets k for both levels (the paper uses k = 2 at each level).
   HierarchicalMoEOptions& top_k(int64_t k) {

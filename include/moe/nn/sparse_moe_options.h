@@ -13,7 +13,8 @@
 namespace moe::nn {
 
 /// Example:
-///   SparseMoE layer(SparseMoEOptions(/*d_model=*/512, /*num_experts=*/16).hidden_size(2048).top_k(2)
+///   SparseMoE layer(SparseMoEOptions(/*d_model=*/512,
+///   /*num_experts=*/16).hidden_size(2048).top_k(2)
 ///                       .router(RouterKind::kNoisyTopK).activation(Activation::kReLU));
 /// Router settings are described in moe/router_options.h; unset loss coefficients take the router
 /// kind's defaults.

@@ -21,6 +21,8 @@ using acc_t = typename AccType<T>::type;
 
 /// Rows per parallel task for row-wise loops over rows of `width` elements: about 32k elements per
 /// task (ATen's GRAIN_SIZE), at least one row.
-inline int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, width)); }
+inline int64_t row_grain(int64_t width) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, width));
+}
 
 }  // namespace moe::kernels::cpu

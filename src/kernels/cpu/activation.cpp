@@ -17,11 +17,14 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 template <typename A>
 inline A act_value(Activation act, A h) {
   switch (act) {
-    case Activation::kReLU: return h > A(0) ? h : A(0);
+    case Activation::kReLU:
+      return h > A(0) ? h : A(0);
     case Activation::kGELU:
-    case Activation::kGEGLU: return A(0.5) * h * (A(1) + std::erf(h * A(kInvSqrt2)));
+    case Activation::kGEGLU:
+      return A(0.5) * h * (A(1) + std::erf(h * A(kInvSqrt2)));
     case Activation::kSiLU:
-    case Activation::kSwiGLU: return h / (A(1) + std::exp(-h));
+    case Activation::kSwiGLU:
+      return h / (A(1) + std::exp(-h));
   }
   return A(0);
 }
@@ -29,10 +32,12 @@ inline A act_value(Activation act, A h) {
 template <typename A>
 inline A act_derivative(Activation act, A h) {
   switch (act) {
-    case Activation::kReLU: return h > A(0) ? A(1) : A(0);
+    case Activation::kReLU:
+      return h > A(0) ? A(1) : A(0);
     case Activation::kGELU:
     case Activation::kGEGLU:
-      return A(0.5) * (A(1) + std::erf(h * A(kInvSqrt2))) + h * A(kInvSqrt2Pi) * std::exp(A(-0.5) * h * h);
+      return A(0.5) * (A(1) + std::erf(h * A(kInvSqrt2))) +
+             h * A(kInvSqrt2Pi) * std::exp(A(-0.5) * h * h);
     case Activation::kSiLU:
     case Activation::kSwiGLU: {
       const A s = A(1) / (A(1) + std::exp(-h));
@@ -77,10 +82,9 @@ void activation_backward(Activation act, const T* h, const T* g, const T* dout, 
   });
 }
 
-#define MOE_INSTANTIATE(T)                                                                \
-  template void activation_forward<T>(Activation, const T*, const T*, int64_t, T*);       \
-  template void activation_backward<T>(Activation, const T*, const T*, const T*, int64_t, \
-                                       T*, T*);
+#define MOE_INSTANTIATE(T)                                                          \
+  template void activation_forward<T>(Activation, const T*, const T*, int64_t, T*); \
+  template void activation_backward<T>(Activation, const T*, const T*, const T*, int64_t, T*, T*);
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)
 MOE_INSTANTIATE(c10::BFloat16)

@@ -41,7 +41,8 @@ void combine_rows(const T* rows, const T* w, const int64_t* offsets, const int64
 }
 
 template <typename T>
-void gather_scale_rows(const T* src, const int64_t* index, const T* w, int64_t n, int64_t d, T* dst) {
+void gather_scale_rows(const T* src, const int64_t* index, const T* w, int64_t n, int64_t d,
+                       T* dst) {
   using A = acc_t<T>;
   at::parallel_for(0, n, row_grain(d), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
@@ -54,7 +55,8 @@ void gather_scale_rows(const T* src, const int64_t* index, const T* w, int64_t n
 }
 
 template <typename T>
-void gather_dot_rows(const T* src, const int64_t* index, const T* rows, int64_t n, int64_t d, T* out) {
+void gather_dot_rows(const T* src, const int64_t* index, const T* rows, int64_t n, int64_t d,
+                     T* out) {
   using A = acc_t<T>;
   at::parallel_for(0, n, row_grain(d), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {

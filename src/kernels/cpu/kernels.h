@@ -1,8 +1,8 @@
 // CPU kernels of the sparse MoE engine: raw pointers and sizes in, nothing out but the buffers.
 //
-// No torch frontend header here (DESIGN.md §2): the core wraps these with Tensor checks. Every kernel
-// is deterministic: each output element is written by one task, and a token's contributions are summed
-// in a fixed order (the plan's token-major order), never with atomics.
+// No torch frontend header here (DESIGN.md §2): the core wraps these with Tensor checks. Every
+// kernel is deterministic: each output element is written by one task, and a token's contributions
+// are summed in a fixed order (the plan's token-major order), never with atomics.
 //
 // Scalar types: float, double and c10::BFloat16 (accumulation in float for bf16).
 #pragma once
@@ -17,27 +17,29 @@ namespace moe::kernels::cpu {
 template <typename T>
 void gather_rows(const T* src, const int64_t* index, int64_t n, int64_t d, T* dst);
 
-/// out[t, :] = Σ_{j in [offsets[t], offsets[t+1])} w[pairs[j]] * rows[pairs[j], :]   (w == nullptr: w = 1).
-/// rows [P, d], out [T, d]; tokens with no pair get a zero row. The sum runs in j order.
+/// out[t, :] = Σ_{j in [offsets[t], offsets[t+1])} w[pairs[j]] * rows[pairs[j], :]   (w == nullptr:
+/// w = 1). rows [P, d], out [T, d]; tokens with no pair get a zero row. The sum runs in j order.
 template <typename T>
 void combine_rows(const T* rows, const T* w, const int64_t* offsets, const int64_t* pairs,
                   int64_t num_tokens, int64_t d, T* out);
 
 /// dst[p, :] = w[p] * src[index[p], :]   (the adjoint of combine for one pair).
 template <typename T>
-void gather_scale_rows(const T* src, const int64_t* index, const T* w, int64_t n, int64_t d, T* dst);
+void gather_scale_rows(const T* src, const int64_t* index, const T* w, int64_t n, int64_t d,
+                       T* dst);
 
 /// out[p] = <src[index[p], :], rows[p, :]>   (the gradient of a pair's combine weight).
 template <typename T>
-void gather_dot_rows(const T* src, const int64_t* index, const T* rows, int64_t n, int64_t d, T* out);
+void gather_dot_rows(const T* src, const int64_t* index, const T* rows, int64_t n, int64_t d,
+                     T* out);
 
 /// Expert activation, elementwise over n values. Plain units: out = f(h) (g unused).
 /// Gated units (SwiGLU, GEGLU): out = f(h) * g.
 template <typename T>
 void activation_forward(Activation act, const T* h, const T* g, int64_t n, T* out);
 
-/// Backward of activation_forward given dout: dh = dout * f'(h) [* g]; for gated units also dg = dout * f(h).
-/// dh may alias dout.
+/// Backward of activation_forward given dout: dh = dout * f'(h) [* g]; for gated units also dg =
+/// dout * f(h). dh may alias dout.
 template <typename T>
 void activation_backward(Activation act, const T* h, const T* g, const T* dout, int64_t n, T* dh,
                          T* dg);
