@@ -29,6 +29,9 @@ struct ExpertBankOptions {
   TORCH_ARG(bool, bias) = false;
   TORCH_ARG(ExpertInit, init) = ExpertInit::kGlorotUniform;
   TORCH_ARG(double, init_std) = 0.02;  ///< for ExpertInit::kNormal
+  /// Recompute the hidden layer in backward instead of storing it (saves P·h values, 2·P·h for
+  /// gated units, for one more GEMM per expert).
+  TORCH_ARG(bool, recompute_hidden) = false;
 };
 
 class ExpertBankImpl : public torch::nn::Cloneable<ExpertBankImpl> {

@@ -22,8 +22,12 @@ struct ExpertWeights {
 ///   x [T, d], pair_weight [P] (plan order), returns y [T, d].
 /// Deterministic: y[t] sums the pairs of t in slot order. Empty experts get zero weight gradients.
 /// All tensors must share x's dtype (float32, float64 or bfloat16) and device.
+/// Memory: for backward the function keeps the expert outputs [P, d] and the hidden pre-activations
+/// [P, h] (twice for gated units); with recompute_hidden it keeps only the outputs and recomputes
+/// the hidden layer in backward (one more GEMM per expert, two for gated units). Nothing is kept
+/// when no input requires grad or grad mode is off.
 torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
                          const torch::Tensor& pair_weight, const ExpertWeights& weights,
-                         Activation activation);
+                         Activation activation, bool recompute_hidden = false);
 
 }  // namespace moe::functional

@@ -1,14 +1,24 @@
 // The engine's hot path: dispatch → grouped expert GEMMs → weighted combine, and its backward, as
 // one custom autograd function over a RoutingPlan (see include/moe/functional.h).
 //
-// Forward per expert segment [o_e, o_{e+1}) of the plan:
-//   xg = x[token_index]                       gather, [P, d]
-//   h  = xg·w1[e] + b1[e]      (g = xg·w3[e])  [P, h]
-//   a  = act(h)                (a = act(h)*g)
-//   o  = a·w2[e] + b2[e]                       [P, d]
-//   y[t] = Σ_{pairs p of t} w_p · o[p]         combine in slot order
-// Saved for backward: h (and g) and o; xg and a are recomputed (a gather and an elementwise pass),
-// which keeps the saved activations at 2·P·h + P·d values.
+// Forward, for each expert e with pairs [s, s+n) in the plan:
+//   xg = x[token_index[s:s+n]]                       gather into an [n, d] scratch buffer
+//   h  = xg·w1[e] + b1[e]      (g = xg·w3[e])        [n, h]
+//   a  = act(h)                (a = act(h)·g)        [n, h] scratch
+//   o[s:s+n] = a·w2[e] + b2[e]                       [P, d]
+//   y[t] = Σ_{pairs p of t} w_p · o[p]               combine in slot order (deterministic)
+// Saved for backward: h (and g) as [P, h] and o as [P, d]; with recompute_hidden only o, and h is
+// recomputed from x (one more GEMM per expert, two for gated units). Everything per expert lives in
+// scratch buffers sized by the largest expert, so the peak memory is the saved tensors plus one
+// expert's working set, as in an eager loop over experts, without its per-expert allocations.
+//
+// Backward, per expert: a is recomputed, dW2 = aᵀ·do, da = do·w2ᵀ, dh = act'(h)·da (in place),
+// dW1 = xgᵀ·dh, and dxg = dh·w1ᵀ is written over the rows of do that expert no longer needs; a
+// final deterministic combine sums each token's dxg rows into dx.
+//
+// Activations use ATen's vectorised elementwise kernels (relu/gelu/silu and their backward); a
+// scalar loop with erf/exp per element was 10x slower and made the elementwise passes rival the
+// GEMMs.
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -28,63 +38,139 @@ void dispatch_dtype(at::ScalarType t, F&& f) {
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "expert_mlp", [&] { f(scalar_t(0)); });
 }
 
-// out[seg] = a[seg] · b_e (+ bias_e) for every non-empty expert segment.
-void segment_mm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                const at::Tensor& bias, const int64_t* offsets, int64_t E) {
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t s = offsets[e], n = offsets[e + 1] - s;
-    if (n == 0) continue;
-    auto o = out.narrow(0, s, n);
-    if (bias.defined()) {
-      at::addmm_out(o, bias[e], a.narrow(0, s, n), b[e]);
-    } else {
-      at::mm_out(o, a.narrow(0, s, n), b[e]);
-    }
+// a = f(h), or f(h) * g for gated units. GELU is the exact (erf) form.
+void act_out(Activation act, at::Tensor& out, const at::Tensor& h) {
+  switch (act) {
+    case Activation::kReLU:
+      at::clamp_min_out(out, h, 0);
+      break;
+    case Activation::kGELU:
+    case Activation::kGEGLU:
+      at::gelu_out(out, h);
+      break;
+    case Activation::kSiLU:
+    case Activation::kSwiGLU:
+      at::silu_out(out, h);
+      break;
   }
 }
+
+void activation_forward(Activation act, const at::Tensor& h, const at::Tensor& g, at::Tensor& a) {
+  act_out(act, a, h);
+  if (is_gated(act)) a.mul_(g);
+}
+
+// Given da = dL/da (overwritten), writes dh = dL/dh into da's buffer and, for gated units, dg.
+void activation_backward(Activation act, const at::Tensor& h, const at::Tensor& g, at::Tensor& da,
+                         at::Tensor& dg) {
+  if (is_gated(act)) {
+    act_out(act, dg, h);  // dg = f(h) * da
+    dg.mul_(da);
+    da.mul_(g);  // the upstream gradient of f(h)
+  }
+  switch (act) {
+    case Activation::kReLU:
+      at::threshold_backward_out(da, da, h, 0);
+      break;
+    case Activation::kGELU:
+    case Activation::kGEGLU:
+      at::gelu_backward_out(da, da, h);
+      break;
+    case Activation::kSiLU:
+    case Activation::kSwiGLU:
+      at::silu_backward_out(da, da, h);
+      break;
+  }
+}
+
+// out = a · b (+ bias), out a view into a preallocated buffer.
+void linear_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias) {
+  if (bias.defined()) {
+    at::addmm_out(out, bias, a, b);
+  } else {
+    at::mm_out(out, a, b);
+  }
+}
+
+int64_t largest_segment(const int64_t* offsets, int64_t E) {
+  int64_t m = 0;
+  for (int64_t e = 0; e < E; ++e) m = std::max(m, offsets[e + 1] - offsets[e]);
+  return m;
+}
+
+// Per-expert scratch rows: the first n rows of a [max_rows, cols] buffer.
+struct Scratch {
+  at::Tensor buf;
+  at::Tensor rows(int64_t n) const { return buf.narrow(0, 0, n); }
+};
+
+// Which tensors forward keeps for backward.
+struct Keep {
+  bool any = false;     // backward will run
+  bool hidden = false;  // keep h (and g); otherwise backward recomputes them
+};
 
 struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& pair_weight, const at::Tensor& w1,
-                            const at::Tensor& w2, const at::Tensor& w3, const at::Tensor& b1,
-                            const at::Tensor& b2, const RoutingPlan& plan, Activation act) {
+                            const at::Tensor& w2, const at::Tensor& w3, const at::Tensor& b1_in,
+                            const at::Tensor& b2_in, const RoutingPlan& plan, Activation act,
+                            Keep keep) {
     const int64_t T = x.size(0), d = x.size(1), h = w1.size(2), E = w1.size(0);
     const int64_t P = plan.num_pairs();
     const bool gated = is_gated(act);
-    const bool has_b1 = b1.numel() > 0, has_b2 = b2.numel() > 0;
+    const auto b1 = b1_in.numel() > 0 ? b1_in : at::Tensor();
+    const auto b2 = b2_in.numel() > 0 ? b2_in : at::Tensor();
     const auto opts = x.options();
     const auto xc = x.contiguous();
     const auto wc = pair_weight.contiguous();
     const int64_t* offsets = plan.expert_offsets.data_ptr<int64_t>();
+    const int64_t* tok = plan.token_index.data_ptr<int64_t>();
+    const int64_t rows = largest_segment(offsets, E);
 
-    auto xg = at::empty({P, d}, opts);
-    auto hpre = at::empty({P, h}, opts);
-    auto gpre = gated ? at::empty({P, h}, opts) : at::Tensor();
-    auto a = at::empty({P, h}, opts);
+    const bool keep_h = keep.any && keep.hidden;
+    auto hall = keep_h ? at::empty({P, h}, opts) : at::Tensor();
+    auto gall = keep_h && gated ? at::empty({P, h}, opts) : at::Tensor();
+    const Scratch xg{at::empty({rows, d}, opts)};
+    const Scratch hs{keep_h ? at::Tensor() : at::empty({rows, h}, opts)};
+    const Scratch gs{keep_h || !gated ? at::Tensor() : at::empty({rows, h}, opts)};
+    const Scratch as{at::empty({rows, h}, opts)};
     auto o = at::empty({P, d}, opts);
     auto y = at::empty({T, d}, opts);
+
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
       using T_ = decltype(tag);
-      k::gather_rows<T_>(xc.data_ptr<T_>(), plan.token_index.data_ptr<int64_t>(), P, d,
-                         xg.data_ptr<T_>());
-      segment_mm(hpre, xg, w1, has_b1 ? b1 : at::Tensor(), offsets, E);
-      if (gated) segment_mm(gpre, xg, w3, at::Tensor(), offsets, E);
-      k::activation_forward<T_>(act, hpre.data_ptr<T_>(), gated ? gpre.data_ptr<T_>() : nullptr,
-                                P * h, a.data_ptr<T_>());
-      segment_mm(o, a, w2, has_b2 ? b2 : at::Tensor(), offsets, E);
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t s = offsets[e], n = offsets[e + 1] - s;
+        if (n == 0) continue;
+        auto xg_e = xg.rows(n);
+        k::gather_rows<T_>(xc.data_ptr<T_>(), tok + s, n, d, xg_e.data_ptr<T_>());
+        auto h_e = keep_h ? hall.narrow(0, s, n) : hs.rows(n);
+        linear_out(h_e, xg_e, w1[e], b1.defined() ? b1[e] : at::Tensor());
+        at::Tensor g_e;
+        if (gated) {
+          g_e = keep_h ? gall.narrow(0, s, n) : gs.rows(n);
+          at::mm_out(g_e, xg_e, w3[e]);
+        }
+        auto a_e = as.rows(n);
+        activation_forward(act, h_e, g_e, a_e);
+        auto o_e = o.narrow(0, s, n);
+        linear_out(o_e, a_e, w2[e], b2.defined() ? b2[e] : at::Tensor());
+      }
       k::combine_rows<T_>(o.data_ptr<T_>(), wc.data_ptr<T_>(),
                           plan.token_offsets.data_ptr<int64_t>(),
                           plan.token_pairs.data_ptr<int64_t>(), T, d, y.data_ptr<T_>());
     });
 
-    ctx->save_for_backward({xc, wc, w1, w2, w3, hpre, gpre, o});
-    ctx->saved_data["act"] = static_cast<int64_t>(act);
-    ctx->saved_data["has_b1"] = has_b1;
-    ctx->saved_data["has_b2"] = has_b2;
-    ctx->saved_data["expert_offsets"] = plan.expert_offsets;
-    ctx->saved_data["token_index"] = plan.token_index;
-    ctx->saved_data["token_offsets"] = plan.token_offsets;
-    ctx->saved_data["token_pairs"] = plan.token_pairs;
+    if (keep.any) {
+      ctx->save_for_backward({xc, wc, w1, w2, w3, b1_in, hall, gall, o});
+      ctx->saved_data["act"] = static_cast<int64_t>(act);
+      ctx->saved_data["has_b2"] = b2.defined();
+      ctx->saved_data["expert_offsets"] = plan.expert_offsets;
+      ctx->saved_data["token_index"] = plan.token_index;
+      ctx->saved_data["token_offsets"] = plan.token_offsets;
+      ctx->saved_data["token_pairs"] = plan.token_pairs;
+    }
     return y;
   }
 
@@ -95,17 +181,18 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const auto& w1 = saved[2];
     const auto& w2 = saved[3];
     const auto& w3 = saved[4];
-    const auto& hpre = saved[5];
-    const auto& gpre = saved[6];
-    const auto& o = saved[7];
+    const auto b1 = saved[5].numel() > 0 ? saved[5] : at::Tensor();
+    const auto& hall = saved[6];
+    const auto& gall = saved[7];
+    const auto& o = saved[8];
     const auto act = static_cast<Activation>(ctx->saved_data["act"].toInt());
-    const bool has_b1 = ctx->saved_data["has_b1"].toBool();
     const bool has_b2 = ctx->saved_data["has_b2"].toBool();
     const auto expert_offsets = ctx->saved_data["expert_offsets"].toTensor();
     const auto token_index = ctx->saved_data["token_index"].toTensor();
     const auto token_offsets = ctx->saved_data["token_offsets"].toTensor();
     const auto token_pairs = ctx->saved_data["token_pairs"].toTensor();
     const bool gated = is_gated(act);
+    const bool keep_h = hall.defined();
 
     const auto dy = grads[0].contiguous();
     const int64_t T = x.size(0), d = x.size(1), h = w1.size(2), E = w1.size(0);
@@ -113,20 +200,22 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const auto opts = x.options();
     const int64_t* offsets = expert_offsets.data_ptr<int64_t>();
     const int64_t* tok = token_index.data_ptr<int64_t>();
+    const int64_t rows = largest_segment(offsets, E);
 
     // Zero-initialised so experts with no tokens get zero (never uninitialised) gradients.
     auto dw1 = at::zeros_like(w1), dw2 = at::zeros_like(w2);
     auto dw3 = gated ? at::zeros_like(w3) : at::Tensor();
-    auto db1 = has_b1 ? at::zeros({E, h}, opts) : at::Tensor();
+    auto db1 = b1.defined() ? at::zeros({E, h}, opts) : at::Tensor();
     auto db2 = has_b2 ? at::zeros({E, d}, opts) : at::Tensor();
     auto dpw = at::empty({P}, opts);
     auto dx = at::empty({T, d}, opts);
-    auto dout = at::empty({P, d}, opts);
-    auto a = at::empty({P, h}, opts);
-    auto da = at::empty({P, h}, opts);
-    auto dg = gated ? at::empty({P, h}, opts) : at::Tensor();
-    auto xg = at::empty({P, d}, opts);
-    auto dxg = at::empty({P, d}, opts);
+    auto dout = at::empty({P, d}, opts);  // d o; expert by expert it becomes d xg
+    const Scratch xg{at::empty({rows, d}, opts)};
+    const Scratch hs{keep_h ? at::Tensor() : at::empty({rows, h}, opts)};
+    const Scratch gs{keep_h || !gated ? at::Tensor() : at::empty({rows, h}, opts)};
+    const Scratch as{at::empty({rows, h}, opts)};
+    const Scratch das{at::empty({rows, h}, opts)};
+    const Scratch dgs{gated ? at::empty({rows, h}, opts) : at::Tensor()};
 
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
       using T_ = decltype(tag);
@@ -134,51 +223,57 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
       k::gather_scale_rows<T_>(dy.data_ptr<T_>(), tok, pw.data_ptr<T_>(), P, d,
                                dout.data_ptr<T_>());
       k::gather_dot_rows<T_>(dy.data_ptr<T_>(), tok, o.data_ptr<T_>(), P, d, dpw.data_ptr<T_>());
-      k::activation_forward<T_>(act, hpre.data_ptr<T_>(), gated ? gpre.data_ptr<T_>() : nullptr,
-                                P * h, a.data_ptr<T_>());
-      k::gather_rows<T_>(x.data_ptr<T_>(), tok, P, d, xg.data_ptr<T_>());
       for (int64_t e = 0; e < E; ++e) {
         const int64_t s = offsets[e], n = offsets[e + 1] - s;
         if (n == 0) continue;
-        const auto dout_e = dout.narrow(0, s, n);
+        auto xg_e = xg.rows(n);
+        k::gather_rows<T_>(x.data_ptr<T_>(), tok + s, n, d, xg_e.data_ptr<T_>());
+        at::Tensor h_e, g_e;
+        if (keep_h) {
+          h_e = hall.narrow(0, s, n);
+          if (gated) g_e = gall.narrow(0, s, n);
+        } else {
+          h_e = hs.rows(n);
+          linear_out(h_e, xg_e, w1[e], b1.defined() ? b1[e] : at::Tensor());
+          if (gated) {
+            g_e = gs.rows(n);
+            at::mm_out(g_e, xg_e, w3[e]);
+          }
+        }
+        auto a_e = as.rows(n);
+        activation_forward(act, h_e, g_e, a_e);
+
+        auto dout_e = dout.narrow(0, s, n);
         auto dw2_e = dw2[e];
-        auto da_e = da.narrow(0, s, n);
-        at::mm_out(dw2_e, a.narrow(0, s, n).t(), dout_e);
+        at::mm_out(dw2_e, a_e.t(), dout_e);
         if (has_b2) {
           auto db2_e = db2[e];
           at::sum_out(db2_e, dout_e, 0);
         }
+        auto da_e = das.rows(n);
         at::mm_out(da_e, dout_e, w2[e].t());
-      }
-      // da → dh (in place) and dg.
-      k::activation_backward<T_>(act, hpre.data_ptr<T_>(), gated ? gpre.data_ptr<T_>() : nullptr,
-                                 da.data_ptr<T_>(), P * h, da.data_ptr<T_>(),
-                                 gated ? dg.data_ptr<T_>() : nullptr);
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t s = offsets[e], n = offsets[e + 1] - s;
-        if (n == 0) continue;
-        const auto xg_e = xg.narrow(0, s, n);
-        const auto dh_e = da.narrow(0, s, n);
+        auto dg_e = gated ? dgs.rows(n) : at::Tensor();
+        activation_backward(act, h_e, g_e, da_e, dg_e);  // da_e now holds dh
+
         auto dw1_e = dw1[e];
-        at::mm_out(dw1_e, xg_e.t(), dh_e);
-        if (has_b1) {
+        at::mm_out(dw1_e, xg_e.t(), da_e);
+        if (b1.defined()) {
           auto db1_e = db1[e];
-          at::sum_out(db1_e, dh_e, 0);
+          at::sum_out(db1_e, da_e, 0);
         }
-        auto dxg_e = dxg.narrow(0, s, n);
-        at::mm_out(dxg_e, dh_e, w1[e].t());
+        // d xg overwrites this expert's rows of d o, which are no longer needed.
+        at::mm_out(dout_e, da_e, w1[e].t());
         if (gated) {
-          const auto dg_e = dg.narrow(0, s, n);
           auto dw3_e = dw3[e];
           at::mm_out(dw3_e, xg_e.t(), dg_e);
-          dxg_e.addmm_(dg_e, w3[e].t());
+          dout_e.addmm_(dg_e, w3[e].t());
         }
       }
-      // dx[t] = Σ_{pairs of t} dxg[p], in slot order (deterministic).
-      k::combine_rows<T_>(dxg.data_ptr<T_>(), nullptr, token_offsets.data_ptr<int64_t>(),
+      // dx[t] = Σ_{pairs of t} d xg[p], in slot order (deterministic).
+      k::combine_rows<T_>(dout.data_ptr<T_>(), nullptr, token_offsets.data_ptr<int64_t>(),
                           token_pairs.data_ptr<int64_t>(), T, d, dx.data_ptr<T_>());
     });
-    return {dx, dpw, dw1, dw2, dw3, db1, db2, at::Tensor(), at::Tensor()};
+    return {dx, dpw, dw1, dw2, dw3, db1, db2, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -186,7 +281,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
 
 torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
                          const torch::Tensor& pair_weight, const ExpertWeights& w,
-                         Activation activation) {
+                         Activation activation, bool recompute_hidden) {
   TORCH_CHECK(x.dim() == 2, "expert_mlp: x must be [T, d], got ", x.sizes());
   const int64_t T = x.size(0), d = x.size(1);
   TORCH_CHECK(plan.num_tokens == T, "expert_mlp: the plan is for ", plan.num_tokens,
@@ -225,12 +320,22 @@ torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
   }
   TORCH_CHECK(x.device().is_cpu(), "expert_mlp: only the CPU backend is built, got x on ",
               x.device());
+  // Forward keeps what backward needs only when a backward can happen.
+  Keep keep;
+  keep.any = at::GradMode::is_enabled();
+  if (keep.any) {
+    bool any_grad = false;
+    for (const auto* t : {&x, &pair_weight, &w.w1, &w.w2, &w.w3, &w.b1, &w.b2})
+      any_grad = any_grad || (t->defined() && t->requires_grad());
+    keep.any = any_grad;
+  }
+  keep.hidden = !recompute_hidden;
   // Custom autograd functions cannot take undefined inputs: absent optional weights travel as empty
   // placeholders (a real b1/b2/w3 is never empty) and get an undefined gradient.
   const auto absent = at::empty({0}, x.options());
   auto or_absent = [&](const at::Tensor& t) { return t.defined() ? t : absent; };
   return ExpertMLPFunction::apply(x, pair_weight, w.w1, w.w2, or_absent(w.w3), or_absent(w.b1),
-                                  or_absent(w.b2), plan, activation);
+                                  or_absent(w.b2), plan, activation, keep);
 }
 
 }  // namespace moe::functional

@@ -78,12 +78,14 @@ void ExpertBankImpl::pretty_print(std::ostream& stream) const {
   stream << "moe::ExpertBank(num_experts=" << options.num_experts()
          << ", d_model=" << options.d_model() << ", hidden_size=" << options.hidden_size()
          << ", activation=" << to_string(options.activation()) << ", bias=" << options.bias()
-         << ", init=" << to_string(options.init()) << ")";
+         << ", init=" << to_string(options.init())
+         << (options.recompute_hidden() ? ", recompute_hidden" : "") << ")";
 }
 
 torch::Tensor ExpertBankImpl::forward(const torch::Tensor& x, const RoutingPlan& plan,
                                       const torch::Tensor& pair_weight) {
-  return functional::expert_mlp(x, plan, pair_weight, {w1, w2, w3, b1, b2}, options.activation());
+  return functional::expert_mlp(x, plan, pair_weight, {w1, w2, w3, b1, b2}, options.activation(),
+                                options.recompute_hidden());
 }
 
 }  // namespace moe

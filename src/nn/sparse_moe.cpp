@@ -36,7 +36,8 @@ ExpertBankOptions SparseMoEOptions::expert_options() const {
       .activation(activation())
       .bias(expert_bias())
       .init(expert_init())
-      .init_std(expert_init_std());
+      .init_std(expert_init_std())
+      .recompute_hidden(recompute_hidden());
 }
 
 SparseMoEImpl::SparseMoEImpl(SparseMoEOptions options_) : options(std::move(options_)) {

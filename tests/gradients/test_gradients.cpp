@@ -69,6 +69,7 @@ struct GradCase {
   Activation act;
   bool bias;
   double capacity_factor;
+  bool recompute = false;
 };
 
 class SparseMoEGradients : public ::testing::TestWithParam<GradCase> {};
@@ -85,6 +86,7 @@ TEST_P(SparseMoEGradients, MatchFiniteDifferences) {
                                .router_bias(c.bias)
                                .expert_bias(c.bias)
                                .capacity_factor(c.capacity_factor)
+                               .recompute_hidden(c.recompute)
                                .router_zero_init(false)
                                .router_init_std(1.0)
                                .balance_coef(c.kind == RouterKind::kNoisyTopK ? 0.0 : 0.3)
@@ -122,13 +124,39 @@ INSTANTIATE_TEST_SUITE_P(
                       GradCase{RouterKind::kNoisyTopK, 2, Activation::kSiLU, false, 0.0},
                       GradCase{RouterKind::kNoisyTopK, 3, Activation::kReLU, true, 0.0},
                       GradCase{RouterKind::kNoisyTopK, 4, Activation::kSwiGLU, false, 0.0},
-                      GradCase{RouterKind::kNoisyTopK, 2, Activation::kGELU, false, 1.0}),
+                      GradCase{RouterKind::kNoisyTopK, 2, Activation::kGELU, false, 1.0},
+                      GradCase{RouterKind::kSoftmaxTopK, 2, Activation::kSwiGLU, true, 0.0, true},
+                      GradCase{RouterKind::kNoisyTopK, 2, Activation::kReLU, true, 1.0, true}),
     [](const auto& info) {
       const auto& c = info.param;
       return std::string(moe::to_string(c.kind)) + "_k" + std::to_string(c.k) + "_" +
              moe::to_string(c.act) + (c.bias ? "_bias" : "") +
-             (c.capacity_factor > 0 ? "_capacity" : "");
+             (c.capacity_factor > 0 ? "_capacity" : "") + (c.recompute ? "_recompute" : "");
     });
+
+TEST(RecomputeHidden, GivesBitwiseTheSameGradients) {
+  for (auto act : {Activation::kReLU, Activation::kSwiGLU}) {
+    std::vector<torch::Tensor> grads[2];
+    for (bool recompute : {false, true}) {
+      torch::manual_seed(3);
+      moe::nn::SparseMoE layer(moe::nn::SparseMoEOptions(16, 4)
+                                   .hidden_size(24)
+                                   .top_k(2)
+                                   .activation(act)
+                                   .expert_bias(true)
+                                   .recompute_hidden(recompute)
+                                   .router_init_std(1.0));
+      auto x = torch::randn({50, 16}, torch::requires_grad());
+      auto out = layer->forward(x);
+      (out.output.pow(2).sum() + out.aux_loss).backward();
+      grads[recompute].push_back(x.grad());
+      for (const auto& p : layer->parameters()) grads[recompute].push_back(p.grad());
+    }
+    for (size_t i = 0; i < grads[0].size(); ++i)
+      EXPECT_TRUE(moe::testing::bitwise_equal(grads[0][i], grads[1][i]))
+          << moe::to_string(act) << " " << i;
+  }
+}
 
 TEST(HierarchicalMoEGradients, MatchFiniteDifferences) {
   torch::manual_seed(8);

@@ -1,4 +1,4 @@
-// CPU kernels vs naive loops written in the test, and activation derivatives vs finite differences.
+// CPU data-movement kernels vs naive loops written in the test.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -11,7 +11,6 @@
 namespace {
 
 namespace k = moe::kernels::cpu;
-using moe::Activation;
 
 TEST(Kernels, GatherAndCombineMatchLoops) {
   torch::manual_seed(1);
@@ -53,43 +52,6 @@ TEST(Kernels, GatherAndCombineMatchLoops) {
     EXPECT_NEAR(dots[i].item<double>(), (s * rows[i]).sum().item<double>(), 1e-13);
   }
 }
-
-class ActivationKernel : public ::testing::TestWithParam<Activation> {};
-
-TEST_P(ActivationKernel, ForwardMatchesDefinitionAndBackwardMatchesFiniteDifferences) {
-  const Activation act = GetParam();
-  const bool gated = moe::is_gated(act);
-  torch::manual_seed(2);
-  const int64_t n = 1000;
-  auto h = torch::randn({n}, at::kDouble) * 3;
-  auto g = torch::randn({n}, at::kDouble);
-  auto out = torch::empty({n}, at::kDouble);
-  k::activation_forward<double>(act, h.data_ptr<double>(), gated ? g.data_ptr<double>() : nullptr,
-                                n, out.data_ptr<double>());
-  auto expect = moe::testing::reference_activation(act, h);
-  if (gated) expect = expect * g;
-  EXPECT_CLOSE(out, expect, 1e-14, 1e-14);
-
-  auto dout = torch::randn({n}, at::kDouble);
-  auto dh = torch::empty({n}, at::kDouble), dg = torch::empty({n}, at::kDouble);
-  k::activation_backward<double>(act, h.data_ptr<double>(), gated ? g.data_ptr<double>() : nullptr,
-                                 dout.data_ptr<double>(), n, dh.data_ptr<double>(),
-                                 gated ? dg.data_ptr<double>() : nullptr);
-  const double eps = 1e-6;
-  auto f = [&](const torch::Tensor& hh) { return moe::testing::reference_activation(act, hh); };
-  auto fd = (f(h + eps) - f(h - eps)) / (2 * eps);
-  if (gated) fd = fd * g;
-  // Skip points within 1e-4 of the ReLU kink, where a central difference is meaningless.
-  auto smooth = h.abs() > 1e-4;
-  EXPECT_CLOSE(dh.masked_select(smooth), (dout * fd).masked_select(smooth), 1e-6, 1e-8);
-  if (gated) {
-    EXPECT_CLOSE(dg, dout * f(h), 1e-14, 1e-14);
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(All, ActivationKernel,
-                         ::testing::Values(Activation::kReLU, Activation::kGELU, Activation::kSiLU,
-                                           Activation::kSwiGLU, Activation::kGEGLU));
 
 TEST(Kernels, BFloat16AccumulatesInFloat) {
   // 256 rows of 1/256 each: a bf16 running sum would stall, a float accumulator gives exactly 1.

@@ -48,6 +48,7 @@ struct SparseMoEOptions {
   TORCH_ARG(bool, expert_bias) = false;
   TORCH_ARG(ExpertInit, expert_init) = ExpertInit::kGlorotUniform;
   TORCH_ARG(double, expert_init_std) = 0.02;
+  TORCH_ARG(bool, recompute_hidden) = false;  ///< see ExpertBankOptions::recompute_hidden
 };
 
 }  // namespace moe::nn

@@ -9,7 +9,6 @@
 
 #include <cstdint>
 
-#include "moe/types.h"
 
 namespace moe::kernels::cpu {
 
@@ -32,17 +31,6 @@ void gather_scale_rows(const T* src, const int64_t* index, const T* w, int64_t n
 template <typename T>
 void gather_dot_rows(const T* src, const int64_t* index, const T* rows, int64_t n, int64_t d,
                      T* out);
-
-/// Expert activation, elementwise over n values. Plain units: out = f(h) (g unused).
-/// Gated units (SwiGLU, GEGLU): out = f(h) * g.
-template <typename T>
-void activation_forward(Activation act, const T* h, const T* g, int64_t n, T* out);
-
-/// Backward of activation_forward given dout: dh = dout * f'(h) [* g]; for gated units also dg =
-/// dout * f(h). dh may alias dout.
-template <typename T>
-void activation_backward(Activation act, const T* h, const T* g, const T* dout, int64_t n, T* dh,
-                         T* dg);
 
 /// Row-wise top-k of a [rows, cols] matrix, largest first; ties go to the lowest column index.
 /// Writes idx [rows, k] and val [rows, k]. Values must not be NaN (callers check finiteness first).

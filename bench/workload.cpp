@@ -1,0 +1,76 @@
+#include "workload.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "moe/gating.h"
+
+namespace moe::bench {
+
+const std::vector<Shape>& cpu_shapes() {
+  static const std::vector<Shape> shapes{
+      {"C0", 2048, 256, 1024, 8, 2, Activation::kReLU},
+      {"C1", 8192, 512, 2048, 8, 2, Activation::kReLU},
+      {"C2", 8192, 512, 2048, 64, 1, Activation::kReLU},
+      {"C3", 8192, 512, 256, 64, 8, Activation::kSwiGLU},
+      {"C4", 4096, 1024, 3584, 8, 2, Activation::kSwiGLU},
+      {"C5", 16384, 512, 512, 128, 4, Activation::kSwiGLU},
+  };
+  return shapes;
+}
+
+const Shape& shape_by_id(const std::string& id) {
+  for (const auto& s : cpu_shapes())
+    if (s.id == id) return s;
+  throw std::invalid_argument("unknown shape '" + id + "' (C0..C5)");
+}
+
+const std::vector<std::string>& distributions() {
+  static const std::vector<std::string> d{"balanced", "uniform", "skewed"};
+  return d;
+}
+
+Workload make_workload(const Shape& s, const std::string& dist, c10::ScalarType dtype,
+                       uint64_t seed) {
+  torch::manual_seed(seed);
+  Workload w;
+  w.shape = s;
+  w.dist = dist;
+  w.dtype = dtype;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  if (dist == "balanced") {
+    // Round robin over all T·k slots: every expert gets exactly T·k/E, the k of a token are
+    // distinct.
+    w.expert_index = (at::arange(s.T * s.k, f32.dtype(at::kLong)) % s.E).view({s.T, s.k});
+  } else if (dist == "uniform") {
+    w.expert_index = std::get<0>(topk_lowest_index(at::randn({s.T, s.E}, f32), s.k));
+  } else if (dist == "skewed") {
+    auto p = at::pow(at::arange(1, s.E + 1, f32), -1.2);
+    w.expert_index = at::multinomial(p.expand({s.T, s.E}), s.k, /*replacement=*/false);
+  } else {
+    throw std::invalid_argument("unknown routing distribution '" + dist + "'");
+  }
+  w.gate = at::softmax(at::randn({s.T, s.k}, f32), -1);
+  const auto counts = at::bincount(w.expert_index.reshape({-1}), {}, s.E).to(at::kDouble);
+  w.imbalance = counts.max().item<double>() / counts.mean().item<double>();
+
+  w.x = at::randn({s.T, s.d}, f32).to(dtype);
+  w.w.w1 = (at::randn({s.E, s.d, s.d_ff}, f32) / std::sqrt(double(s.d))).to(dtype);
+  w.w.w2 = (at::randn({s.E, s.d_ff, s.d}, f32) / std::sqrt(double(s.d_ff))).to(dtype);
+  if (is_gated(s.act))
+    w.w.w3 = (at::randn({s.E, s.d, s.d_ff}, f32) / std::sqrt(double(s.d))).to(dtype);
+  w.grad_out = at::randn({s.T, s.d}, f32).to(dtype);
+  return w;
+}
+
+void set_requires_grad(Workload& w, bool on) {
+  for (auto* t : {&w.x, &w.gate, &w.w.w1, &w.w.w2, &w.w.w3}) {
+    if (!t->defined()) continue;
+    *t = t->detach();
+    t->requires_grad_(on);
+  }
+}
+
+}  // namespace moe::bench

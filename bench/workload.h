@@ -1,0 +1,52 @@
+// Benchmark workloads: the shapes of docs/benchmarks.md (C0-C5) and the routing distributions.
+#pragma once
+
+#include <torch/types.h>
+
+#include <string>
+#include <vector>
+
+#include "moe/functional.h"
+#include "moe/types.h"
+
+namespace moe::bench {
+
+struct Shape {
+  std::string id;
+  int64_t T, d, d_ff, E, k;
+  Activation act;
+  /// Weight matrices per expert: 2 for an MLP, 3 for SwiGLU.
+  int64_t matrices() const { return is_gated(act) ? 3 : 2; }
+  /// Useful forward FLOPs 2·m·T·k·d·d_ff (BENCHMARKS.md §2.1).
+  double forward_flops() const { return 2.0 * matrices() * T * k * d * d_ff; }
+};
+
+/// C0-C5 of BENCHMARKS.md §3.1.
+const std::vector<Shape>& cpu_shapes();
+const Shape& shape_by_id(const std::string& id);
+
+/// Routing distributions (BENCHMARKS.md §6): "balanced" (round robin), "uniform" (top-k of Gaussian
+/// logits), "skewed" (k distinct experts drawn with Zipf(1.2) probabilities).
+const std::vector<std::string>& distributions();
+
+/// One benchmark case: inputs, weights and a fixed routing table shared by every implementation.
+struct Workload {
+  Shape shape;
+  std::string dist;
+  c10::ScalarType dtype;
+  torch::Tensor x;             ///< [T, d]
+  torch::Tensor expert_index;  ///< [T, k] int64
+  torch::Tensor gate;          ///< [T, k] float32, renormalised over the k
+  functional::ExpertWeights w;
+  torch::Tensor grad_out;  ///< [T, d], fixed upstream gradient for the backward pass
+  double imbalance = 1.0;  ///< max expert load / mean load
+};
+
+Workload make_workload(const Shape& s, const std::string& dist, c10::ScalarType dtype,
+                       uint64_t seed);
+
+/// Sets requires_grad on x, gate and the weights (fwd+bwd), or clears it (forward only), and drops
+/// grads.
+void set_requires_grad(Workload& w, bool on);
+
+}  // namespace moe::bench
