@@ -40,9 +40,9 @@ torch::Tensor naive_loop_forward(const Workload& w) {
     if (nz.size(0) == 0) continue;
     const auto tok = nz.select(1, 0), slot = nz.select(1, 1);
     const auto cur = w.x.index_select(0, tok);
-    const auto h = cur.mm(w.w.w1[e]);
-    const auto a = activate(s.act, h, gated ? cur.mm(w.w.w3[e]) : torch::Tensor());
-    const auto y = a.mm(w.w.w2[e]) * gate.index({tok, slot}).unsqueeze(1);
+    const auto h = cur.mm(w.w1s[e]);
+    const auto a = activate(s.act, h, gated ? cur.mm(w.w3s[e]) : torch::Tensor());
+    const auto y = a.mm(w.w2s[e]) * gate.index({tok, slot}).unsqueeze(1);
     out.index_add_(0, tok, y);
   }
   return out;

@@ -329,6 +329,8 @@ bool run_case(Workload& w, const Options& o, double peak, std::ofstream* json, i
     std::vector<Row> rows;
     for (const auto& name : o.impls) {
       Row r{name, pass, stats_of(times[name])};
+      set_requires_grad(workload_of(name),
+                        false);  // free the last run's gradients before measuring
       r.peak_mem = peak_tensor_bytes([&] { run_one(name); });
       if (name == "dense_dispatch") r.drop_rate = dd_last.drop_rate;
       if (gates.count(name)) {

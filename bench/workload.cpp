@@ -62,6 +62,7 @@ Workload make_workload(const Shape& s, const std::string& dist, c10::ScalarType 
   if (is_gated(s.act))
     w.w.w3 = (at::randn({s.E, s.d, s.d_ff}, f32) / std::sqrt(double(s.d))).to(dtype);
   w.grad_out = at::randn({s.T, s.d}, f32).to(dtype);
+  set_requires_grad(w, false);
   return w;
 }
 
@@ -71,6 +72,15 @@ void set_requires_grad(Workload& w, bool on) {
     *t = t->detach();
     t->requires_grad_(on);
   }
+  auto leaves = [&](const torch::Tensor& stacked, std::vector<torch::Tensor>& out) {
+    out.clear();
+    if (!stacked.defined()) return;
+    for (int64_t e = 0; e < stacked.size(0); ++e)
+      out.push_back(stacked[e].detach().clone().requires_grad_(on));
+  };
+  leaves(w.w.w1, w.w1s);
+  leaves(w.w.w2, w.w2s);
+  leaves(w.w.w3, w.w3s);
 }
 
 }  // namespace moe::bench

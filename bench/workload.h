@@ -38,6 +38,10 @@ struct Workload {
   torch::Tensor expert_index;  ///< [T, k] int64
   torch::Tensor gate;          ///< [T, k] float32, renormalised over the k
   functional::ExpertWeights w;
+  /// The same weights as separate per-expert leaves, as an eager model with one module per expert
+  /// holds them (a slice of a stacked leaf would make every expert's backward write a full-size
+  /// grad).
+  std::vector<torch::Tensor> w1s, w2s, w3s;
   torch::Tensor grad_out;  ///< [T, d], fixed upstream gradient for the backward pass
   double imbalance = 1.0;  ///< max expert load / mean load
 };

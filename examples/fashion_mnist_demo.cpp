@@ -19,9 +19,9 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <thread>
 
 #include "moe/moe.h"
+#include "moe/runtime.h"
 
 namespace {
 

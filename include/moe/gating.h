@@ -16,13 +16,18 @@ namespace moe {
 /// Returns (indices [T, k] int64, values [T, k]); values are gathered from v and keep its graph.
 std::tuple<torch::Tensor, torch::Tensor> topk_lowest_index(const torch::Tensor& v, int64_t k);
 
+/// Fused softmax top-k in one pass per token (no [T, E] softmax is materialised): returns
+/// (indices [T, k], gates [T, k]) with gate = softmax(logits) at the k largest logits (ties to the
+/// lowest index), renormalised over the k when `normalize`. Differentiable w.r.t. the logits.
+std::tuple<torch::Tensor, torch::Tensor> fused_softmax_top_k(const torch::Tensor& logits, int64_t k,
+                                                             bool normalize);
+
 /// Result of a top-k gate: K = k slots per token.
 struct TopKGate {
   torch::Tensor expert_index;  ///< [T, k] int64
   torch::Tensor gate;          ///< [T, k] combine weights (differentiable)
-  torch::Tensor in_top_k;  ///< [T, E] P(x, e) (noisy, k < E) or the 0/1 indicator of e being chosen
-  torch::Tensor load;      ///< [E] Σ over valid tokens of in_top_k (Shazeer Eq. 10, or counts)
-  torch::Tensor probs;  ///< [T, E] softmax of the clean logits (softmax gates only; else undefined)
+  torch::Tensor in_top_k;      ///< [T, E] P(x, e) or the 0/1 choice indicator (noisy gates only)
+  torch::Tensor load;          ///< [E] Σ over valid tokens of in_top_k (Shazeer Eq. 10), or counts
 };
 
 /// Both gating functions take an optional `valid` [T] bool mask: invalid tokens get no expert
@@ -30,6 +35,7 @@ struct TopKGate {
 
 /// Softmax top-k (§5.1, §5.2): p = softmax(logits); keep the k largest; gate = p of the kept
 /// experts, renormalised over them when `normalize` (Mixtral/GShard), raw otherwise (Switch).
+/// Runs fused_softmax_top_k; the load is the assignment count.
 TopKGate softmax_top_k_gating(const torch::Tensor& logits, int64_t k, bool normalize,
                               const torch::Tensor& valid = {});
 

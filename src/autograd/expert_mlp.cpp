@@ -20,7 +20,16 @@
 // scalar loop with erf/exp per element was 10x slower and made the elementwise passes rival the
 // GEMMs.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <dlfcn.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #include "kernels/cpu/kernels.h"
 #include "moe/functional.h"
@@ -31,6 +40,10 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 namespace k = moe::kernels::cpu;
+
+// Mean rows per expert below which experts run in parallel (one per thread) rather than one after
+// the other with a multi-threaded BLAS. Measured with moe_bench on the 2-core build machine.
+constexpr int64_t kParallelExpertRows = 512;
 
 // One dtype switch for the whole file (float, double, bfloat16).
 template <typename F>
@@ -56,6 +69,13 @@ void act_out(Activation act, at::Tensor& out, const at::Tensor& h) {
 }
 
 void activation_forward(Activation act, const at::Tensor& h, const at::Tensor& g, at::Tensor& a) {
+  if (is_gated(act) && h.scalar_type() == at::kBFloat16) {
+    // f(h)·g with one bf16 rounding instead of two: f(h) stays float32 until the product.
+    auto f = h.to(at::kFloat);
+    act_out(act, f, f);
+    at::mul_out(a, f, g);
+    return;
+  }
   act_out(act, a, h);
   if (is_gated(act)) a.mul_(g);
 }
@@ -104,6 +124,81 @@ struct Scratch {
   at::Tensor rows(int64_t n) const { return buf.narrow(0, 0, n); }
 };
 
+// OpenBLAS runs its own thread pool; while experts run in parallel on OpenMP threads it must run
+// single-threaded in each caller, so that only one threading system is active at a time. Other BLAS
+// libraries (MKL) detect the enclosing OpenMP region themselves; then the symbols are absent.
+class BlasSingleThreaded {
+ public:
+  BlasSingleThreaded() {
+    static const auto set =
+        reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    static const auto get =
+        reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    if (set && get) {
+      set_ = set;
+      prev_ = get();
+      set_(1);
+    }
+  }
+  ~BlasSingleThreaded() {
+    if (set_) set_(prev_);
+  }
+  BlasSingleThreaded(const BlasSingleThreaded&) = delete;
+  BlasSingleThreaded& operator=(const BlasSingleThreaded&) = delete;
+
+ private:
+  void (*set_)(int) = nullptr;
+  int prev_ = 1;
+};
+
+// How the experts of one call are scheduled:
+//  - one after the other, each GEMM using every core through the BLAS (large segments), or
+//  - several experts at once, one per intra-op thread, each with a single-threaded BLAS (many small
+//    segments, where a multi-threaded GEMM of a few hundred rows loses to fork/join and splitting).
+// MOE_EXPERT_SCHEDULE=serial|parallel overrides the choice (for benchmarks).
+// The choice depends on the plan only, never on the thread count: a single-threaded and a
+// multi-threaded GEMM may round differently, and results must not change with at::set_num_threads.
+bool experts_in_parallel(const int64_t* offsets, int64_t E) {
+  static const char* env = std::getenv("MOE_EXPERT_SCHEDULE");
+  if (env && std::strcmp(env, "serial") == 0) return false;
+  if (env && std::strcmp(env, "parallel") == 0) return true;
+  int64_t busy = 0;
+  for (int64_t e = 0; e < E; ++e) busy += offsets[e + 1] > offsets[e];
+  if (busy < 4) return false;
+  return offsets[E] / busy < kParallelExpertRows;
+}
+
+// Runs body(e, worker) for every non-empty expert. In parallel mode the experts are claimed
+// dynamically, largest first, so skewed loads still keep every thread busy; `worker` indexes the
+// per-thread scratch. Each expert writes only its own rows and its own weight gradients, so the
+// result does not depend on the schedule.
+template <typename Body>
+void for_each_expert(const int64_t* offsets, int64_t E, bool parallel, Body&& body) {
+  if (!parallel) {
+    for (int64_t e = 0; e < E; ++e)
+      if (offsets[e + 1] > offsets[e]) body(e, 0);
+    return;
+  }
+  std::vector<int64_t> order;
+  for (int64_t e = 0; e < E; ++e)
+    if (offsets[e + 1] > offsets[e]) order.push_back(e);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
+  });
+  std::atomic<size_t> next{0};
+  BlasSingleThreaded single;
+  const int64_t threads = at::get_num_threads();
+  // OpenMP workers do not inherit the caller's thread-local state (grad mode is off inside an
+  // autograd function's forward and backward; ATen ops on weights that require grad would record).
+  const at::ThreadLocalState state;
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard guard(state);
+    for (int64_t worker = begin; worker < end; ++worker) {
+      for (size_t i = next++; i < order.size(); i = next++) body(order[i], worker);
+    }
+  });
+}
+
 // Which tensors forward keeps for backward.
 struct Keep {
   bool any = false;     // backward will run
@@ -129,20 +224,27 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const int64_t rows = largest_segment(offsets, E);
 
     const bool keep_h = keep.any && keep.hidden;
+    const bool parallel = experts_in_parallel(offsets, E);
     auto hall = keep_h ? at::empty({P, h}, opts) : at::Tensor();
     auto gall = keep_h && gated ? at::empty({P, h}, opts) : at::Tensor();
-    const Scratch xg{at::empty({rows, d}, opts)};
-    const Scratch hs{keep_h ? at::Tensor() : at::empty({rows, h}, opts)};
-    const Scratch gs{keep_h || !gated ? at::Tensor() : at::empty({rows, h}, opts)};
-    const Scratch as{at::empty({rows, h}, opts)};
+    struct Work {
+      Scratch xg, hs, gs, as;
+    };
+    std::vector<Work> work(parallel ? at::get_num_threads() : 1);
+    for (auto& w : work) {
+      w.xg = {at::empty({rows, d}, opts)};
+      if (!keep_h) w.hs = {at::empty({rows, h}, opts)};
+      if (!keep_h && gated) w.gs = {at::empty({rows, h}, opts)};
+      w.as = {at::empty({rows, h}, opts)};
+    }
     auto o = at::empty({P, d}, opts);
     auto y = at::empty({T, d}, opts);
 
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
       using T_ = decltype(tag);
-      for (int64_t e = 0; e < E; ++e) {
+      for_each_expert(offsets, E, parallel, [&](int64_t e, int64_t worker) {
+        const auto& [xg, hs, gs, as] = work[worker];
         const int64_t s = offsets[e], n = offsets[e + 1] - s;
-        if (n == 0) continue;
         auto xg_e = xg.rows(n);
         k::gather_rows<T_>(xc.data_ptr<T_>(), tok + s, n, d, xg_e.data_ptr<T_>());
         auto h_e = keep_h ? hall.narrow(0, s, n) : hs.rows(n);
@@ -156,7 +258,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
         activation_forward(act, h_e, g_e, a_e);
         auto o_e = o.narrow(0, s, n);
         linear_out(o_e, a_e, w2[e], b2.defined() ? b2[e] : at::Tensor());
-      }
+      });
       k::combine_rows<T_>(o.data_ptr<T_>(), wc.data_ptr<T_>(),
                           plan.token_offsets.data_ptr<int64_t>(),
                           plan.token_pairs.data_ptr<int64_t>(), T, d, y.data_ptr<T_>());
@@ -210,12 +312,19 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     auto dpw = at::empty({P}, opts);
     auto dx = at::empty({T, d}, opts);
     auto dout = at::empty({P, d}, opts);  // d o; expert by expert it becomes d xg
-    const Scratch xg{at::empty({rows, d}, opts)};
-    const Scratch hs{keep_h ? at::Tensor() : at::empty({rows, h}, opts)};
-    const Scratch gs{keep_h || !gated ? at::Tensor() : at::empty({rows, h}, opts)};
-    const Scratch as{at::empty({rows, h}, opts)};
-    const Scratch das{at::empty({rows, h}, opts)};
-    const Scratch dgs{gated ? at::empty({rows, h}, opts) : at::Tensor()};
+    const bool parallel = experts_in_parallel(offsets, E);
+    struct Work {
+      Scratch xg, hs, gs, as, das, dgs;
+    };
+    std::vector<Work> work(parallel ? at::get_num_threads() : 1);
+    for (auto& w : work) {
+      w.xg = {at::empty({rows, d}, opts)};
+      if (!keep_h) w.hs = {at::empty({rows, h}, opts)};
+      if (!keep_h && gated) w.gs = {at::empty({rows, h}, opts)};
+      w.as = {at::empty({rows, h}, opts)};
+      w.das = {at::empty({rows, h}, opts)};
+      if (gated) w.dgs = {at::empty({rows, h}, opts)};
+    }
 
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
       using T_ = decltype(tag);
@@ -223,9 +332,9 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
       k::gather_scale_rows<T_>(dy.data_ptr<T_>(), tok, pw.data_ptr<T_>(), P, d,
                                dout.data_ptr<T_>());
       k::gather_dot_rows<T_>(dy.data_ptr<T_>(), tok, o.data_ptr<T_>(), P, d, dpw.data_ptr<T_>());
-      for (int64_t e = 0; e < E; ++e) {
+      for_each_expert(offsets, E, parallel, [&](int64_t e, int64_t worker) {
+        const auto& [xg, hs, gs, as, das, dgs] = work[worker];
         const int64_t s = offsets[e], n = offsets[e + 1] - s;
-        if (n == 0) continue;
         auto xg_e = xg.rows(n);
         k::gather_rows<T_>(x.data_ptr<T_>(), tok + s, n, d, xg_e.data_ptr<T_>());
         at::Tensor h_e, g_e;
@@ -268,7 +377,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
           at::mm_out(dw3_e, xg_e.t(), dg_e);
           dout_e.addmm_(dg_e, w3[e].t());
         }
-      }
+      });
       // dx[t] = Σ_{pairs of t} d xg[p], in slot order (deterministic).
       k::combine_rows<T_>(dout.data_ptr<T_>(), nullptr, token_offsets.data_ptr<int64_t>(),
                           token_pairs.data_ptr<int64_t>(), T, d, dx.data_ptr<T_>());

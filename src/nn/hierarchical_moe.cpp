@@ -70,6 +70,18 @@ void HierarchicalMoEImpl::pretty_print(std::ostream& stream) const {
          << ")";
 }
 
+void HierarchicalMoEImpl::to(torch::Dtype dtype, bool non_blocking) {
+  experts->to(dtype, non_blocking);
+  primary_router->to(router_dtype(dtype), non_blocking);
+  secondary_router->to(router_dtype(dtype), non_blocking);
+}
+
+void HierarchicalMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  experts->to(device, dtype, non_blocking);
+  primary_router->to(device, router_dtype(dtype), non_blocking);
+  secondary_router->to(device, router_dtype(dtype), non_blocking);
+}
+
 MoEOutput HierarchicalMoEImpl::forward(const torch::Tensor& x) {
   const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, "HierarchicalMoE");
   const int64_t T = xf.size(0), a = options.groups(), b = options.experts_per_group();

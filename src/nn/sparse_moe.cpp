@@ -63,6 +63,16 @@ void SparseMoEImpl::pretty_print(std::ostream& stream) const {
          << ", capacity_factor=" << options.capacity_factor() << ")";
 }
 
+void SparseMoEImpl::to(torch::Dtype dtype, bool non_blocking) {
+  experts->to(dtype, non_blocking);
+  router->to(router_dtype(dtype), non_blocking);
+}
+
+void SparseMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  experts->to(device, dtype, non_blocking);
+  router->to(device, router_dtype(dtype), non_blocking);
+}
+
 MoEOutput SparseMoEImpl::forward(const torch::Tensor& x) {
   const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, "SparseMoE");
   RouterOutput r = router->route(xf);

@@ -16,7 +16,7 @@ torch::Tensor one_hot_rows(const torch::Tensor& idx, int64_t E, const torch::Ten
 }
 
 // Invalid tokens: no expert, no gate, no load. Then load = Σ over rows of in_top_k.
-void finish(TopKGate& g, const torch::Tensor& valid) {
+void finish(TopKGate& g, const torch::Tensor& valid, int64_t E, const torch::TensorOptions& like) {
   if (valid.defined()) {
     TORCH_CHECK(valid.dim() == 1 && valid.size(0) == g.expert_index.size(0) &&
                     valid.scalar_type() == at::kBool,
@@ -25,9 +25,9 @@ void finish(TopKGate& g, const torch::Tensor& valid) {
     const auto v = valid.unsqueeze(1);
     g.expert_index = g.expert_index.masked_fill(~v, -1);
     g.gate = g.gate * v.to(g.gate.scalar_type());
-    g.in_top_k = g.in_top_k * v.to(g.in_top_k.scalar_type());
+    if (g.in_top_k.defined()) g.in_top_k = g.in_top_k * v.to(g.in_top_k.scalar_type());
   }
-  g.load = g.in_top_k.sum(0);
+  g.load = g.in_top_k.defined() ? g.in_top_k.sum(0) : assignment_counts(g.expert_index, E, like);
 }
 
 }  // namespace
@@ -67,13 +67,9 @@ torch::Tensor importance(const torch::Tensor& expert_index, const torch::Tensor&
 TopKGate softmax_top_k_gating(const torch::Tensor& logits, int64_t k, bool normalize,
                               const torch::Tensor& valid) {
   TopKGate out;
-  out.probs = at::softmax(logits, -1);
-  // Select on the logits, not the probabilities: rounding in the softmax can create ties.
-  out.expert_index = std::get<0>(topk_lowest_index(logits, k));
-  out.gate = out.probs.gather(1, out.expert_index);
-  if (normalize) out.gate = out.gate / out.gate.sum(-1, /*keepdim=*/true);
-  out.in_top_k = one_hot_rows(out.expert_index, logits.size(1), logits.options());
-  finish(out, valid);
+  // Selection on the logits, not the probabilities: rounding in a softmax can create ties.
+  std::tie(out.expert_index, out.gate) = fused_softmax_top_k(logits, k, normalize);
+  finish(out, valid, logits.size(1), logits.options());
   return out;
 }
 
@@ -111,7 +107,7 @@ TopKGate noisy_top_k_gating(const torch::Tensor& clean_logits, const torch::Tens
   } else {
     out.in_top_k = one_hot_rows(out.expert_index, E, clean_logits.options());
   }
-  finish(out, valid);
+  finish(out, valid, E, clean_logits.options());
   return out;
 }
 

@@ -158,7 +158,7 @@ RouterOutput TopKRouterImpl::route(const torch::Tensor& x) {
     if (c.importance > 0) aux = aux + c.importance * cv_squared(out.importance);
     if (c.load > 0) aux = aux + c.load * cv_squared(out.load);
     if (c.balance > 0) {
-      const auto probs = g.probs.defined() ? g.probs : at::softmax(logits, -1);
+      const auto probs = at::softmax(logits, -1);
       const auto kept = valid.defined() ? probs.index({valid}) : probs;
       const auto chosen = valid.defined() ? g.expert_index.index({valid}) : g.expert_index;
       aux = aux + c.balance * balance_loss(kept, chosen);

@@ -29,17 +29,12 @@ torch::Tensor dense_moe_reference(const torch::Tensor& x, const torch::Tensor& e
                                   const torch::Tensor& b1, const torch::Tensor& b2,
                                   Activation act) {
   const auto xd = x.to(at::kDouble);
-  const int64_t T = x.size(0), E = w1.size(0), K = expert_index.size(1);
-  // Dense mixing matrix, built with plain loops.
-  auto M = at::zeros({T, E}, xd.options());
-  auto idx = expert_index.to(at::kCPU);
-  auto g = gate.to(at::kDouble).to(at::kCPU);
-  auto Ma = M.accessor<double, 2>();
-  auto ia = idx.accessor<int64_t, 2>();
-  auto ga = g.accessor<double, 2>();
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t s = 0; s < K; ++s)
-      if (ia[t][s] >= 0) Ma[t][ia[t][s]] += ga[t][s];
+  const int64_t T = x.size(0), E = w1.size(0);
+  // Dense mixing matrix M[t, e] = Σ_s gate[t, s]·1{idx[t, s] = e}, differentiable w.r.t. the gates.
+  const auto idx = expert_index.to(at::kCPU);
+  const auto used = (idx >= 0).to(at::kDouble);
+  const auto M =
+      at::zeros({T, E}, xd.options()).scatter_add(1, idx.clamp_min(0), gate.to(at::kDouble) * used);
   auto y = at::zeros_like(xd);
   for (int64_t e = 0; e < E; ++e) {
     auto h = at::matmul(xd, w1[e].to(at::kDouble));

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 
@@ -31,6 +32,11 @@ namespace moe::testing {
     return ::testing::AssertionFailure() << s.str();
   }
   return ::testing::AssertionSuccess();
+}
+
+double nmse(const torch::Tensor& actual, const torch::Tensor& expected) {
+  const auto a = actual.detach().to(at::kDouble), b = expected.detach().to(at::kDouble);
+  return (a - b).pow(2).sum().item<double>() / std::max(b.pow(2).sum().item<double>(), 1e-300);
 }
 
 bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {

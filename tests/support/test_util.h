@@ -14,6 +14,9 @@ namespace moe::testing {
 ::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected,
                                      double rtol, double atol);
 
+/// Normalised mean squared error ||a - b||² / ||b||², in float64.
+double nmse(const torch::Tensor& actual, const torch::Tensor& expected);
+
 /// True iff the two tensors are bitwise equal (same shape, dtype and bytes).
 bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b);
 

@@ -72,6 +72,13 @@ class HierarchicalMoEImpl : public torch::nn::Cloneable<HierarchicalMoEImpl> {
   /// x: [..., d_model]. Stats are over the a·b experts (flattened group-major).
   MoEOutput forward(const torch::Tensor& x);
 
+  /// Converts the experts to `dtype`; the router stays float32 (float64 when dtype is float64), as
+  /// routing in bf16 flips expert choices (RELIABILITY.md §2). Children of user modules get this
+  /// too.
+  using torch::nn::Module::to;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+
   HierarchicalMoEOptions options;
   HierarchicalGate primary_router = nullptr;
   HierarchicalGate secondary_router = nullptr;

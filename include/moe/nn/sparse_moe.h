@@ -27,6 +27,13 @@ class SparseMoEImpl : public torch::nn::Cloneable<SparseMoEImpl> {
   /// x: [..., d_model] (any leading dims; float32, float64 or bfloat16 matching the experts).
   MoEOutput forward(const torch::Tensor& x);
 
+  /// Converts the experts to `dtype`; the router stays float32 (float64 when dtype is float64), as
+  /// routing in bf16 flips expert choices (RELIABILITY.md §2). Children of user modules get this
+  /// too.
+  using torch::nn::Module::to;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+
   SparseMoEOptions options;
   TopKRouter router = nullptr;
   ExpertBank experts = nullptr;

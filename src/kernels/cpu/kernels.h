@@ -9,7 +9,6 @@
 
 #include <cstdint>
 
-
 namespace moe::kernels::cpu {
 
 /// dst[i, :] = src[index[i], :] for i < n.   src [*, d], dst [n, d], both row-major, contiguous.
@@ -36,6 +35,23 @@ void gather_dot_rows(const T* src, const int64_t* index, const T* rows, int64_t 
 /// Writes idx [rows, k] and val [rows, k]. Values must not be NaN (callers check finiteness first).
 template <typename T>
 void topk_rows(const T* v, int64_t rows, int64_t cols, int64_t k, int64_t* idx, T* val);
+
+/// Fused softmax top-k router pass, one token per task (docs/ALGORITHMS.md §5.1, §5.2, §5.3):
+/// lse[t] = logsumexp(logits[t]); idx[t] = the k largest logits (ties to the lowest index);
+/// gate[t, j] = softmax(logits[t])[idx[t, j]], renormalised over the k when `normalize`.
+/// Logits must be finite (callers check first).
+template <typename T>
+void topk_softmax_forward(const T* logits, int64_t rows, int64_t cols, int64_t k, bool normalize,
+                          int64_t* idx, T* gate, T* lse);
+
+/// Backward of topk_softmax_forward: dlogits from dgate [rows, k] and (optional, may be null) dlse.
+///   normalize:  dl[i_j] = gate_j (dgate_j - Σ_j' dgate_j' gate_j'), 0 elsewhere
+///   otherwise:  dl[m]   = p_m (G_m - Σ_j dgate_j gate_j), G_m = dgate_j if m = i_j else 0
+///   plus dlse[t] · p_m for the log-sum-exp output.
+template <typename T>
+void topk_softmax_backward(const T* logits, const T* lse, const int64_t* idx, const T* gate,
+                           const T* dgate, const T* dlse, int64_t rows, int64_t cols, int64_t k,
+                           bool normalize, T* dlogits);
 
 /// Counting sort of router slots into the expert-major CSR of a RoutingPlan.
 /// expert_index [num_slots] holds an expert id in [0, E) or -1 (unused slot).
