@@ -5,6 +5,7 @@
 #   make build   configure + build (Release, Ninja, ccache when present)
 #   make test    build and run the whole test suite (ctest)
 #   make demo    build and run the Fashion-MNIST demo
+#   make bench   build and run the CPU benchmark suite (docs/benchmarks.md); BENCH_ARGS to change it
 #
 # Variables: BUILD (build folder, default build), JOBS (parallel compile jobs, default 2: each
 # LibTorch translation unit takes up to 1.4 GB), CMAKE_ARGS (extra cmake arguments, e.g.
@@ -25,7 +26,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # OpenBLAS's own threads (see docs/PLATFORM.md of the shared docs).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: deps configure build test demo clean
+BENCH_ARGS ?= --shapes C0,C1,C2,C3,C4,C5 --dtypes fp32 --json $(BUILD)/bench.jsonl
+
+.PHONY: deps configure build test demo bench clean
 
 deps:
 	@missing=$$(for p in $(PACKAGES); do \
@@ -50,6 +53,9 @@ test: build
 
 demo: build
 	$(BUILD)/examples/fashion_mnist_demo
+
+bench: build
+	$(BUILD)/bench/moe_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD)

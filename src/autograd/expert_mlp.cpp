@@ -80,13 +80,13 @@ void activation_forward(Activation act, const at::Tensor& h, const at::Tensor& g
   if (is_gated(act)) a.mul_(g);
 }
 
-// Given da = dL/da (overwritten), writes dh = dL/dh into da's buffer and, for gated units, dg.
+// Backward of the activation. On entry da = dL/da and, for gated units, dg holds f(h) (computed
+// once for both the recomputed a and dg); on exit da holds dL/dh and dg = dL/dg.
 void activation_backward(Activation act, const at::Tensor& h, const at::Tensor& g, at::Tensor& da,
                          at::Tensor& dg) {
   if (is_gated(act)) {
-    act_out(act, dg, h);  // dg = f(h) * da
-    dg.mul_(da);
-    da.mul_(g);  // the upstream gradient of f(h)
+    dg.mul_(da);  // dL/dg = f(h) · da
+    da.mul_(g);   // the upstream gradient of f(h)
   }
   switch (act) {
     case Activation::kReLU:
@@ -304,11 +304,17 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const int64_t* tok = token_index.data_ptr<int64_t>();
     const int64_t rows = largest_segment(offsets, E);
 
-    // Zero-initialised so experts with no tokens get zero (never uninitialised) gradients.
-    auto dw1 = at::zeros_like(w1), dw2 = at::zeros_like(w2);
-    auto dw3 = gated ? at::zeros_like(w3) : at::Tensor();
-    auto db1 = b1.defined() ? at::zeros({E, h}, opts) : at::Tensor();
-    auto db2 = has_b2 ? at::zeros({E, d}, opts) : at::Tensor();
+    // Every expert with pairs writes its whole gradient slice; the others are zeroed below (never
+    // left uninitialised).
+    auto dw1 = at::empty_like(w1), dw2 = at::empty_like(w2);
+    auto dw3 = gated ? at::empty_like(w3) : at::Tensor();
+    auto db1 = b1.defined() ? at::empty({E, h}, opts) : at::Tensor();
+    auto db2 = has_b2 ? at::empty({E, d}, opts) : at::Tensor();
+    for (int64_t e = 0; e < E; ++e) {
+      if (offsets[e + 1] > offsets[e]) continue;
+      for (auto* g : {&dw1, &dw2, &dw3, &db1, &db2})
+        if (g->defined()) (*g)[e].zero_();
+    }
     auto dpw = at::empty({P}, opts);
     auto dx = at::empty({T, d}, opts);
     auto dout = at::empty({P, d}, opts);  // d o; expert by expert it becomes d xg
@@ -350,7 +356,13 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
           }
         }
         auto a_e = as.rows(n);
-        activation_forward(act, h_e, g_e, a_e);
+        auto dg_e = gated ? dgs.rows(n) : at::Tensor();
+        if (gated) act_out(act, dg_e, h_e);  // f(h), reused for dg below
+        if (gated && h_e.scalar_type() != at::kBFloat16) {
+          at::mul_out(a_e, dg_e, g_e);
+        } else {
+          activation_forward(act, h_e, g_e, a_e);  // bf16: the forward's single-rounding path
+        }
 
         auto dout_e = dout.narrow(0, s, n);
         auto dw2_e = dw2[e];
@@ -361,7 +373,6 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
         }
         auto da_e = das.rows(n);
         at::mm_out(da_e, dout_e, w2[e].t());
-        auto dg_e = gated ? dgs.rows(n) : at::Tensor();
         activation_backward(act, h_e, g_e, da_e, dg_e);  // da_e now holds dh
 
         auto dw1_e = dw1[e];
