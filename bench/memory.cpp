@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
+#include <unordered_map>
 
 namespace moe::bench {
 namespace {
@@ -16,7 +18,9 @@ class CountingAllocator final : public c10::Allocator {
   // LibTorch 1.13 declares allocate() const, 2.x non-const: define both, each overrides its own.
   c10::DataPtr allocate(size_t n) const { return counted(n); }
   c10::DataPtr allocate(size_t n) { return counted(n); }
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
+  // The context is the data pointer itself, as raw_allocate() (used by oneDNN's bf16 matmul)
+  // requires; the base allocation is looked up by it on release.
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
   // Pure virtual in LibTorch 2.x, absent in 1.13.
   void copy_data(void* dest, const void* src, std::size_t count) const {
     std::copy_n(static_cast<const char*>(src), count, static_cast<char*>(dest));
@@ -26,33 +30,51 @@ class CountingAllocator final : public c10::Allocator {
   void reset_peak() { peak_.store(live_.load()); }
   int64_t peak() const { return peak_.load(); }
 
+  static CountingAllocator* instance;
+
  private:
   struct Block {
     c10::DataPtr inner;
     size_t bytes;
-    const CountingAllocator* owner;
   };
 
   c10::DataPtr counted(size_t n) const {
-    auto* b = new Block{base_->allocate(n), n, this};
-    const int64_t now = live_.fetch_add(static_cast<int64_t>(n)) + static_cast<int64_t>(n);
-    int64_t p = peak_.load();
-    while (now > p && !peak_.compare_exchange_weak(p, now)) {
+    c10::DataPtr inner = base_->allocate(n);
+    void* p = inner.get();
+    if (p == nullptr) return inner;  // zero-size allocations carry nothing to count
+    const auto device = inner.device();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks_[p] = Block{std::move(inner), n};
     }
-    return {b->inner.get(), b, &release, b->inner.device()};
+    const int64_t now = live_.fetch_add(static_cast<int64_t>(n)) + static_cast<int64_t>(n);
+    int64_t pk = peak_.load();
+    while (now > pk && !peak_.compare_exchange_weak(pk, now)) {
+    }
+    return {p, p, &release, device};
   }
 
-  static void release(void* ctx) {
-    auto* b = static_cast<Block*>(ctx);
-    b->owner->live_.fetch_sub(static_cast<int64_t>(b->bytes));
-    delete b;
-  }
+  static void release(void* p) {
+    CountingAllocator* self = instance;
+    Block b;
+    {
+      std::lock_guard<std::mutex> lock(self->mutex_);
+      auto it = self->blocks_.find(p);
+      if (it == self->blocks_.end()) return;
+      b = std::move(it->second);
+      self->blocks_.erase(it);
+    }
+    self->live_.fetch_sub(static_cast<int64_t>(b.bytes));
+  }  // b.inner frees the memory here
 
   c10::Allocator* base_;
+  mutable std::mutex mutex_;
+  mutable std::unordered_map<void*, Block> blocks_;
   mutable std::atomic<int64_t> live_{0};
   mutable std::atomic<int64_t> peak_{0};
 };
 
+CountingAllocator* CountingAllocator::instance = nullptr;
 CountingAllocator* g_counter = nullptr;
 
 }  // namespace
@@ -60,6 +82,7 @@ CountingAllocator* g_counter = nullptr;
 void install_counting_allocator() {
   if (g_counter) return;
   static CountingAllocator counter(c10::GetCPUAllocator());
+  CountingAllocator::instance = &counter;
   c10::SetCPUAllocator(&counter, /*priority=*/100);
   g_counter = &counter;
 }
