@@ -199,6 +199,34 @@ void for_each_expert(const int64_t* offsets, int64_t E, bool parallel, Body&& bo
   });
 }
 
+// Per-worker scratch: xg [rows, d]; h, g when the hidden layer is not kept; a; and in backward da,
+// dg.
+struct Work {
+  Scratch xg, hs, gs, as, das, dgs;
+};
+
+std::vector<Work> make_workspace(bool parallel, int64_t rows, int64_t d, int64_t h, bool keep_h,
+                                 bool gated, bool backward, const at::TensorOptions& opts) {
+  std::vector<Work> work(parallel ? at::get_num_threads() : 1);
+  auto buf = [&](int64_t cols) { return Scratch{at::empty({rows, cols}, opts)}; };
+  for (auto& w : work) {
+    w.xg = buf(d);
+    if (!keep_h) w.hs = buf(h);
+    if (!keep_h && gated) w.gs = buf(h);
+    w.as = buf(h);
+    if (backward) w.das = buf(h);
+    if (backward && gated) w.dgs = buf(h);
+  }
+  return work;
+}
+
+// h = xg·w1[e] + b1[e] and, for gated units, g = xg·w3[e], into the given views.
+void hidden_layer(at::Tensor& h_e, at::Tensor& g_e, const at::Tensor& xg_e, const at::Tensor& w1,
+                  const at::Tensor& w3, const at::Tensor& b1, int64_t e) {
+  linear_out(h_e, xg_e, w1[e], b1.defined() ? b1[e] : at::Tensor());
+  if (g_e.defined()) at::mm_out(g_e, xg_e, w3[e]);
+}
+
 // Which tensors forward keeps for backward.
 struct Keep {
   bool any = false;     // backward will run
@@ -227,34 +255,21 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const bool parallel = experts_in_parallel(offsets, E);
     auto hall = keep_h ? at::empty({P, h}, opts) : at::Tensor();
     auto gall = keep_h && gated ? at::empty({P, h}, opts) : at::Tensor();
-    struct Work {
-      Scratch xg, hs, gs, as;
-    };
-    std::vector<Work> work(parallel ? at::get_num_threads() : 1);
-    for (auto& w : work) {
-      w.xg = {at::empty({rows, d}, opts)};
-      if (!keep_h) w.hs = {at::empty({rows, h}, opts)};
-      if (!keep_h && gated) w.gs = {at::empty({rows, h}, opts)};
-      w.as = {at::empty({rows, h}, opts)};
-    }
+    const auto work = make_workspace(parallel, rows, d, h, keep_h, gated, /*backward=*/false, opts);
     auto o = at::empty({P, d}, opts);
     auto y = at::empty({T, d}, opts);
 
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
       using T_ = decltype(tag);
       for_each_expert(offsets, E, parallel, [&](int64_t e, int64_t worker) {
-        const auto& [xg, hs, gs, as] = work[worker];
+        const Work& wk = work[worker];
         const int64_t s = offsets[e], n = offsets[e + 1] - s;
-        auto xg_e = xg.rows(n);
+        auto xg_e = wk.xg.rows(n);
         k::gather_rows<T_>(xc.data_ptr<T_>(), tok + s, n, d, xg_e.data_ptr<T_>());
-        auto h_e = keep_h ? hall.narrow(0, s, n) : hs.rows(n);
-        linear_out(h_e, xg_e, w1[e], b1.defined() ? b1[e] : at::Tensor());
-        at::Tensor g_e;
-        if (gated) {
-          g_e = keep_h ? gall.narrow(0, s, n) : gs.rows(n);
-          at::mm_out(g_e, xg_e, w3[e]);
-        }
-        auto a_e = as.rows(n);
+        auto h_e = keep_h ? hall.narrow(0, s, n) : wk.hs.rows(n);
+        auto g_e = !gated ? at::Tensor() : keep_h ? gall.narrow(0, s, n) : wk.gs.rows(n);
+        hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);
+        auto a_e = wk.as.rows(n);
         activation_forward(act, h_e, g_e, a_e);
         auto o_e = o.narrow(0, s, n);
         linear_out(o_e, a_e, w2[e], b2.defined() ? b2[e] : at::Tensor());
@@ -319,18 +334,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     auto dx = at::empty({T, d}, opts);
     auto dout = at::empty({P, d}, opts);  // d o; expert by expert it becomes d xg
     const bool parallel = experts_in_parallel(offsets, E);
-    struct Work {
-      Scratch xg, hs, gs, as, das, dgs;
-    };
-    std::vector<Work> work(parallel ? at::get_num_threads() : 1);
-    for (auto& w : work) {
-      w.xg = {at::empty({rows, d}, opts)};
-      if (!keep_h) w.hs = {at::empty({rows, h}, opts)};
-      if (!keep_h && gated) w.gs = {at::empty({rows, h}, opts)};
-      w.as = {at::empty({rows, h}, opts)};
-      w.das = {at::empty({rows, h}, opts)};
-      if (gated) w.dgs = {at::empty({rows, h}, opts)};
-    }
+    const auto work = make_workspace(parallel, rows, d, h, keep_h, gated, /*backward=*/true, opts);
 
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
       using T_ = decltype(tag);
@@ -339,24 +343,15 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
                                dout.data_ptr<T_>());
       k::gather_dot_rows<T_>(dy.data_ptr<T_>(), tok, o.data_ptr<T_>(), P, d, dpw.data_ptr<T_>());
       for_each_expert(offsets, E, parallel, [&](int64_t e, int64_t worker) {
-        const auto& [xg, hs, gs, as, das, dgs] = work[worker];
+        const Work& wk = work[worker];
         const int64_t s = offsets[e], n = offsets[e + 1] - s;
-        auto xg_e = xg.rows(n);
+        auto xg_e = wk.xg.rows(n);
         k::gather_rows<T_>(x.data_ptr<T_>(), tok + s, n, d, xg_e.data_ptr<T_>());
-        at::Tensor h_e, g_e;
-        if (keep_h) {
-          h_e = hall.narrow(0, s, n);
-          if (gated) g_e = gall.narrow(0, s, n);
-        } else {
-          h_e = hs.rows(n);
-          linear_out(h_e, xg_e, w1[e], b1.defined() ? b1[e] : at::Tensor());
-          if (gated) {
-            g_e = gs.rows(n);
-            at::mm_out(g_e, xg_e, w3[e]);
-          }
-        }
-        auto a_e = as.rows(n);
-        auto dg_e = gated ? dgs.rows(n) : at::Tensor();
+        auto h_e = keep_h ? hall.narrow(0, s, n) : wk.hs.rows(n);
+        auto g_e = !gated ? at::Tensor() : keep_h ? gall.narrow(0, s, n) : wk.gs.rows(n);
+        if (!keep_h) hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);  // recompute_hidden
+        auto a_e = wk.as.rows(n);
+        auto dg_e = gated ? wk.dgs.rows(n) : at::Tensor();
         if (gated) act_out(act, dg_e, h_e);  // f(h), reused for dg below
         if (gated && h_e.scalar_type() != at::kBFloat16) {
           at::mul_out(a_e, dg_e, g_e);
@@ -371,7 +366,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
           auto db2_e = db2[e];
           at::sum_out(db2_e, dout_e, 0);
         }
-        auto da_e = das.rows(n);
+        auto da_e = wk.das.rows(n);
         at::mm_out(da_e, dout_e, w2[e].t());
         activation_backward(act, h_e, g_e, da_e, dg_e);  // da_e now holds dh
 
