@@ -60,6 +60,7 @@ struct Options {
   std::vector<std::string> dtypes{"fp32"};
   std::vector<std::string> passes{"fwd", "fwdbwd"};
   std::vector<std::string> impls{"lib", "naive", "dense_dispatch", "dense_equiv"};
+  int64_t tokens = 0;  // > 0: override T of every shape (small-T latency runs)
   int rounds = 5;
   int warmup = 2;
   int threads = 0;
@@ -393,6 +394,8 @@ void usage() {
       "  --dtypes LIST        fp32, bf16 (default: fp32)\n"
       "  --passes LIST        fwd, fwdbwd (default: both)\n"
       "  --impls LIST         lib, naive, dense_dispatch, dense_equiv (default: all)\n"
+      "  --tokens T           override the token count of every shape (e.g. 256 for small-T "
+      "latency)\n"
       "  --rounds N           timed rounds, interleaved, median reported (default 5)\n"
       "  --warmup N           untimed rounds first (default 2)\n"
       "  --threads N          intra-op threads (default: all cores)\n"
@@ -422,6 +425,8 @@ Options parse(int argc, char** argv) {
       o.passes = split(next());
     else if (a == "--impls")
       o.impls = split(next());
+    else if (a == "--tokens")
+      o.tokens = std::stoll(next());
     else if (a == "--rounds")
       o.rounds = std::stoi(next());
     else if (a == "--warmup")
@@ -443,6 +448,7 @@ Options parse(int argc, char** argv) {
   }
   if (o.rounds < 1 || o.warmup < 0)
     throw std::invalid_argument("--rounds must be >= 1 and --warmup >= 0");
+  if (o.tokens < 0) throw std::invalid_argument("--tokens must be >= 1");
   for (const auto& d : o.dtypes)
     if (d != "fp32" && d != "bf16")
       throw std::invalid_argument("unknown dtype '" + d + "' (fp32, bf16)");
@@ -487,8 +493,10 @@ int main(int argc, char** argv) {
     for (const auto& sid : o.shapes)
       for (const auto& dt : o.dtypes)
         for (const auto& dist : o.dists) {
-          Workload w = make_workload(shape_by_id(sid), dist,
-                                     dt == "bf16" ? at::kBFloat16 : at::kFloat, o.seed);
+          Shape shape = shape_by_id(sid);
+          if (o.tokens > 0) shape.T = o.tokens;
+          Workload w =
+              make_workload(shape, dist, dt == "bf16" ? at::kBFloat16 : at::kFloat, o.seed);
           all_ok = run_case(w, o, peak[dt], json.is_open() ? &json : nullptr, threads) && all_ok;
         }
     if (!all_ok) {
