@@ -237,13 +237,13 @@ Config parse(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moe::runtime::ensure_passive_omp_wait(
+      argv);  // idle OpenMP workers must not spin against OpenBLAS
   try {
     Config c = parse(argc, argv);
-    if (const char* env = std::getenv("MOE_NUM_THREADS"); env && c.threads == 0)
-      c.threads = std::atoi(env);
-    // libtorch 1.13 defaults to half the cores; use them all unless told otherwise.
-    at::set_num_threads(c.threads > 0 ? c.threads
-                                      : static_cast<int>(std::thread::hardware_concurrency()));
+    // libtorch 1.13 defaults to half the cores; use them all unless told otherwise
+    // ($MOE_NUM_THREADS).
+    moe::runtime::configure_threads(c.threads);
 
     std::printf(
         "moe demo: Fashion-MNIST, MoE MLP vs dense MLP of equal active compute (%d threads)\n",
