@@ -213,7 +213,7 @@ std::vector<Work> make_workspace(bool parallel, int64_t rows, int64_t d, int64_t
     w.xg = buf(d);
     if (!keep_h) w.hs = buf(h);
     if (!keep_h && gated) w.gs = buf(h);
-    w.as = buf(h);
+    if (!backward && keep_h) w.as = buf(h);
     if (backward) w.das = buf(h);
     if (backward && gated) w.dgs = buf(h);
   }
@@ -269,7 +269,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
         auto h_e = keep_h ? hall.narrow(0, s, n) : wk.hs.rows(n);
         auto g_e = !gated ? at::Tensor() : keep_h ? gall.narrow(0, s, n) : wk.gs.rows(n);
         hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);
-        auto a_e = wk.as.rows(n);
+        auto a_e = keep_h ? wk.as.rows(n) : h_e;  // h is scratch here: a may overwrite it
         activation_forward(act, h_e, g_e, a_e);
         auto o_e = o.narrow(0, s, n);
         linear_out(o_e, a_e, w2[e], b2.defined() ? b2[e] : at::Tensor());
@@ -350,7 +350,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
         auto h_e = keep_h ? hall.narrow(0, s, n) : wk.hs.rows(n);
         auto g_e = !gated ? at::Tensor() : keep_h ? gall.narrow(0, s, n) : wk.gs.rows(n);
         if (!keep_h) hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);  // recompute_hidden
-        auto a_e = wk.as.rows(n);
+        auto a_e = wk.das.rows(n);  // a lives in da's buffer until dW2 is done
         auto dg_e = gated ? wk.dgs.rows(n) : at::Tensor();
         if (gated) act_out(act, dg_e, h_e);  // f(h), reused for dg below
         if (gated && h_e.scalar_type() != at::kBFloat16) {
@@ -366,7 +366,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
           auto db2_e = db2[e];
           at::sum_out(db2_e, dout_e, 0);
         }
-        auto da_e = wk.das.rows(n);
+        auto da_e = a_e;  // a is no longer needed
         at::mm_out(da_e, dout_e, w2[e].t());
         activation_backward(act, h_e, g_e, da_e, dg_e);  // da_e now holds dh
 
