@@ -220,6 +220,25 @@ std::vector<Work> make_workspace(bool parallel, int64_t rows, int64_t d, int64_t
   return work;
 }
 
+// The rows one expert works on: its gathered inputs xg [n, d] (worker scratch) and its hidden
+// pre-activations h (and g for gated units): rows of the saved [P, h] tensors when they are kept,
+// else worker scratch. Gathers xg; fills nothing else.
+struct ExpertRows {
+  at::Tensor xg, h, g;
+};
+
+template <typename T>
+ExpertRows expert_rows(const Work& wk, const at::Tensor& x, const int64_t* tok, int64_t s,
+                       int64_t n, const at::Tensor& hall, const at::Tensor& gall, bool gated) {
+  ExpertRows r;
+  r.xg = wk.xg.rows(n);
+  kernels::cpu::gather_rows<T>(x.data_ptr<T>(), tok + s, n, x.size(1), r.xg.data_ptr<T>());
+  const bool kept = hall.defined();
+  r.h = kept ? hall.narrow(0, s, n) : wk.hs.rows(n);
+  if (gated) r.g = kept ? gall.narrow(0, s, n) : wk.gs.rows(n);
+  return r;
+}
+
 // h = xg·w1[e] + b1[e] and, for gated units, g = xg·w3[e], into the given views.
 void hidden_layer(at::Tensor& h_e, at::Tensor& g_e, const at::Tensor& xg_e, const at::Tensor& w1,
                   const at::Tensor& w3, const at::Tensor& b1, int64_t e) {
@@ -264,10 +283,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
       for_each_expert(offsets, E, parallel, [&](int64_t e, int64_t worker) {
         const Work& wk = work[worker];
         const int64_t s = offsets[e], n = offsets[e + 1] - s;
-        auto xg_e = wk.xg.rows(n);
-        k::gather_rows<T_>(xc.data_ptr<T_>(), tok + s, n, d, xg_e.data_ptr<T_>());
-        auto h_e = keep_h ? hall.narrow(0, s, n) : wk.hs.rows(n);
-        auto g_e = !gated ? at::Tensor() : keep_h ? gall.narrow(0, s, n) : wk.gs.rows(n);
+        auto [xg_e, h_e, g_e] = expert_rows<T_>(wk, xc, tok, s, n, hall, gall, gated);
         hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);
         auto a_e = keep_h ? wk.as.rows(n) : h_e;  // h is scratch here: a may overwrite it
         activation_forward(act, h_e, g_e, a_e);
@@ -345,10 +361,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
       for_each_expert(offsets, E, parallel, [&](int64_t e, int64_t worker) {
         const Work& wk = work[worker];
         const int64_t s = offsets[e], n = offsets[e + 1] - s;
-        auto xg_e = wk.xg.rows(n);
-        k::gather_rows<T_>(x.data_ptr<T_>(), tok + s, n, d, xg_e.data_ptr<T_>());
-        auto h_e = keep_h ? hall.narrow(0, s, n) : wk.hs.rows(n);
-        auto g_e = !gated ? at::Tensor() : keep_h ? gall.narrow(0, s, n) : wk.gs.rows(n);
+        auto [xg_e, h_e, g_e] = expert_rows<T_>(wk, x, tok, s, n, hall, gall, gated);
         if (!keep_h) hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);  // recompute_hidden
         auto a_e = wk.das.rows(n);  // a lives in da's buffer until dW2 is done
         auto dg_e = gated ? wk.dgs.rows(n) : at::Tensor();
