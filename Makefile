@@ -18,7 +18,7 @@ CMAKE_ARGS ?=
 # libopenblas0-pthread: libtorch only *recommends* a BLAS; without OpenBLAS fp32 GEMM falls back to
 # the reference BLAS, ~25x slower. dataset-fashion-mnist: the demo's data.
 PACKAGES := g++ cmake ninja-build ccache libtorch-dev libopenblas0-pthread googletest libgtest-dev \
-            libgmock-dev zlib1g-dev dataset-fashion-mnist
+            libgmock-dev zlib1g-dev nlohmann-json3-dev dataset-fashion-mnist
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

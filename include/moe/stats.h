@@ -21,6 +21,8 @@ struct RoutingStats {
   int64_t experts_per_token_max = 0;
   double cv_importance = 0.0;  ///< coefficient of variation std/mean (population std) of importance
   double cv_load = 0.0;        ///< same for load
+  int64_t active_experts = 0;  ///< experts that may receive tokens (E except for TopAnyMoE)
+  int64_t tokens_without_expert = 0;  ///< TopAnyMoE: tokens that activated no expert
 };
 
 /// The routing decision of a forward pass, for inspection and tests.

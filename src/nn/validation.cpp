@@ -34,6 +34,7 @@ RoutingStats make_stats(const RoutingPlan& plan, const torch::Tensor& importance
   s.dropped_fraction =
       assigned > 0 ? static_cast<double>(dropped) / static_cast<double>(assigned) : 0.0;
   s.skipped_tokens = skipped_tokens;
+  s.active_experts = plan.num_experts;
   if (plan.num_tokens > 0) {
     const auto ept = plan.experts_per_token();
     s.experts_per_token_mean = ept.to(at::kDouble).mean().item<double>();

@@ -1,0 +1,238 @@
+// safetensors reader and atomic writer (include/moe/io/safetensors.h).
+#include "moe/io/safetensors.h"
+
+#include <ATen/ATen.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+
+namespace moe::io {
+namespace {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian");
+
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // the limit of the reference implementation
+
+struct DtypeName {
+  at::ScalarType type;
+  const char* name;
+};
+constexpr DtypeName kDtypes[] = {
+    {at::kDouble, "F64"}, {at::kFloat, "F32"}, {at::kHalf, "F16"},  {at::kBFloat16, "BF16"},
+    {at::kLong, "I64"},   {at::kInt, "I32"},   {at::kShort, "I16"}, {at::kChar, "I8"},
+    {at::kByte, "U8"},    {at::kBool, "BOOL"},
+};
+
+const char* dtype_name(at::ScalarType t, const std::string& tensor) {
+  for (const auto& d : kDtypes)
+    if (d.type == t) return d.name;
+  TORCH_CHECK_TYPE(false, "save_safetensors: tensor '", tensor, "' has dtype ", t,
+                   ", which safetensors cannot store");
+}
+
+std::string os_error() { return std::strerror(errno); }
+
+// Closes a file descriptor on scope exit.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+void write_all(int fd, const void* data, size_t n, const std::string& path) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    TORCH_CHECK(w > 0, "save_safetensors: writing ", path, " failed: ", os_error());
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+std::string parent_dir(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+torch::Tensor TensorFile::find(const std::string& name) const {
+  for (const auto& [n, t] : tensors)
+    if (n == name) return t;
+  return {};
+}
+
+void save_safetensors(const std::string& path,
+                      const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::vector<torch::Tensor> data;
+  std::set<std::string> names;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    TORCH_CHECK_VALUE(!name.empty() && name != "__metadata__", "save_safetensors: invalid name '",
+                      name, "'");
+    TORCH_CHECK_VALUE(names.insert(name).second, "save_safetensors: duplicate tensor name '", name,
+                      "'");
+    TORCH_CHECK_VALUE(t.defined(), "save_safetensors: tensor '", name, "' is undefined");
+    const char* dtype = dtype_name(t.scalar_type(), name);
+    auto c = t.detach().to(at::kCPU).contiguous();
+    const auto bytes = static_cast<uint64_t>(c.nbytes());
+    header[name] = {{"dtype", dtype}, {"shape", c.sizes().vec()},
+                    {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+    data.push_back(std::move(c));
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // keeps the byte buffer 8-byte aligned
+  const uint64_t n = text.size();
+
+  std::string tmp = path + ".tmp.XXXXXX";
+  Fd f;
+  f.fd = ::mkstemp(tmp.data());
+  TORCH_CHECK(f.fd >= 0, "save_safetensors: cannot create a temporary file next to ", path, ": ",
+              os_error());
+  try {
+    write_all(f.fd, &n, sizeof(n), tmp);
+    write_all(f.fd, text.data(), text.size(), tmp);
+    for (const auto& c : data) write_all(f.fd, c.data_ptr(), c.nbytes(), tmp);
+    TORCH_CHECK(::fsync(f.fd) == 0, "save_safetensors: fsync of ", tmp, " failed: ", os_error());
+    TORCH_CHECK(::fchmod(f.fd, 0644) == 0, "save_safetensors: chmod of ", tmp, " failed: ",
+                os_error());
+    const int fd = f.fd;
+    f.fd = -1;
+    TORCH_CHECK(::close(fd) == 0, "save_safetensors: closing ", tmp, " failed: ", os_error());
+    TORCH_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "save_safetensors: renaming ", tmp,
+                " to ", path, " failed: ", os_error());
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  // Make the rename itself durable.
+  Fd dir;
+  dir.fd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY);
+  TORCH_CHECK(dir.fd >= 0 && ::fsync(dir.fd) == 0, "save_safetensors: fsync of the folder of ",
+              path, " failed: ", os_error());
+}
+
+TensorFile load_safetensors(const std::string& path) {
+  auto fail = [&](const auto&... what) -> void {
+    TORCH_CHECK_VALUE(false, "load_safetensors: ", path, ": ", what...);
+  };
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  TORCH_CHECK(file != nullptr, "load_safetensors: cannot open ", path, ": ", os_error());
+  struct stat st {};
+  TORCH_CHECK(::fstat(::fileno(file.get()), &st) == 0, "load_safetensors: cannot stat ", path,
+              ": ", os_error());
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (size < 8) fail("file of ", size, " bytes is too short for a safetensors header (truncated?)");
+  uint64_t n = 0;
+  if (std::fread(&n, 8, 1, file.get()) != 1) fail("cannot read the header length");
+  if (n > kMaxHeaderBytes) fail("header length ", n, " exceeds the limit of ", kMaxHeaderBytes);
+  if (n > size - 8)
+    fail("header length ", n, " exceeds the file size ", size, " (truncated or corrupted)");
+  std::string text(n, '\0');
+  if (n > 0 && std::fread(text.data(), 1, n, file.get()) != n) fail("cannot read the header");
+  const uint64_t buffer = size - 8 - n;
+
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("the header is not valid JSON (", e.what(), ")");
+  }
+  if (!header.is_object()) fail("the header is not a JSON object");
+
+  struct Entry {
+    std::string name;
+    at::ScalarType dtype;
+    std::vector<int64_t> shape;
+    uint64_t begin, end;
+  };
+  std::vector<Entry> entries;
+  TensorFile out;
+  for (const auto& [name, v] : header.items()) {
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail("__metadata__ is not an object");
+      for (const auto& [k, s] : v.items()) {
+        if (!s.is_string()) fail("__metadata__ value of '", k, "' is not a string");
+        out.metadata[k] = s.get<std::string>();
+      }
+      continue;
+    }
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
+        !v.contains("data_offsets"))
+      fail("tensor '", name, "' needs dtype, shape and data_offsets");
+    Entry e{name, at::kByte, {}, 0, 0};
+    const auto& dt = v["dtype"];
+    bool known = false;
+    if (dt.is_string()) {
+      for (const auto& d : kDtypes)
+        if (dt.get<std::string>() == d.name) e.dtype = d.type, known = true;
+    }
+    if (!known) fail("tensor '", name, "' has an unknown dtype ", dt.dump());
+    const auto& shape = v["shape"];
+    if (!shape.is_array()) fail("tensor '", name, "' has a shape that is not an array");
+    uint64_t numel = 1;
+    for (const auto& s : shape) {
+      if (!s.is_number_unsigned() || s.get<uint64_t>() > (uint64_t{1} << 62))
+        fail("tensor '", name, "' has an invalid dimension ", s.dump());
+      const auto dim = s.get<uint64_t>();
+      if (__builtin_mul_overflow(numel, dim, &numel))
+        fail("tensor '", name, "' has a shape whose size overflows");
+      e.shape.push_back(static_cast<int64_t>(dim));
+    }
+    const auto& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
+        !off[1].is_number_unsigned())
+      fail("tensor '", name, "' needs data_offsets [begin, end] of non-negative integers");
+    e.begin = off[0].get<uint64_t>();
+    e.end = off[1].get<uint64_t>();
+    if (e.begin > e.end || e.end > buffer)
+      fail("tensor '", name, "' has data_offsets [", e.begin, ", ", e.end,
+           "] outside the data buffer of ", buffer, " bytes (truncated or corrupted)");
+    uint64_t bytes = 0;
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(c10::elementSize(e.dtype)), &bytes) ||
+        bytes != e.end - e.begin)
+      fail("tensor '", name, "': shape ", shape.dump(), " of ", dt.get<std::string>(), " needs ",
+           bytes, " bytes but data_offsets span ", e.end - e.begin);
+    entries.push_back(std::move(e));
+  }
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
+  uint64_t expect = 0;
+  for (const auto& e : entries) {
+    if (e.begin < expect) fail("tensor '", e.name, "' overlaps the previous tensor");
+    if (e.begin > expect) fail("the data buffer has a hole before tensor '", e.name, "'");
+    expect = e.end;
+  }
+  if (expect != buffer)
+    fail("the data buffer has ", buffer - expect, " bytes not covered by any tensor");
+
+  for (const auto& e : entries) {
+    auto t = at::empty(e.shape, at::TensorOptions().dtype(e.dtype));
+    const size_t bytes = e.end - e.begin;
+    if (bytes > 0) {
+      if (std::fseek(file.get(), static_cast<long>(8 + n + e.begin), SEEK_SET) != 0 ||
+          std::fread(t.data_ptr(), 1, bytes, file.get()) != bytes)
+        fail("cannot read the data of tensor '", e.name, "' (truncated?)");
+    }
+    out.tensors.emplace_back(e.name, std::move(t));
+  }
+  return out;
+}
+
+}  // namespace moe::io
