@@ -84,6 +84,8 @@ class TopAnyMoEImpl : public torch::nn::Cloneable<TopAnyMoEImpl> {
                               torch::optim::Optimizer* optimizer = nullptr);
   /// Whether a schedule has finished a window whose update is not applied yet.
   bool update_pending() const { return pending_; }
+  /// The records of the finished window whose update is pending.
+  const RoutingRecords& pending_records() const { return pending_records_; }
   /// Applies the pending update (no-op without one).
   ExpertUpdate apply_pending_update(torch::optim::Optimizer* optimizer = nullptr);
 

@@ -1,0 +1,66 @@
+// The DynMoE auto-tuning demonstration (docs/dynmoe.md): a TopAnyMoE starting with E_0 = 2 of at
+// most 16 experts learns a 6-cluster regression task. Asserts what the mechanism guarantees at
+// every update (experts are added while tokens go unrouted; exactly the experts without
+// activations are removed), that the expert count settles, and how the loss compares with softmax
+// top-2 models of fixed size. Nothing is tuned toward the number of clusters.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "experiments/dynmoe_autotune.h"
+
+namespace {
+
+using moe::experiments::AutotuneConfig;
+
+TEST(DynMoEAutotune, AddsWhileUnroutedRemovesIdleSettlesAndLearns) {
+  AutotuneConfig c;  // the defaults: E_0 = 2, E_max = 16, window(20, 60), 3000 steps of 128
+  c.task.clusters(6).seed(0);
+  const auto r = moe::experiments::train_dynmoe(c);
+  ASSERT_EQ(static_cast<int64_t>(r.history.size()), c.steps);
+
+  int64_t active = c.initial_experts, additions = 0, removals = 0, updates = 0;
+  for (const auto& p : r.history) {
+    if (!p.updated) {
+      EXPECT_EQ(p.active, active) << "step " << p.step << ": the set changed without an update";
+      continue;
+    }
+    ++updates;
+    // Exactly the idle experts go; one expert comes when tokens went unrouted and a slot is free
+    // (Σ R_S = 0 with unrouted tokens has probability 0 with this data).
+    EXPECT_EQ(p.removed_count, p.window_idle) << "step " << p.step;
+    const int64_t after_removal = active - p.removed_count;
+    const bool expect_add = p.window_unrouted > 0 && after_removal < c.max_experts;
+    EXPECT_EQ(p.added, expect_add) << "step " << p.step << ": " << p.window_unrouted
+                                   << " unrouted tokens, " << after_removal << " experts left";
+    EXPECT_EQ(p.active, after_removal + (p.added ? 1 : 0)) << "step " << p.step;
+    additions += p.added ? 1 : 0;
+    removals += p.removed_count;
+    active = p.active;
+  }
+  EXPECT_EQ(updates, (c.steps - 2 * c.window) / c.period + 1);
+  EXPECT_GT(additions, 0);
+  // Settled: no change over the last 20% of training.
+  const auto tail = r.history.begin() + static_cast<std::ptrdiff_t>(c.steps * 8 / 10);
+  EXPECT_TRUE(std::all_of(tail, r.history.end(),
+                          [&](const auto& p) { return p.active == r.final_active; }));
+
+  double best = 1e9;
+  for (int64_t E : {2, 4, 8, 16}) best = std::min(best, moe::experiments::train_topk(c, E, 2));
+  const auto test = moe::data::ClusterRegression(c.task).sample(4096, 7);
+  const double variance = test.y.var().item<double>();
+  std::printf("DynMoE: %lld experts (%lld added, %lld removed over %lld updates), mean k %.2f, "
+              "test MSE %.5f; best top-2 MoE %.5f (ratio %.2f); target variance %.4f\n",
+              static_cast<long long>(r.final_active), static_cast<long long>(additions),
+              static_cast<long long>(removals), static_cast<long long>(updates), r.test_mean_k,
+              r.test_mse, best, r.test_mse / best, variance);
+  // Learned the task: over 90% of the target variance explained.
+  EXPECT_LT(r.test_mse, 0.1 * variance);
+  // The measured gap to the best fixed top-2 model (docs/dynmoe.md: 2.7x on this task, where the
+  // issue asked for 10%); this bound guards against regressions, not the goal.
+  EXPECT_LT(r.test_mse, 3.5 * best);
+}
+
+}  // namespace

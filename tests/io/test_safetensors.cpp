@@ -1,0 +1,195 @@
+// safetensors files (include/moe/io/safetensors.h): round trips, a file written byte by byte from
+// the format description, and every kind of damage the reader must reject with a clear error.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "moe/io/safetensors.h"
+#include "support/test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace mt = moe::testing;
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "moe_io_XXXXXX").string();
+    path = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// A file assembled by hand: u64 little-endian header length, JSON header, data.
+std::string hand_file(const std::string& header, const std::string& data) {
+  std::string out(8, '\0');
+  uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + header + data;
+}
+
+TEST(Safetensors, RoundTripsEveryDtypeAndTheMetadata) {
+  TempDir dir;
+  std::vector<std::pair<std::string, torch::Tensor>> ts = {
+      {"a.f64", torch::randn({2, 3}, at::kDouble)},
+      {"a.f32", torch::randn({4})},
+      {"b.f16", torch::randn({3, 1}).to(at::kHalf)},
+      {"b.bf16", torch::randn({5}).to(at::kBFloat16)},
+      {"c.i64", torch::arange(6, at::kLong).view({2, 3})},
+      {"c.i32", torch::arange(3, at::kInt)},
+      {"c.i16", torch::arange(3, at::kShort)},
+      {"c.i8", torch::arange(-2, 2, at::kChar)},
+      {"c.u8", torch::arange(4, at::kByte)},
+      {"d.bool", torch::tensor({true, false, true})},
+      {"e.empty", torch::zeros({0, 4})},
+      {"f.scalar", torch::tensor(3.5)},
+      {"g.strided", torch::randn({4, 6}).t()},  // non-contiguous input
+  };
+  moe::io::save_safetensors(dir.file("x.safetensors"), ts, {{"step", "12"}, {"note", "héllo"}});
+  const auto f = moe::io::load_safetensors(dir.file("x.safetensors"));
+  ASSERT_EQ(f.tensors.size(), ts.size());
+  for (const auto& [name, t] : ts) {
+    const auto got = f.find(name);
+    ASSERT_TRUE(got.defined()) << name;
+    EXPECT_TRUE(mt::bitwise_equal(got, t.contiguous())) << name;
+  }
+  EXPECT_EQ(f.metadata.at("step"), "12");
+  EXPECT_EQ(f.metadata.at("note"), "héllo");
+  // Nothing but the file itself is left in the folder (the temporary file was renamed).
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator{}), 1);
+}
+
+TEST(Safetensors, ReadsAFileWrittenFromTheFormatDescription) {
+  TempDir dir;
+  // Two float32 values 1.0, -2.0 and one int64 7, with metadata.
+  std::string data;
+  const float f[2] = {1.0f, -2.0f};
+  const int64_t i = 7;
+  data.append(reinterpret_cast<const char*>(f), 8);
+  data.append(reinterpret_cast<const char*>(&i), 8);
+  const std::string header =
+      R"({"__metadata__":{"k":"v"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+      R"("n":{"dtype":"I64","shape":[],"data_offsets":[8,16]}})";
+  write_bytes(dir.file("h.safetensors"), hand_file(header, data));
+  const auto t = moe::io::load_safetensors(dir.file("h.safetensors"));
+  EXPECT_TRUE(torch::equal(t.find("w"), torch::tensor({1.0f, -2.0f})));
+  EXPECT_EQ(t.find("n").dim(), 0);
+  EXPECT_EQ(t.find("n").item<int64_t>(), 7);
+  EXPECT_EQ(t.metadata.at("k"), "v");
+}
+
+struct Damage {
+  const char* what;
+  std::string header;
+  std::string data;
+  const char* expect;
+};
+
+TEST(Safetensors, RejectsMalformedHeadersWithClearErrors) {
+  TempDir dir;
+  const std::string d16(16, '\0');
+  const std::vector<Damage> cases = {
+      {"not json", "{\"w\":", d16, "not valid JSON"},
+      {"not an object", "[1,2]", d16, "not a JSON object"},
+      {"unknown dtype", R"({"w":{"dtype":"F8","shape":[4],"data_offsets":[0,16]}})", d16,
+       "unknown dtype"},
+      {"negative dim", R"({"w":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}})", d16,
+       "invalid dimension"},
+      {"missing field", R"({"w":{"dtype":"F32","shape":[4]}})", d16, "data_offsets"},
+      {"size mismatch", R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", d16,
+       "needs 12 bytes"},
+      {"out of range", R"({"w":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})", d16,
+       "outside the data buffer"},
+      {"overlap",
+       R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+       d16, "overlaps"},
+      {"hole", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", d16, "hole"},
+      {"trailing bytes", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", d16,
+       "not covered"},
+      {"bad metadata", R"({"__metadata__":{"k":3}})", "", "not a string"},
+      {"huge shape",
+       R"({"w":{"dtype":"F64","shape":[4611686018427387904,4611686018427387904],"data_offsets":[0,16]}})",
+       d16, "overflows"},
+  };
+  for (const auto& c : cases) {
+    const auto path = dir.file("bad.safetensors");
+    write_bytes(path, hand_file(c.header, c.data));
+    EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(path); }, {path, c.expect}))
+        << c.what;
+  }
+  // A header length larger than the file, and one beyond the 100 MB limit.
+  std::string big(8, '\xff');
+  write_bytes(dir.file("len.safetensors"), big + "{}");
+  EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(dir.file("len.safetensors")); },
+                              {"header length", "exceeds"}));
+  EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(dir.file("missing.safetensors")); },
+                              {"cannot open", "missing.safetensors"}));
+}
+
+TEST(Safetensors, EveryTruncationOfAValidFileIsRejected) {
+  TempDir dir;
+  moe::io::save_safetensors(dir.file("ok.safetensors"),
+                            {{"w", torch::randn({3, 5})}, {"b", torch::arange(4, at::kLong)}},
+                            {{"k", "v"}});
+  const auto bytes = read_bytes(dir.file("ok.safetensors"));
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    const auto path = dir.file("cut.safetensors");
+    write_bytes(path, bytes.substr(0, n));
+    EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(path); }, {path})) << n;
+  }
+}
+
+TEST(Safetensors, RandomByteFlipsNeverCrashTheReader) {
+  TempDir dir;
+  moe::io::save_safetensors(dir.file("ok.safetensors"), {{"w", torch::randn({4, 4})}});
+  const auto bytes = read_bytes(dir.file("ok.safetensors"));
+  torch::manual_seed(0);
+  for (int trial = 0; trial < 300; ++trial) {
+    auto damaged = bytes;
+    const auto pos = torch::randint(0, 8 + 90, {1}).item<int64_t>();  // the length and the header
+    damaged[static_cast<size_t>(std::min<int64_t>(pos, damaged.size() - 1))] ^=
+        static_cast<char>(1 + torch::randint(0, 255, {1}).item<int64_t>());
+    write_bytes(dir.file("flip.safetensors"), damaged);
+    try {
+      moe::io::load_safetensors(dir.file("flip.safetensors"));  // may still be valid
+    } catch (const c10::Error&) {
+    }
+  }
+}
+
+TEST(Safetensors, WriterRejectsBadInput) {
+  TempDir dir;
+  EXPECT_TRUE(mt::throws_with(
+      [&] {
+        moe::io::save_safetensors(dir.file("a"), {{"w", torch::ones(2)}, {"w", torch::ones(2)}});
+      },
+      {"duplicate", "'w'"}));
+  EXPECT_TRUE(mt::throws_with(
+      [&] { moe::io::save_safetensors(dir.file("a"), {{"__metadata__", torch::ones(2)}}); },
+      {"invalid name"}));
+  EXPECT_TRUE(mt::throws_with(
+      [&] { moe::io::save_safetensors(dir.file("a"), {{"c", torch::ones(2, at::kComplexFloat)}}); },
+      {"'c'", "cannot store"}));
+  EXPECT_TRUE(mt::throws_with(
+      [&] { moe::io::save_safetensors("/nonexistent-dir/x.safetensors", {{"w", torch::ones(2)}}); },
+      {"/nonexistent-dir/x.safetensors"}));
+  EXPECT_FALSE(fs::exists(dir.file("a")));
+}
+
+}  // namespace
