@@ -37,6 +37,10 @@ int main(int argc, char** argv) {
     else if (a == "--noise") c.task.noise(std::atof(argv[++i]));
     else if (a == "--e0") c.initial_experts = next();
     else if (a == "--tutel-losses") c.tutel_losses = true;
+    else if (a == "--shift") {
+      c.shift_step = next();
+      c.shift_clusters = next();
+    }
     else if (a == "--emax") c.max_experts = next();
     else if (a == "--window") c.window = next();
     else if (a == "--period") c.period = next();

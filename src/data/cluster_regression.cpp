@@ -26,13 +26,17 @@ ClusterRegression::ClusterRegression(ClusterRegressionOptions o) : options_(o) {
   b_ = at::randn({M, th, d}, gen, f);
 }
 
-RegressionBatch ClusterRegression::sample(int64_t n, uint64_t seed) const {
+RegressionBatch ClusterRegression::sample(int64_t n, uint64_t seed, int64_t clusters) const {
   TORCH_CHECK_VALUE(n >= 0, "ClusterRegression::sample: n must be >= 0, got ", n);
+  TORCH_CHECK_VALUE(clusters >= 0 && clusters <= options_.clusters(),
+                    "ClusterRegression::sample: clusters must be in [0, ", options_.clusters(),
+                    "] (0 = all), got ", clusters);
   auto gen = at::detail::createCPUGenerator(seed);
   const auto f = at::TensorOptions().dtype(at::kFloat);
   const int64_t d = options_.dim();
   RegressionBatch b;
-  b.cluster = at::randint(options_.clusters(), {n}, gen, f.dtype(at::kLong));
+  b.cluster = at::randint(clusters > 0 ? clusters : options_.clusters(), {n}, gen,
+                          f.dtype(at::kLong));
   b.x = centres_.index_select(0, b.cluster) + at::randn({n, d}, gen, f) * options_.noise();
   const auto h = at::tanh(at::bmm(b.x.unsqueeze(1), a_.index_select(0, b.cluster)) /
                           std::sqrt(static_cast<double>(d)));

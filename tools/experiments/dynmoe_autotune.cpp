@@ -43,7 +43,8 @@ AutotuneResult train_dynmoe(const AutotuneConfig& c,
   AutotuneResult r;
   for (int64_t step = 0; step < c.steps; ++step) {
     set_lr(opt, c, step);
-    const auto b = task.sample(c.batch, batch_seed(c, step));
+    const bool shifted = c.shift_clusters > 0 && step >= c.shift_step;
+    const auto b = task.sample(c.batch, batch_seed(c, step), shifted ? c.shift_clusters : 0);
     opt.zero_grad();
     auto out = layer->forward(b.x);
     auto mse = torch::mse_loss(out.output, b.y);
@@ -71,7 +72,8 @@ AutotuneResult train_dynmoe(const AutotuneConfig& c,
   }
   layer->eval();
   torch::NoGradGuard no_grad;
-  const auto test = task.sample(c.test_size, kTestSeed);
+  const auto test = task.sample(c.test_size, kTestSeed,
+                                c.shift_step > 0 ? c.shift_clusters : 0);
   auto out = layer->forward(test.x);
   r.test_mse = torch::mse_loss(out.output, test.y).item<double>();
   r.test_mean_k = out.stats.experts_per_token_mean;

@@ -32,6 +32,10 @@ struct AutotuneConfig {
   bool copy_initial_expert = true;
   bool tutel_losses = false;
   uint64_t seed = 1;  ///< model initialisation and the order of training batches
+  /// Optional shift: from step shift_step on, only the first shift_clusters clusters are drawn
+  /// (0 = no shift). Experts that served the others go idle and are removed.
+  int64_t shift_step = 0;
+  int64_t shift_clusters = 0;
 };
 
 /// The state of the DynMoE layer after one training step.
@@ -51,7 +55,7 @@ struct AutotunePoint {
 
 struct AutotuneResult {
   std::vector<AutotunePoint> history;  ///< every step
-  double test_mse = 0;                 ///< eval mode, on the held-out test set
+  double test_mse = 0;                 ///< eval mode, on the held-out test set (all clusters)
   double test_mean_k = 0;
   int64_t final_active = 0;
 };

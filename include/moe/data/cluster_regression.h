@@ -32,8 +32,9 @@ struct RegressionBatch {
 class ClusterRegression {
  public:
   explicit ClusterRegression(ClusterRegressionOptions options);
-  /// n samples drawn with their own seed (the same seed gives the same batch).
-  RegressionBatch sample(int64_t n, uint64_t seed) const;
+  /// n samples drawn with their own seed (the same seed gives the same batch), from the first
+  /// `clusters` clusters only when clusters > 0 (a shift of the input distribution).
+  RegressionBatch sample(int64_t n, uint64_t seed, int64_t clusters = 0) const;
   const ClusterRegressionOptions& options() const { return options_; }
 
  private:
