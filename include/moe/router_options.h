@@ -46,6 +46,8 @@ struct RouterOptions {
   /// kNoisyTopK, N(0, router_init_std) otherwise.
   TORCH_ARG(c10::optional<bool>, zero_init) = c10::nullopt;
   TORCH_ARG(double, router_init_std) = 0.02;
+  /// Freeze the router at its initialisation (requires_grad = false): SMoE-Dropout's random router.
+  TORCH_ARG(bool, frozen) = false;
   /// The layer named in error messages (a layer sets its own name, e.g. "SparseMoE").
   TORCH_ARG(std::string, name) = "TopKRouter";
 };

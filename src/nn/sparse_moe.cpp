@@ -28,6 +28,7 @@ RouterOptions SparseMoEOptions::router_options() const {
       .non_finite(non_finite())
       .zero_init(router_zero_init())
       .router_init_std(router_init_std())
+      .frozen(freeze_router())
       .name("SparseMoE");
 }
 
@@ -71,6 +72,13 @@ void SparseMoEImpl::to(torch::Dtype dtype, bool non_blocking) {
 void SparseMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   experts->to(device, dtype, non_blocking);
   router->to(device, router_dtype(dtype), non_blocking);
+}
+
+void SparseMoEImpl::set_top_k(int64_t k) {
+  TORCH_CHECK_VALUE(k >= 1 && k <= options.num_experts(), "SparseMoE: top_k must be in [1, ",
+                    "num_experts=", options.num_experts(), "], got ", k);
+  options.top_k(k);
+  router->options.top_k(k);
 }
 
 MoEOutput SparseMoEImpl::forward(const torch::Tensor& x) {

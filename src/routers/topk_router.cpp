@@ -8,6 +8,7 @@
 #include "moe/gating.h"
 #include "moe/losses.h"
 #include "moe/router.h"
+#include "routers/finite_logits.h"
 
 namespace moe {
 
@@ -58,14 +59,15 @@ TopKRouterImpl::TopKRouterImpl(RouterOptions options_) : options(std::move(optio
 
 void TopKRouterImpl::reset() {
   const int64_t E = options.num_experts(), d = options.d_model();
-  weight = register_parameter("weight", torch::empty({E, d}));
+  const bool train = !options.frozen();
+  weight = register_parameter("weight", torch::empty({E, d}), train);
   if (options.kind() == RouterKind::kNoisyTopK) {
-    noise_weight = register_parameter("noise_weight", torch::empty({E, d}));
+    noise_weight = register_parameter("noise_weight", torch::empty({E, d}), train);
   } else {
     noise_weight = torch::Tensor();
   }
   if (options.bias()) {
-    bias = register_parameter("bias", torch::empty({E}));
+    bias = register_parameter("bias", torch::empty({E}), train);
   } else {
     bias = torch::Tensor();
   }
@@ -107,26 +109,10 @@ RouterOutput TopKRouterImpl::route(const torch::Tensor& x) {
   const auto b = bias.defined() ? bias.to(rd) : torch::Tensor();
   auto logits = at::linear(xr, W, b);
 
-  // Non-finite policy (RELIABILITY.md §3.3): check the E-wide logits, never let NaN reach indices.
-  torch::Tensor valid;
   int64_t skipped = 0;
-  {
-    const auto finite = at::isfinite(logits).all(1);
-    const int64_t bad = T - finite.sum().item<int64_t>();
-    if (bad > 0) {
-      TORCH_CHECK(
-          options.non_finite() == NonFinitePolicy::kSkip, who, ": router logits are ",
-          "non-finite for ", bad, " of ", T, " tokens (NaN or Inf in the input or the router ",
-          "weights); use non_finite(NonFinitePolicy::kSkip) to give such tokens a zero output");
-      valid = finite;
-      skipped = bad;
-      xr = xr.masked_fill(~finite.unsqueeze(1), 0.0);
-      logits = at::linear(xr, W, b);
-      TORCH_CHECK(at::isfinite(logits).all().item<bool>(), who,
-                  ": router logits are non-finite for finite inputs: the router weights "
-                  "contain NaN or Inf");
-    }
-  }
+  const auto valid = detail::apply_non_finite_policy(
+      xr, logits, [&](const torch::Tensor& v) { return at::linear(v, W, b); }, options.non_finite(),
+      who, skipped);
 
   TopKGate g;
   if (options.kind() == RouterKind::kNoisyTopK) {
@@ -169,4 +155,29 @@ RouterOutput TopKRouterImpl::route(const torch::Tensor& x) {
   return out;
 }
 
+namespace detail {
+
+torch::Tensor apply_non_finite_policy(torch::Tensor& xr, torch::Tensor& logits,
+                                      const std::function<torch::Tensor(const torch::Tensor&)>& logits_of,
+                                      NonFinitePolicy policy, const std::string& who,
+                                      int64_t& skipped) {
+  // Check the E-wide logits: NaN must never reach the top-k indices.
+  const int64_t T = logits.size(0);
+  const auto finite = at::isfinite(logits).all(1);
+  const int64_t bad = T - finite.sum().item<int64_t>();
+  skipped = 0;
+  if (bad == 0) return {};
+  TORCH_CHECK(policy == NonFinitePolicy::kSkip, who, ": router logits are non-finite for ", bad,
+              " of ", T, " tokens (NaN or Inf in the input or the router weights); use ",
+              "non_finite(NonFinitePolicy::kSkip) to give such tokens a zero output");
+  skipped = bad;
+  xr = xr.masked_fill(~finite.unsqueeze(1), 0.0);
+  logits = logits_of(xr);
+  TORCH_CHECK(at::isfinite(logits).all().item<bool>(), who,
+              ": router logits are non-finite for finite inputs: the router weights contain NaN "
+              "or Inf");
+  return finite;
+}
+
+}  // namespace detail
 }  // namespace moe

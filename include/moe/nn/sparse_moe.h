@@ -27,6 +27,10 @@ class SparseMoEImpl : public torch::nn::Cloneable<SparseMoEImpl> {
   /// x: [..., d_model] (any leading dims; float32, float64 or bfloat16 matching the experts).
   MoEOutput forward(const torch::Tensor& x);
 
+  /// Changes k (1 <= k <= E) from now on: a k schedule during training (TopKSchedule), or another k
+  /// at inference.
+  void set_top_k(int64_t k);
+
   /// Converts the experts to `dtype`; the router stays float32 (float64 when dtype is float64), as
   /// routing in bf16 flips expert choices (RELIABILITY.md §2). Children of user modules get this
   /// too.

@@ -45,6 +45,9 @@ struct SparseMoEOptions {
   TORCH_ARG(NonFinitePolicy, non_finite) = NonFinitePolicy::kError;
   TORCH_ARG(c10::optional<bool>, router_zero_init) = c10::nullopt;
   TORCH_ARG(double, router_init_std) = 0.02;
+  /// Keep the router at its initialisation (SMoE-Dropout: router_bias(true),
+  /// router_zero_init(false), router_init_std(0.02), balance_coef(0)).
+  TORCH_ARG(bool, freeze_router) = false;
   TORCH_ARG(bool, expert_bias) = false;
   TORCH_ARG(ExpertInit, expert_init) = ExpertInit::kGlorotUniform;
   TORCH_ARG(double, expert_init_std) = 0.02;

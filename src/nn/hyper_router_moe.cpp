@@ -1,0 +1,168 @@
+// moe::nn::HyperRouterMoE (include/moe/nn/hyper_router_moe.h).
+#include "moe/nn/hyper_router_moe.h"
+
+#include <ATen/ATen.h>
+
+#include <ostream>
+
+#include "moe/plan.h"
+#include "nn/common.h"
+
+namespace moe::nn {
+namespace {
+constexpr const char* kWho = "HyperRouterMoE";
+}
+
+HyperRouterOptions HyperRouterMoEOptions::hyper_router_options() const {
+  return HyperRouterOptions(d_model(), num_experts())
+      .top_k(top_k())
+      .hyper_hidden(hyper_hidden())
+      .embedding_dim(embedding_dim())
+      .init_std(router_init_std())
+      .balance_coef(balance_coef())
+      .z_loss_coef(z_loss_coef())
+      .aux_loss_in_eval(aux_loss_in_eval())
+      .non_finite(non_finite())
+      .name(kWho);
+}
+
+RouterOptions HyperRouterMoEOptions::random_router_options() const {
+  return RouterOptions(d_model(), num_experts())
+      .kind(RouterKind::kSoftmaxTopK)
+      .top_k(top_k())
+      .normalize_top_k(true)  // softmax over the k selected logits
+      .bias(true)
+      .zero_init(false)
+      .router_init_std(router_init_std())
+      .frozen(true)
+      .importance_coef(0.0)
+      .load_coef(0.0)
+      .balance_coef(balance_coef())
+      .z_loss_coef(z_loss_coef())
+      .aux_loss_in_eval(aux_loss_in_eval())
+      .non_finite(non_finite())
+      .name(kWho);
+}
+
+ExpertBankOptions HyperRouterMoEOptions::expert_options() const {
+  return ExpertBankOptions(num_experts(), d_model(), hidden_size())
+      .activation(activation())
+      .bias(expert_bias())
+      .init(expert_init())
+      .init_std(expert_init_std())
+      .recompute_hidden(recompute_hidden());
+}
+
+HyperRouterMoEImpl::HyperRouterMoEImpl(HyperRouterMoEOptions options_)
+    : options(std::move(options_)) {
+  TORCH_CHECK_VALUE(options.num_experts() >= 1, kWho, ": num_experts must be >= 1, got ",
+                    options.num_experts());
+  TORCH_CHECK_VALUE(options.top_k() >= 1 && options.top_k() <= options.num_experts(), kWho,
+                    ": top_k must be in [1, num_experts=", options.num_experts(), "], got ",
+                    options.top_k());
+  if (const auto& s = options.k_schedule()) {
+    TORCH_CHECK_VALUE(s->k_max() <= options.num_experts(), kWho, ": the k schedule reaches k_max=",
+                      s->k_max(), " but there are only num_experts=", options.num_experts());
+  }
+  reset();
+}
+
+void HyperRouterMoEImpl::reset() {
+  if (options.router() == HyperRouterKind::kHyper) {
+    hyper_router = register_module("router", HyperRouter(options.hyper_router_options()));
+    random_router = nullptr;
+  } else {
+    random_router = register_module("router", TopKRouter(options.random_router_options()));
+    hyper_router = nullptr;
+  }
+  experts = register_module("experts", ExpertBank(options.expert_options()));
+  step_ = 0;
+  inference_k_ = c10::nullopt;
+}
+
+void HyperRouterMoEImpl::reset_parameters() {
+  if (hyper_router) hyper_router->reset_parameters();
+  if (random_router) random_router->reset_parameters();
+  experts->reset_parameters();
+}
+
+void HyperRouterMoEImpl::pretty_print(std::ostream& stream) const {
+  stream << "moe::nn::HyperRouterMoE(router="
+         << (options.router() == HyperRouterKind::kHyper ? "hyper" : "frozen_random")
+         << ", d_model=" << options.d_model() << ", num_experts=" << options.num_experts()
+         << ", hidden_size=" << options.hidden_size() << ", top_k=" << top_k();
+  if (options.k_schedule()) {
+    const auto& s = *options.k_schedule();
+    stream << ", k_schedule=" << to_string(s.mode()) << "(" << s.k_min() << "->" << s.k_max()
+           << " over " << s.total_steps() << ")";
+  }
+  stream << ")";
+}
+
+torch::nn::Module& HyperRouterMoEImpl::router_module() {
+  if (hyper_router) return *hyper_router;
+  return *random_router;
+}
+
+int64_t HyperRouterMoEImpl::top_k() const {
+  return hyper_router ? hyper_router->top_k() : random_router->options.top_k();
+}
+
+void HyperRouterMoEImpl::set_top_k(int64_t k) {
+  TORCH_CHECK_VALUE(k >= 1 && k <= options.num_experts(), kWho, ": top_k must be in [1, ",
+                    "num_experts=", options.num_experts(), "], got ", k);
+  if (hyper_router) {
+    hyper_router->set_top_k(k);
+  } else {
+    random_router->options.top_k(k);
+  }
+}
+
+void HyperRouterMoEImpl::set_inference_top_k(c10::optional<int64_t> k) {
+  if (k) {
+    TORCH_CHECK_VALUE(*k >= 1 && *k <= options.num_experts(), kWho,
+                      ": inference top_k must be in [1, num_experts=", options.num_experts(),
+                      "], got ", *k);
+  }
+  inference_k_ = k;
+}
+
+void HyperRouterMoEImpl::set_step(int64_t step) {
+  TORCH_CHECK_VALUE(step >= 0, kWho, ": step must be >= 0, got ", step);
+  step_ = step;
+}
+
+void HyperRouterMoEImpl::to(torch::Dtype dtype, bool non_blocking) {
+  experts->to(dtype, non_blocking);
+  router_module().to(router_dtype(dtype), non_blocking);
+}
+
+void HyperRouterMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  experts->to(device, dtype, non_blocking);
+  router_module().to(device, router_dtype(dtype), non_blocking);
+}
+
+MoEOutput HyperRouterMoEImpl::forward(const torch::Tensor& x) {
+  const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, kWho);
+  int64_t training_k = top_k();
+  if (is_training()) {
+    if (options.k_schedule()) training_k = options.k_schedule()->at(step_);
+    ++step_;
+  }
+  const int64_t k = (!is_training() && inference_k_) ? *inference_k_ : training_k;
+  set_top_k(k);
+  RouterOutput r = hyper_router ? hyper_router->route(xf) : random_router->route(xf);
+  set_top_k(training_k);  // an inference k never leaks into training
+  const RoutingPlan plan = build_routing_plan(r.expert_index, options.num_experts());
+  const auto w = pair_weights(plan, r.gate).to(xf.scalar_type());
+
+  MoEOutput out;
+  out.output = experts->forward(xf, plan, w).view(x.sizes());
+  out.aux_loss = r.aux_loss;
+  out.stats =
+      detail::make_stats(plan, r.importance, r.load, r.assigned, r.dropped, r.skipped_tokens);
+  out.routing = {r.expert_index, r.gate.detach()};
+  return out;
+}
+
+}  // namespace moe::nn
