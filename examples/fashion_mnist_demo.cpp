@@ -11,7 +11,6 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <chrono>
 #include <cstdio>
@@ -20,13 +19,14 @@
 #include <stdexcept>
 #include <string>
 
+#include "moe/data/fashion_mnist.h"
 #include "moe/moe.h"
 #include "moe/runtime.h"
 
 namespace {
 
 struct Config {
-  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  std::string data_dir = moe::data::kFashionMnistDir;
   int64_t epochs = 8;
   int64_t batch = 128;
   int64_t width = 128;   // d_model of the MoE block
@@ -38,55 +38,7 @@ struct Config {
   uint64_t seed = 0;
 };
 
-// ---- data -------------------------------------------------------------------------------------
-
-uint32_t read_be32(gzFile f, const std::string& path) {
-  unsigned char b[4];
-  if (gzread(f, b, 4) != 4) throw std::runtime_error(path + ": truncated IDX header");
-  return (uint32_t(b[0]) << 24) | (uint32_t(b[1]) << 16) | (uint32_t(b[2]) << 8) | uint32_t(b[3]);
-}
-
-// Reads a gzipped IDX file (magic 0x801 labels, 0x803 images) into a uint8 tensor.
-torch::Tensor read_idx(const std::string& path, uint32_t magic, int64_t expect_count) {
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) {
-    throw std::runtime_error(
-        "cannot open " + path +
-        "\n  Fashion-MNIST comes from the Debian package dataset-fashion-mnist: run "
-        "`make deps`, or pass --data DIR with the four *-ubyte.gz files");
-  }
-  std::vector<int64_t> shape;
-  try {
-    const uint32_t m = read_be32(f, path);
-    if (m != magic) throw std::runtime_error(path + ": bad IDX magic " + std::to_string(m));
-    shape.push_back(read_be32(f, path));
-    for (uint32_t i = 1; i < (magic & 0xff); ++i) shape.push_back(read_be32(f, path));
-    if (shape[0] != expect_count)
-      throw std::runtime_error(path + ": expected " + std::to_string(expect_count) +
-                               " items, got " + std::to_string(shape[0]));
-    auto t = torch::empty(shape, torch::kUInt8);
-    const auto n = static_cast<unsigned>(t.numel());
-    if (gzread(f, t.data_ptr<uint8_t>(), n) != static_cast<int>(n))
-      throw std::runtime_error(path + ": truncated data");
-    gzclose(f);
-    return t;
-  } catch (...) {
-    gzclose(f);
-    throw;
-  }
-}
-
-struct Split {
-  torch::Tensor x;  // [N, 784] float, standardised
-  torch::Tensor y;  // [N] int64
-};
-
-Split load_split(const std::string& dir, const std::string& prefix, int64_t n) {
-  auto img = read_idx(dir + "/" + prefix + "-images-idx3-ubyte.gz", 0x803, n);
-  auto lab = read_idx(dir + "/" + prefix + "-labels-idx1-ubyte.gz", 0x801, n);
-  auto x = img.reshape({n, 784}).to(torch::kFloat).div_(255.0).sub_(0.2860).div_(0.3530);
-  return {x, lab.to(torch::kLong)};
-}
+using Split = moe::data::LabeledImages;
 
 // ---- models -----------------------------------------------------------------------------------
 
@@ -248,8 +200,8 @@ int main(int argc, char** argv) {
     std::printf(
         "moe demo: Fashion-MNIST, MoE MLP vs dense MLP of equal active compute (%d threads)\n",
         at::get_num_threads());
-    const auto train = load_split(c.data_dir, "train", 60000);
-    const auto test = load_split(c.data_dir, "t10k", 10000);
+    const auto train = moe::data::load_fashion_mnist(c.data_dir, /*train=*/true);
+    const auto test = moe::data::load_fashion_mnist(c.data_dir, /*train=*/false);
     std::printf("data: %lld train / %lld test images from %s\n",
                 static_cast<long long>(train.x.size(0)), static_cast<long long>(test.x.size(0)),
                 c.data_dir.c_str());
