@@ -17,6 +17,7 @@ namespace moe {
 /// Loss coefficients left unset take the defaults of the router's paper:
 ///   kNoisyTopK:            importance 1e-2, load 1e-2 (t2t moe_loss_coef), balance 0, z 0
 ///   kSoftmaxTopK, kSwitch: importance 0, load 0, balance 1e-2, z 0 (ST-MoE uses z = 1e-3)
+///   kFrozenRandom:         all 0 (SMoE-Dropout; the router is frozen and has a bias)
 struct RouterOptions {
   RouterOptions(int64_t d_model, int64_t num_experts)
       : d_model_(d_model), num_experts_(num_experts) {}

@@ -28,15 +28,9 @@ HyperRouterOptions HyperRouterMoEOptions::hyper_router_options() const {
 
 RouterOptions HyperRouterMoEOptions::random_router_options() const {
   return RouterOptions(d_model(), num_experts())
-      .kind(RouterKind::kSoftmaxTopK)
+      .kind(RouterKind::kFrozenRandom)  // frozen, with bias, softmax over the k selected logits
       .top_k(top_k())
-      .normalize_top_k(true)  // softmax over the k selected logits
-      .bias(true)
-      .zero_init(false)
       .router_init_std(router_init_std())
-      .frozen(true)
-      .importance_coef(0.0)
-      .load_coef(0.0)
       .balance_coef(balance_coef())
       .z_loss_coef(z_loss_coef())
       .aux_loss_in_eval(aux_loss_in_eval())

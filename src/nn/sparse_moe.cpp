@@ -32,6 +32,19 @@ RouterOptions SparseMoEOptions::router_options() const {
       .name("SparseMoE");
 }
 
+HyperRouterOptions SparseMoEOptions::hyper_router_options() const {
+  return HyperRouterOptions(d_model(), num_experts())
+      .top_k(top_k())
+      .hyper_hidden(hyper_hidden())
+      .embedding_dim(embedding_dim())
+      .init_std(router_init_std())
+      .balance_coef(balance_coef().value_or(0.0))
+      .z_loss_coef(z_loss_coef().value_or(0.0))
+      .aux_loss_in_eval(aux_loss_in_eval())
+      .non_finite(non_finite())
+      .name("SparseMoE");
+}
+
 ExpertBankOptions SparseMoEOptions::expert_options() const {
   return ExpertBankOptions(num_experts(), d_model(), hidden_size())
       .activation(activation())
@@ -42,17 +55,35 @@ ExpertBankOptions SparseMoEOptions::expert_options() const {
 }
 
 SparseMoEImpl::SparseMoEImpl(SparseMoEOptions options_) : options(std::move(options_)) {
-  check_router_options(options.router_options(), "SparseMoE");
+  auto ro = options.router_options();
+  if (options.router() == RouterKind::kHyper) {
+    TORCH_CHECK_VALUE(options.capacity_factor() == 0, "SparseMoE: RouterKind::kHyper is dropless; ",
+                      "capacity_factor must be 0, got ", options.capacity_factor());
+    ro.kind(RouterKind::kSoftmaxTopK);
+  }
+  check_router_options(ro, "SparseMoE");
   reset();
 }
 
 void SparseMoEImpl::reset() {
-  router = register_module("router", TopKRouter(options.router_options()));
+  if (options.router() == RouterKind::kHyper) {
+    hyper_router = register_module("router", HyperRouter(options.hyper_router_options()));
+    router = nullptr;
+  } else {
+    router = register_module("router", TopKRouter(options.router_options()));
+    hyper_router = nullptr;
+  }
   experts = register_module("experts", ExpertBank(options.expert_options()));
 }
 
+torch::nn::Module& SparseMoEImpl::router_module() {
+  if (hyper_router) return *hyper_router;
+  return *router;
+}
+
 void SparseMoEImpl::reset_parameters() {
-  router->reset_parameters();
+  if (hyper_router) hyper_router->reset_parameters();
+  if (router) router->reset_parameters();
   experts->reset_parameters();
 }
 
@@ -66,24 +97,28 @@ void SparseMoEImpl::pretty_print(std::ostream& stream) const {
 
 void SparseMoEImpl::to(torch::Dtype dtype, bool non_blocking) {
   experts->to(dtype, non_blocking);
-  router->to(router_dtype(dtype), non_blocking);
+  router_module().to(router_dtype(dtype), non_blocking);
 }
 
 void SparseMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   experts->to(device, dtype, non_blocking);
-  router->to(device, router_dtype(dtype), non_blocking);
+  router_module().to(device, router_dtype(dtype), non_blocking);
 }
 
 void SparseMoEImpl::set_top_k(int64_t k) {
   TORCH_CHECK_VALUE(k >= 1 && k <= options.num_experts(), "SparseMoE: top_k must be in [1, ",
                     "num_experts=", options.num_experts(), "], got ", k);
   options.top_k(k);
-  router->options.top_k(k);
+  if (hyper_router) {
+    hyper_router->set_top_k(k);
+  } else {
+    router->options.top_k(k);
+  }
 }
 
 MoEOutput SparseMoEImpl::forward(const torch::Tensor& x) {
   const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, "SparseMoE");
-  RouterOutput r = router->route(xf);
+  RouterOutput r = hyper_router ? hyper_router->route(xf) : router->route(xf);
   const RoutingPlan plan = build_routing_plan(r.expert_index, options.num_experts());
   const auto w = pair_weights(plan, r.gate).to(xf.scalar_type());
 

@@ -21,7 +21,9 @@ LossCoefficients resolve_coefficients(const RouterOptions& o) {
   LossCoefficients c;
   c.importance = o.importance_coef().value_or(noisy ? 1e-2 : 0.0);
   c.load = o.load_coef().value_or(noisy ? 1e-2 : 0.0);
-  c.balance = o.balance_coef().value_or(noisy ? 0.0 : 1e-2);
+  // SMoE-Dropout trains without an auxiliary loss (§3.1).
+  const bool none = o.kind() == RouterKind::kFrozenRandom;
+  c.balance = o.balance_coef().value_or(noisy || none ? 0.0 : 1e-2);
   c.z = o.z_loss_coef().value_or(0.0);
   return c;
 }
@@ -29,6 +31,9 @@ LossCoefficients resolve_coefficients(const RouterOptions& o) {
 void check_router_options(const RouterOptions& o, const char* who) {
   TORCH_CHECK_VALUE(o.d_model() >= 1, who, ": d_model must be >= 1, got ", o.d_model());
   TORCH_CHECK_VALUE(o.num_experts() >= 1, who, ": num_experts must be >= 1, got ", o.num_experts());
+  TORCH_CHECK_VALUE(o.kind() != RouterKind::kHyper, who,
+                    ": RouterKind::kHyper is not a TopKRouter kind; use moe::HyperRouter (or "
+                    "SparseMoE / HyperRouterMoE, which build it)");
   TORCH_CHECK_VALUE(o.top_k() >= 1 && o.top_k() <= o.num_experts(), who, ": top_k must be in [1, ",
                     "num_experts=", o.num_experts(), "], got ", o.top_k());
   TORCH_CHECK_VALUE(std::isfinite(o.capacity_factor()) && o.capacity_factor() >= 0, who,
@@ -59,14 +64,15 @@ TopKRouterImpl::TopKRouterImpl(RouterOptions options_) : options(std::move(optio
 
 void TopKRouterImpl::reset() {
   const int64_t E = options.num_experts(), d = options.d_model();
-  const bool train = !options.frozen();
+  const bool smoe_dropout = options.kind() == RouterKind::kFrozenRandom;
+  const bool train = !options.frozen() && !smoe_dropout;
   weight = register_parameter("weight", torch::empty({E, d}), train);
   if (options.kind() == RouterKind::kNoisyTopK) {
     noise_weight = register_parameter("noise_weight", torch::empty({E, d}), train);
   } else {
     noise_weight = torch::Tensor();
   }
-  if (options.bias()) {
+  if (options.bias() || smoe_dropout) {
     bias = register_parameter("bias", torch::empty({E}), train);
   } else {
     bias = torch::Tensor();
@@ -120,7 +126,9 @@ RouterOutput TopKRouterImpl::route(const torch::Tensor& x) {
     const auto noise = is_training() ? at::randn_like(logits) : torch::Tensor();
     g = noisy_top_k_gating(logits, noise_logits, noise, k, options.noise_epsilon(), valid);
   } else {
-    const bool normalize = options.kind() == RouterKind::kSoftmaxTopK && options.normalize_top_k();
+    // SMoE-Dropout: softmax over the k selected logits = the renormalised probabilities.
+    const bool normalize = options.kind() == RouterKind::kFrozenRandom ||
+                           (options.kind() == RouterKind::kSoftmaxTopK && options.normalize_top_k());
     g = softmax_top_k_gating(logits, k, normalize, valid);
   }
 

@@ -320,4 +320,53 @@ TEST(HyperRouterMoEBadInput, ClearErrors) {
       [] { moe::HyperRouter(moe::HyperRouterOptions(4, 4).hyper_hidden(0)); }, {"hyper_hidden"}));
 }
 
+// The same routers as SparseMoE router kinds.
+TEST(SparseMoERouterKinds, HyperAndFrozenRandomMatchTheReference) {
+  const int64_t d = 5, E = 6, k = 2;
+  const auto x = torch::randn({15, d}, at::kDouble);
+  for (auto kind : {moe::RouterKind::kHyper, moe::RouterKind::kFrozenRandom}) {
+    torch::manual_seed(30);
+    moe::nn::SparseMoE layer(moe::nn::SparseMoEOptions(d, E)
+                                 .router(kind)
+                                 .top_k(k)
+                                 .hidden_size(4)
+                                 .hyper_hidden(7)
+                                 .router_init_std(0.5));
+    layer->to(at::kDouble);
+    torch::Tensor W, b;
+    if (kind == moe::RouterKind::kHyper) {
+      ASSERT_TRUE(layer->hyper_router);
+      EXPECT_FALSE(layer->router);
+      std::tie(W, b) = hand_generated(layer->hyper_router);
+      EXPECT_EQ(layer->named_parameters().size(), 5u + 2u);  // embedding, hypernet_*, w1, w2
+      EXPECT_TRUE(layer->named_parameters().contains("router.embedding"));
+    } else {
+      ASSERT_TRUE(layer->router);
+      EXPECT_FALSE(layer->router->weight.requires_grad());
+      ASSERT_TRUE(layer->router->bias.defined());
+      EXPECT_FALSE(layer->router->bias.requires_grad());
+      W = layer->router->weight.detach();
+      b = layer->router->bias.detach();
+    }
+    const auto route = mt::reference_softmax_route(x.mm(W.t()) + b, k, /*normalize=*/true);
+    const auto& e = layer->experts;
+    const auto expect = mt::dense_moe_reference(x, route.expert_index, route.gate, e->w1, e->w2,
+                                                e->w3, e->b1, e->b2, moe::Activation::kReLU);
+    const auto out = layer->forward(x);
+    EXPECT_CLOSE(out.output, expect, 1e-10, 1e-12) << moe::to_string(kind);
+    EXPECT_EQ(out.aux_loss.item<double>(), 0.0) << moe::to_string(kind);  // no aux loss by default
+    layer->set_top_k(E);
+    EXPECT_EQ(layer->forward(x).routing.expert_index.size(1), E);
+  }
+  EXPECT_TRUE(mt::throws_with(
+      [] {
+        moe::nn::SparseMoE(
+            moe::nn::SparseMoEOptions(4, 4).router(moe::RouterKind::kHyper).capacity_factor(1.0));
+      },
+      {"dropless", "capacity_factor"}));
+  EXPECT_TRUE(mt::throws_with(
+      [] { moe::TopKRouter(moe::RouterOptions(4, 4).kind(moe::RouterKind::kHyper)); },
+      {"kHyper", "HyperRouter"}));
+}
+
 }  // namespace

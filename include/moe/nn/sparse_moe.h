@@ -1,7 +1,9 @@
-// moe::nn::SparseMoE: a router (softmax top-k, Switch or Shazeer noisy top-k) and an expert bank
+// moe::nn::SparseMoE: a router (softmax top-k, Switch, Shazeer noisy top-k, SMoE-Dropout's frozen
+// random router or HyperRouter) and an expert bank
 // behind the engine's RoutingPlan (DESIGN.md §1, §3).
 //
 // Parameters: router.weight [E, d], router.noise_weight [E, d] (noisy), router.bias [E] (optional),
+//             or router.embedding / router.hypernet_* (kHyper, see moe/routers/hyper_router.h),
 //             experts.w1 [E, d, h], experts.w2 [E, h, d], experts.w3 [E, d, h] (gated units),
 //             experts.b1 [E, h], experts.b2 [E, d] (optional).
 #pragma once
@@ -39,8 +41,12 @@ class SparseMoEImpl : public torch::nn::Cloneable<SparseMoEImpl> {
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
 
   SparseMoEOptions options;
-  TopKRouter router = nullptr;
+  TopKRouter router = nullptr;         ///< every kind but kHyper
+  HyperRouter hyper_router = nullptr;  ///< kHyper (registered as "router" too)
   ExpertBank experts = nullptr;
+
+ private:
+  torch::nn::Module& router_module();
 };
 TORCH_MODULE(SparseMoE);
 

@@ -8,6 +8,7 @@
 
 #include "moe/experts.h"
 #include "moe/router_options.h"
+#include "moe/routers/hyper_router.h"
 #include "moe/types.h"
 
 namespace moe::nn {
@@ -23,6 +24,7 @@ struct SparseMoEOptions {
       : d_model_(d_model), num_experts_(num_experts), hidden_size_(4 * d_model) {}
   /// The router and expert-bank options these settings describe.
   RouterOptions router_options() const;
+  HyperRouterOptions hyper_router_options() const;
   ExpertBankOptions expert_options() const;
 
   TORCH_ARG(int64_t, d_model);
@@ -45,9 +47,12 @@ struct SparseMoEOptions {
   TORCH_ARG(NonFinitePolicy, non_finite) = NonFinitePolicy::kError;
   TORCH_ARG(c10::optional<bool>, router_zero_init) = c10::nullopt;
   TORCH_ARG(double, router_init_std) = 0.02;
-  /// Keep the router at its initialisation (SMoE-Dropout: router_bias(true),
-  /// router_zero_init(false), router_init_std(0.02), balance_coef(0)).
+  /// Keep the router at its initialisation (RouterKind::kFrozenRandom implies it).
   TORCH_ARG(bool, freeze_router) = false;
+  /// RouterKind::kHyper: the hyper-network's hidden width h and the embedding width d_e (default
+  /// d_model). See moe/routers/hyper_router.h.
+  TORCH_ARG(int64_t, hyper_hidden) = 256;
+  TORCH_ARG(c10::optional<int64_t>, embedding_dim) = c10::nullopt;
   TORCH_ARG(bool, expert_bias) = false;
   TORCH_ARG(ExpertInit, expert_init) = ExpertInit::kGlorotUniform;
   TORCH_ARG(double, expert_init_std) = 0.02;
