@@ -9,6 +9,8 @@
 #include "moe/losses.h"
 #include "moe/nn/hierarchical_moe.h"
 #include "moe/nn/hyper_router_moe.h"
+#include "moe/nn/multitask.h"
+#include "moe/multitask_loss.h"
 #include "moe/nn/sparse_moe.h"
 #include "moe/nn/top_any_moe.h"
 #include "moe/plan.h"

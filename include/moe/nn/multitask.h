@@ -1,0 +1,145 @@
+// Multi-task models (Ma et al. KDD 2018; Tang et al. RecSys 2020; docs/ALGORITHMS.md §4), each
+// returning one output per task:
+//   SharedBottom  y_k = t_k(f(x))
+//   MMoE          y_k = t_k(Σ_i g_k(x)_i f_i(x)),  g_k = softmax(W_k x)    (OMoE: one gate for all)
+//   PLE / CGC     levels of task-specific + shared experts; task k's gate mixes its own and the
+//                 shared experts, the shared gate (not on the last level) mixes all of them (§4.4)
+//
+// Experts of one group are stacked ([E, in, out] weights) and evaluated together: one batched GEMM
+// per layer for dense gates, per-expert segments of a RoutingPlan for sparse (top-k) gates.
+//
+// Parameter names: MMoE experts.w{l} [E, in, out], experts.b{l} [E, out], gates.{k}.weight [E, in]
+// (.bias, .hidden.*), towers.{k}.{i}.weight/bias; PLE levels.{j}.task_experts.{k}.w{l},
+// levels.{j}.shared_experts.w{l}, levels.{j}.task_gates.{k}.weight, levels.{j}.shared_gate.weight,
+// towers.*; SharedBottom bottom.*, towers.*.
+#pragma once
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <vector>
+
+#include "moe/nn/multitask_options.h"
+#include "moe/plan.h"
+
+namespace moe {
+
+/// What a multi-task model returns.
+struct MultiTaskOutput {
+  std::vector<torch::Tensor> outputs;  ///< one [T, task_output_dim] per task (raw: logits for BCE)
+  torch::Tensor aux_loss;              ///< 0-dim; non-zero only with sparse gates (balance loss)
+  /// Expert utilisation: gate_mass[level][gate] = mean gate weight per expert, [E_gate]. Gates are
+  /// the task gates in task order, then the shared gate where the level has one.
+  std::vector<std::vector<torch::Tensor>> gate_mass;
+};
+
+namespace nn {
+
+/// E MLPs of the same shape, stacked: layer l has w{l} [E, in_l, out_l] and b{l} [E, out_l]; ReLU
+/// after every layer (the experts of the papers are Linear + ReLU). Init: U(±1/sqrt(in_l)) as
+/// torch::nn::Linear.
+class StackedMLPImpl : public torch::nn::Cloneable<StackedMLPImpl> {
+ public:
+  StackedMLPImpl(int64_t num_experts, int64_t in, std::vector<int64_t> hidden);
+  void reset() override;
+  /// Every expert on every row: x [T, in] → [E, T, out].
+  torch::Tensor forward(const torch::Tensor& x);
+  /// Only the pairs of a plan: rows x[token_index] of each expert's segment → [P, out] in plan
+  /// order.
+  torch::Tensor forward_pairs(const torch::Tensor& x, const RoutingPlan& plan);
+  int64_t num_experts() const { return num_experts_; }
+  int64_t out_dim() const { return hidden_.back(); }
+
+  std::vector<torch::Tensor> weights, biases;
+
+ private:
+  int64_t num_experts_, in_;
+  std::vector<int64_t> hidden_;
+};
+TORCH_MODULE(StackedMLP);
+
+/// softmax(W x (+ b)) over `num_experts`, optionally after hidden ReLU layers, optionally sparse.
+class TaskGateImpl : public torch::nn::Cloneable<TaskGateImpl> {
+ public:
+  TaskGateImpl(int64_t in, int64_t num_experts, TaskGateOptions options);
+  void reset() override;
+  /// Returns the [T, E] gate weights (rows sum to 1; zeros outside the top-k of a sparse gate) and
+  /// adds the balance loss of a sparse gate to *aux.
+  torch::Tensor forward(const torch::Tensor& x, torch::Tensor* aux);
+  /// The [T, E] logits (before the softmax).
+  torch::Tensor logits(const torch::Tensor& x);
+
+  TaskGateOptions options;
+  int64_t num_experts;
+  torch::nn::Sequential hidden{nullptr};
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(TaskGate);
+
+/// Σ_e gate[t, e]·expert_e(x[t]) for every gate that reads the same experts, dense or through a
+/// RoutingPlan over the union of the gates' selections. Returns one [T, out] per gate.
+std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor& x,
+                                       const std::vector<torch::Tensor>& gates, bool sparse);
+
+class SharedBottomImpl : public torch::nn::Cloneable<SharedBottomImpl> {
+ public:
+  explicit SharedBottomImpl(SharedBottomOptions options);
+  void reset() override;
+  MultiTaskOutput forward(const torch::Tensor& x);
+  SharedBottomOptions options;
+  torch::nn::Sequential bottom{nullptr};
+  torch::nn::ModuleList towers{nullptr};
+};
+TORCH_MODULE(SharedBottom);
+
+class MMoEImpl : public torch::nn::Cloneable<MMoEImpl> {
+ public:
+  explicit MMoEImpl(MMoEOptions options);
+  void reset() override;
+  MultiTaskOutput forward(const torch::Tensor& x);
+  MMoEOptions options;
+  StackedMLP experts{nullptr};
+  torch::nn::ModuleList gates{nullptr};
+  torch::nn::ModuleList towers{nullptr};
+};
+TORCH_MODULE(MMoE);
+
+/// One extraction level: per-task expert groups, a shared group, task gates and (unless last) the
+/// shared gate.
+class ExtractionLevelImpl : public torch::nn::Cloneable<ExtractionLevelImpl> {
+ public:
+  ExtractionLevelImpl(int64_t in, const PLEOptions& options, bool last);
+  void reset() override;
+  /// inputs: num_tasks task inputs followed by the shared input (all [T, in]). Returns the task
+  /// outputs followed by the shared output (absent on the last level).
+  std::vector<torch::Tensor> forward(const std::vector<torch::Tensor>& inputs, torch::Tensor* aux,
+                                     std::vector<torch::Tensor>* gate_mass);
+  PLEOptions options;
+  int64_t in;
+  bool last;
+  torch::nn::ModuleList task_experts{nullptr};
+  StackedMLP shared_experts{nullptr};
+  torch::nn::ModuleList task_gates{nullptr};
+  TaskGate shared_gate{nullptr};
+};
+TORCH_MODULE(ExtractionLevel);
+
+class PLEImpl : public torch::nn::Cloneable<PLEImpl> {
+ public:
+  explicit PLEImpl(PLEOptions options);
+  void reset() override;
+  MultiTaskOutput forward(const torch::Tensor& x);
+  PLEOptions options;
+  torch::nn::ModuleList levels{nullptr};
+  torch::nn::ModuleList towers{nullptr};
+};
+TORCH_MODULE(PLE);
+
+/// CGC (§4.4) is one extraction level: PLE with levels(1).
+inline PLE CGC(PLEOptions options) { return PLE(options.levels(1)); }
+
+}  // namespace nn
+}  // namespace moe
