@@ -31,10 +31,12 @@ torch::nn::Sequential make_mlp(int64_t in, const std::vector<int64_t>& hidden, i
   return s;
 }
 
+// One tower per task: per_task[k] when given, else `hidden` for every task.
 torch::nn::ModuleList make_towers(int64_t tasks, int64_t in, const std::vector<int64_t>& hidden,
-                                  int64_t out) {
+                                  const std::vector<std::vector<int64_t>>& per_task, int64_t out) {
   torch::nn::ModuleList towers;
-  for (int64_t k = 0; k < tasks; ++k) towers->push_back(make_mlp(in, hidden, out));
+  for (int64_t k = 0; k < tasks; ++k)
+    towers->push_back(make_mlp(in, per_task.empty() ? hidden : per_task[static_cast<size_t>(k)], out));
   return towers;
 }
 
@@ -47,7 +49,12 @@ void check_input(const torch::Tensor& x, int64_t d_in, const char* who) {
 }
 
 void check_common(int64_t d_in, int64_t tasks, const std::vector<int64_t>& expert_hidden,
-                  const std::vector<int64_t>& tower_hidden, int64_t out_dim, const char* who) {
+                  const std::vector<int64_t>& tower_hidden,
+                  const std::vector<std::vector<int64_t>>& towers, int64_t out_dim, const char* who) {
+  TORCH_CHECK_VALUE(towers.empty() || static_cast<int64_t>(towers.size()) == tasks, who, ": ",
+                    towers.size(), " towers given for num_tasks=", tasks,
+                    " (give one tower per task, or none to use tower_hidden for all)");
+  for (const auto& t : towers) check_sizes(t, who, "towers");
   TORCH_CHECK_VALUE(d_in >= 1, who, ": d_in must be >= 1, got ", d_in);
   TORCH_CHECK_VALUE(tasks >= 1, who, ": num_tasks must be >= 1, got ", tasks);
   TORCH_CHECK_VALUE(!expert_hidden.empty(), who, ": expert_hidden needs at least one layer");
@@ -172,14 +179,15 @@ std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor&
 
 SharedBottomImpl::SharedBottomImpl(SharedBottomOptions o) : options(std::move(o)) {
   check_common(options.d_in(), options.num_tasks(), options.bottom_hidden(), options.tower_hidden(),
-               options.task_output_dim(), "SharedBottom");
+               options.towers(), options.task_output_dim(), "SharedBottom");
   reset();
 }
 
 void SharedBottomImpl::reset() {
   bottom = register_module("bottom", make_mlp(options.d_in(), options.bottom_hidden(), 0));
   towers = register_module("towers", make_towers(options.num_tasks(), options.bottom_hidden().back(),
-                                                 options.tower_hidden(), options.task_output_dim()));
+                                                 options.tower_hidden(), options.towers(),
+                                                 options.task_output_dim()));
 }
 
 MultiTaskOutput SharedBottomImpl::forward(const torch::Tensor& x) {
@@ -195,7 +203,7 @@ MultiTaskOutput SharedBottomImpl::forward(const torch::Tensor& x) {
 
 MMoEImpl::MMoEImpl(MMoEOptions o) : options(std::move(o)) {
   check_common(options.d_in(), options.num_tasks(), options.expert_hidden(), options.tower_hidden(),
-               options.task_output_dim(), "MMoE");
+               options.towers(), options.task_output_dim(), "MMoE");
   TORCH_CHECK_VALUE(options.num_experts() >= 1, "MMoE: num_experts must be >= 1, got ",
                     options.num_experts());
   reset();
@@ -209,7 +217,8 @@ void MMoEImpl::reset() {
   for (int64_t k = 0; k < n_gates; ++k)
     gates->push_back(TaskGate(options.d_in(), options.num_experts(), options.gate()));
   towers = register_module("towers", make_towers(options.num_tasks(), experts->out_dim(),
-                                                 options.tower_hidden(), options.task_output_dim()));
+                                                 options.tower_hidden(), options.towers(),
+                                                 options.task_output_dim()));
 }
 
 MultiTaskOutput MMoEImpl::forward(const torch::Tensor& x) {
@@ -286,7 +295,7 @@ std::vector<torch::Tensor> ExtractionLevelImpl::forward(const std::vector<torch:
 
 PLEImpl::PLEImpl(PLEOptions o) : options(std::move(o)) {
   check_common(options.d_in(), options.num_tasks(), options.expert_hidden(), options.tower_hidden(),
-               options.task_output_dim(), "PLE");
+               options.towers(), options.task_output_dim(), "PLE");
   TORCH_CHECK_VALUE(options.levels() >= 1, "PLE: levels must be >= 1, got ", options.levels());
   TORCH_CHECK_VALUE(options.specific_experts() >= 1 && options.shared_experts() >= 1,
                     "PLE: specific_experts and shared_experts must be >= 1, got ",
@@ -306,7 +315,7 @@ void PLEImpl::reset() {
     in = options.expert_hidden().back();
   }
   towers = register_module("towers", make_towers(options.num_tasks(), in, options.tower_hidden(),
-                                                 options.task_output_dim()));
+                                                 options.towers(), options.task_output_dim()));
 }
 
 MultiTaskOutput PLEImpl::forward(const torch::Tensor& x) {

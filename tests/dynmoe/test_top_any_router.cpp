@@ -330,4 +330,29 @@ TEST(TopAnyMoE, GradientsMatchFiniteDifferences) {
   }
 }
 
+// bf16 experts with a float32 router (RELIABILITY.md §6 A2): routing equals the float64 reference
+// on the same bf16 inputs; values within the bf16 layer tolerance of a float64 computation on the
+// rounded inputs and weights.
+TEST(TopAnyMoE, Bf16ExpertsKeepAFloat32Router) {
+  const int64_t d = 16, h = 24, E = 6, T = 64;
+  torch::manual_seed(31);
+  moe::nn::TopAnyMoE layer(
+      moe::nn::TopAnyMoEOptions(d, E).initial_experts(5).hidden_size(h).copy_initial_expert(false));
+  layer->to(at::kBFloat16);
+  EXPECT_EQ(layer->experts->w1.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(layer->router->weight.scalar_type(), at::kFloat);
+  layer->eval();
+  const auto x = torch::randn({T, d}).to(at::kBFloat16);
+  const auto out = layer->forward(x);
+  EXPECT_EQ(out.output.scalar_type(), at::kBFloat16);
+  const auto& rt = layer->router;
+  const auto ref = mt::top_any_reference(x, rt->weight, rt->threshold, rt->active, 1.0, true);
+  EXPECT_TRUE(torch::equal(out.routing.expert_index, ref.expert_index));
+  const auto& b = layer->experts;
+  const auto expect = mt::dense_moe_reference(x.to(at::kDouble), ref.expert_index, ref.gate,
+                                              b->w1.to(at::kDouble), b->w2.to(at::kDouble), {}, {},
+                                              {}, moe::Activation::kReLU);
+  EXPECT_CLOSE(out.output, expect, 1.6e-2, 1e-2);
+}
+
 }  // namespace

@@ -369,4 +369,25 @@ TEST(SparseMoERouterKinds, HyperAndFrozenRandomMatchTheReference) {
       {"kHyper", "HyperRouter"}));
 }
 
+TEST(HyperRouterMoE, Bf16ExpertsKeepAFloat32Router) {
+  torch::manual_seed(32);
+  HyperRouterMoE layer(HyperRouterMoEOptions(16, 6).hidden_size(24).hyper_hidden(8).router_init_std(0.5));
+  layer->to(at::kBFloat16);
+  EXPECT_EQ(layer->experts->w1.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(layer->hyper_router->embedding.scalar_type(), at::kFloat);
+  EXPECT_EQ(layer->hyper_router->hypernet_w2.scalar_type(), at::kFloat);
+  layer->eval();
+  const auto x = torch::randn({40, 16}).to(at::kBFloat16);
+  const auto out = layer->forward(x);
+  EXPECT_EQ(out.output.scalar_type(), at::kBFloat16);
+  const auto [W, b] = hand_generated(layer->hyper_router);
+  const auto route = mt::reference_softmax_route(x.to(at::kDouble).mm(W.t()) + b, 2, true);
+  EXPECT_TRUE(torch::equal(out.routing.expert_index, route.expert_index));
+  const auto& e = layer->experts;
+  const auto expect = mt::dense_moe_reference(x.to(at::kDouble), route.expert_index, route.gate,
+                                              e->w1.to(at::kDouble), e->w2.to(at::kDouble), {}, {},
+                                              {}, moe::Activation::kReLU);
+  EXPECT_CLOSE(out.output, expect, 1.6e-2, 1e-2);
+}
+
 }  // namespace

@@ -302,7 +302,12 @@ TEST(MultiTaskBadInput, ClearErrors) {
                               {"top_k", "4"}));
   EXPECT_TRUE(mt::throws_with([] { PLE(PLEOptions(4, 2).levels(0)); }, {"levels", "0"}));
   EXPECT_TRUE(mt::throws_with([] { MMoE(MMoEOptions(4, 3, 2).expert_hidden({})); }, {"expert_hidden"}));
-  MMoE m(MMoEOptions(4, 3, 2));
+  EXPECT_TRUE(mt::throws_with([] { MMoE(MMoEOptions(4, 3, 2).towers({{8}, {8}, {4}})); },
+                              {"3 towers", "num_tasks=2"}));
+  EXPECT_TRUE(mt::throws_with([] { PLE(PLEOptions(4, 3).towers({{8}})); },
+                              {"1 towers", "num_tasks=3"}));
+  MMoE m(MMoEOptions(4, 3, 2).towers({{5}, {2, 2}}));
+  EXPECT_EQ(m->forward(torch::randn({3, 4})).outputs[1].sizes(), (std::vector<int64_t>{3, 1}));
   EXPECT_TRUE(mt::throws_with([&] { m->forward(torch::randn({3, 5})); }, {"MMoE", "d_in=4"}));
   moe::MultiTaskLoss loss({{moe::TaskType::kRegression, moe::TaskType::kRegression}, {}, {}});
   const auto y = torch::zeros({3, 1});

@@ -34,6 +34,8 @@ struct MMoEOptions {
   TORCH_ARG(int64_t, num_tasks);
   TORCH_ARG(std::vector<int64_t>, expert_hidden) = {16};  ///< each expert: Linear+ReLU per entry
   TORCH_ARG(std::vector<int64_t>, tower_hidden) = {8};    ///< each tower: Linear+ReLU per entry
+  /// Per-task tower widths (overrides tower_hidden); needs exactly num_tasks entries.
+  TORCH_ARG(std::vector<std::vector<int64_t>>, towers) = {};
   TORCH_ARG(int64_t, task_output_dim) = 1;                ///< the last Linear of every tower
   /// OMoE (the MMoE paper's ablation): one gate shared by all tasks.
   TORCH_ARG(bool, one_gate) = false;
@@ -52,6 +54,7 @@ struct PLEOptions {
   TORCH_ARG(int64_t, shared_experts) = 1;    ///< m_s
   TORCH_ARG(std::vector<int64_t>, expert_hidden) = {16};
   TORCH_ARG(std::vector<int64_t>, tower_hidden) = {8};
+  TORCH_ARG(std::vector<std::vector<int64_t>>, towers) = {};  ///< per task, as in MMoEOptions
   TORCH_ARG(int64_t, task_output_dim) = 1;
   TORCH_ARG(TaskGateOptions, gate) = {};
 };
@@ -63,6 +66,7 @@ struct SharedBottomOptions {
   TORCH_ARG(int64_t, num_tasks);
   TORCH_ARG(std::vector<int64_t>, bottom_hidden) = {16};
   TORCH_ARG(std::vector<int64_t>, tower_hidden) = {8};
+  TORCH_ARG(std::vector<std::vector<int64_t>>, towers) = {};  ///< per task, as in MMoEOptions
   TORCH_ARG(int64_t, task_output_dim) = 1;
 };
 

@@ -1,0 +1,84 @@
+// The synthetic multi-task experiment (tools/experiments/multitask_synthetic.h).
+#include "experiments/multitask_synthetic.h"
+
+#include <torch/torch.h>
+
+#include "moe/data/mmoe_synthetic.h"
+#include "moe/multitask_loss.h"
+#include "moe/nn/multitask.h"
+
+namespace moe::experiments {
+namespace {
+
+// Budgets close to the MMoE paper's: 8 experts of 16 units (MMoE/OMoE), a bottom of 113 units
+// (Shared-Bottom), towers of 8 units for every model.
+std::shared_ptr<torch::nn::Module> build(const std::string& model, int64_t d,
+                                         std::function<MultiTaskOutput(const torch::Tensor&)>* fwd) {
+  if (model == "Shared-Bottom") {
+    nn::SharedBottom m(nn::SharedBottomOptions(d, 2).bottom_hidden({113}).tower_hidden({8}));
+    *fwd = [m](const torch::Tensor& x) mutable { return m->forward(x); };
+    return m.ptr();
+  }
+  if (model == "OMoE" || model == "MMoE") {
+    nn::MMoE m(nn::MMoEOptions(d, 8, 2).expert_hidden({16}).tower_hidden({8}).one_gate(model == "OMoE"));
+    *fwd = [m](const torch::Tensor& x) mutable { return m->forward(x); };
+    return m.ptr();
+  }
+  if (model == "CGC") {  // 3 experts per task + 2 shared = 8 experts
+    nn::PLE m(nn::PLEOptions(d, 2).levels(1).specific_experts(3).shared_experts(2).expert_hidden({16}).tower_hidden({8}));
+    *fwd = [m](const torch::Tensor& x) mutable { return m->forward(x); };
+    return m.ptr();
+  }
+  if (model == "PLE") {  // 2 levels of 2 + 2 per task + 2 shared (6 experts each)
+    nn::PLE m(nn::PLEOptions(d, 2).levels(2).specific_experts(2).shared_experts(2).expert_hidden({16}).tower_hidden({8}));
+    *fwd = [m](const torch::Tensor& x) mutable { return m->forward(x); };
+    return m.ptr();
+  }
+  TORCH_CHECK_VALUE(false, "multitask experiment: unknown model '", model, "'");
+}
+
+}  // namespace
+
+const std::vector<std::string>& multitask_models() {
+  static const std::vector<std::string> m = {"Shared-Bottom", "OMoE", "MMoE", "CGC", "PLE"};
+  return m;
+}
+
+MultitaskRun run_multitask(const MultitaskConfig& c, const std::string& model, double p,
+                           uint64_t seed) {
+  const data::MMoESynthetic gen(data::MMoESyntheticOptions().dim(c.dim).correlation(p).seed(seed));
+  const auto train = gen.sample(c.train_size, 1000 + seed);
+  const auto test = gen.sample(c.test_size, 2000 + seed);
+  torch::manual_seed(seed);
+  std::function<MultiTaskOutput(const torch::Tensor&)> forward;
+  auto module = build(model, c.dim, &forward);
+  torch::optim::Adam opt(module->parameters(), torch::optim::AdamOptions(c.lr));
+  const MultiTaskLoss loss({{TaskType::kRegression, TaskType::kRegression}, {}, {}});
+  const int64_t steps = c.train_size / c.batch;
+  for (int64_t epoch = 0; epoch < c.epochs; ++epoch) {
+    const auto perm = torch::randperm(c.train_size, torch::kLong);
+    for (int64_t s = 0; s < steps; ++s) {
+      const auto idx = perm.slice(0, s * c.batch, (s + 1) * c.batch);
+      const auto out = forward(train.x.index_select(0, idx));
+      opt.zero_grad();
+      (loss(out.outputs, train.y.index_select(0, idx), {}, epoch) + out.aux_loss).backward();
+      opt.step();
+    }
+  }
+  module->eval();
+  torch::NoGradGuard no_grad;
+  const auto out = forward(test.x);
+  MultitaskRun r;
+  r.model = model;
+  r.correlation = p;
+  r.seed = seed;
+  r.label_pearson = pearson(train.y.select(1, 0), train.y.select(1, 1));
+  for (const auto& t : module->parameters()) r.parameters += t.numel();
+  for (int k = 0; k < 2; ++k) {
+    r.test_mse[k] = masked_mse(out.outputs[k], test.y.select(1, k));
+    r.test_nmse[k] = r.test_mse[k] / test.y.select(1, k).var().item<double>();
+  }
+  return r;
+}
+
+}  // namespace moe::experiments
