@@ -96,7 +96,13 @@ void save_safetensors(const std::string& path,
     offset += bytes;
     data.push_back(std::move(c));
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::json::exception& e) {  // e.g. a name or value that is not UTF-8
+    TORCH_CHECK_VALUE(false, "save_safetensors: ", path, ": cannot encode the header (", e.what(),
+                      "); names and metadata must be UTF-8");
+  }
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the byte buffer 8-byte aligned
   const uint64_t n = text.size();
 
@@ -124,8 +130,9 @@ void save_safetensors(const std::string& path,
   // Make the rename itself durable.
   Fd dir;
   dir.fd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY);
-  TORCH_CHECK(dir.fd >= 0 && ::fsync(dir.fd) == 0, "save_safetensors: fsync of the folder of ",
-              path, " failed: ", os_error());
+  TORCH_CHECK(dir.fd >= 0 && ::fsync(dir.fd) == 0, "save_safetensors: ", path,
+              " was written and renamed, but syncing its folder failed (the rename may not survive "
+              "a power loss): ", os_error());
 }
 
 TensorFile load_safetensors(const std::string& path) {
@@ -183,13 +190,16 @@ TensorFile load_safetensors(const std::string& path) {
       for (const auto& d : kDtypes)
         if (dt.get<std::string>() == d.name) e.dtype = d.type, known = true;
     }
-    if (!known) fail("tensor '", name, "' has an unknown dtype ", dt.dump());
+    if (!known)
+      fail("tensor '", name, "' has an unknown dtype ",
+           dt.is_string() ? dt.get<std::string>() : std::string("of JSON type ") + dt.type_name());
     const auto& shape = v["shape"];
     if (!shape.is_array()) fail("tensor '", name, "' has a shape that is not an array");
     uint64_t numel = 1;
     for (const auto& s : shape) {
       if (!s.is_number_unsigned() || s.get<uint64_t>() > (uint64_t{1} << 62))
-        fail("tensor '", name, "' has an invalid dimension ", s.dump());
+        fail("tensor '", name, "' has an invalid dimension ",
+             s.is_number() ? s.dump() : std::string("of JSON type ") + s.type_name());
       const auto dim = s.get<uint64_t>();
       if (__builtin_mul_overflow(numel, dim, &numel))
         fail("tensor '", name, "' has a shape whose size overflows");
@@ -207,12 +217,14 @@ TensorFile load_safetensors(const std::string& path) {
     uint64_t bytes = 0;
     if (__builtin_mul_overflow(numel, static_cast<uint64_t>(c10::elementSize(e.dtype)), &bytes) ||
         bytes != e.end - e.begin)
-      fail("tensor '", name, "': shape ", shape.dump(), " of ", dt.get<std::string>(), " needs ",
-           bytes, " bytes but data_offsets span ", e.end - e.begin);
+      fail("tensor '", name, "': shape ", c10::IntArrayRef(e.shape), " of ",
+           dt.get<std::string>(), " needs ", bytes, " bytes but data_offsets span ",
+           e.end - e.begin);
     entries.push_back(std::move(e));
   }
-  std::sort(entries.begin(), entries.end(),
-            [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;  // empty tensors first
+  });
   uint64_t expect = 0;
   for (const auto& e : entries) {
     if (e.begin < expect) fail("tensor '", e.name, "' overlaps the previous tensor");
@@ -230,6 +242,8 @@ TensorFile load_safetensors(const std::string& path) {
           std::fread(t.data_ptr(), 1, bytes, file.get()) != bytes)
         fail("cannot read the data of tensor '", e.name, "' (truncated?)");
     }
+    if (e.dtype == at::kBool && bytes > 0 && t.view(at::kByte).max().item<uint8_t>() > 1)
+      fail("tensor '", e.name, "' is BOOL but holds bytes other than 0 and 1");
     out.tensors.emplace_back(e.name, std::move(t));
   }
   return out;

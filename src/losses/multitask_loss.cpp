@@ -49,16 +49,18 @@ torch::Tensor MultiTaskLoss::operator()(const std::vector<torch::Tensor>& output
     const auto y = outputs[static_cast<size_t>(k)].reshape({-1});
     TORCH_CHECK(y.size(0) == T, "MultiTaskLoss: output of task ", k, " has ", y.size(0),
                 " rows, targets have ", T);
-    const auto target = targets.select(1, k).to(y.scalar_type());
     const auto d = mask.defined() ? mask.select(1, k).to(y.scalar_type()) : at::ones_like(y);
+    // Labels outside a task's sample space are often stored as NaN: replace them before the loss so
+    // that neither the value nor the gradient sees them.
+    const auto target =
+        at::where(d > 0, targets.select(1, k).to(y.scalar_type()), at::zeros_like(y.detach()));
     torch::Tensor l;
     if (options_.types[static_cast<size_t>(k)] == TaskType::kRegression) {
       l = (y - target).pow(2);
     } else {
       l = at::binary_cross_entropy_with_logits(y, target, {}, {}, at::Reduction::None);
     }
-    // Masked-out samples contribute exactly 0 even where the loss is not finite for them.
-    const auto lk = at::where(d > 0, l * d, at::zeros_like(l)).sum() / d.sum().clamp_min(1.0);
+    const auto lk = (l * d).sum() / d.sum().clamp_min(1.0);
     if (per_task) per_task->push_back(lk);
     const auto wk = lk * weight(k, t);
     total = total.defined() ? total + wk : wk;
@@ -68,10 +70,10 @@ torch::Tensor MultiTaskLoss::operator()(const std::vector<torch::Tensor>& output
 
 double auc(const torch::Tensor& scores_in, const torch::Tensor& labels_in,
            const torch::Tensor& mask) {
-  auto scores = scores_in.reshape({-1}).to(at::kDouble);
-  auto labels = labels_in.reshape({-1}).to(at::kDouble);
+  auto scores = scores_in.detach().reshape({-1}).to(at::kCPU, at::kDouble);
+  auto labels = labels_in.detach().reshape({-1}).to(at::kCPU, at::kDouble);
   if (mask.defined()) {
-    const auto m = mask.reshape({-1}).to(at::kBool);
+    const auto m = mask.reshape({-1}).to(at::kCPU, at::kBool);
     scores = scores.index({m});
     labels = labels.index({m});
   }

@@ -138,15 +138,27 @@ void HyperRouterMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_b
 
 MoEOutput HyperRouterMoEImpl::forward(const torch::Tensor& x) {
   const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, kWho);
-  int64_t training_k = top_k();
+  const auto& schedule = options.k_schedule();
+  int64_t k = top_k();
   if (is_training()) {
-    if (options.k_schedule()) training_k = options.k_schedule()->at(step_);
+    if (schedule) k = schedule->at(step_);
     ++step_;
+  } else if (inference_k_) {
+    k = *inference_k_;
+  } else if (schedule) {
+    k = schedule->at(step_ > 0 ? step_ - 1 : 0);  // the k of the latest training forward
   }
-  const int64_t k = (!is_training() && inference_k_) ? *inference_k_ : training_k;
+  const int64_t saved_k = top_k();
   set_top_k(k);
-  RouterOutput r = hyper_router ? hyper_router->route(xf) : random_router->route(xf);
-  set_top_k(training_k);  // an inference k never leaks into training
+  RouterOutput r;
+  try {
+    r = hyper_router ? hyper_router->route(xf) : random_router->route(xf);
+  } catch (...) {
+    set_top_k(saved_k);
+    throw;
+  }
+  // A training forward keeps the scheduled k (it is the layer's current k); eval restores it.
+  if (!is_training()) set_top_k(saved_k);
   const RoutingPlan plan = build_routing_plan(r.expert_index, options.num_experts());
   const auto w = pair_weights(plan, r.gate).to(xf.scalar_type());
 

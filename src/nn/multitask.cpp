@@ -48,17 +48,19 @@ void check_input(const torch::Tensor& x, int64_t d_in, const char* who) {
                    x.scalar_type());
 }
 
-void check_common(int64_t d_in, int64_t tasks, const std::vector<int64_t>& expert_hidden,
+// `body` is expert_hidden (MMoE, PLE) or bottom_hidden (Shared-Bottom), named by `body_name`.
+void check_common(int64_t d_in, int64_t tasks, const std::vector<int64_t>& body,
                   const std::vector<int64_t>& tower_hidden,
-                  const std::vector<std::vector<int64_t>>& towers, int64_t out_dim, const char* who) {
+                  const std::vector<std::vector<int64_t>>& towers, int64_t out_dim, const char* who,
+                  const char* body_name = "expert_hidden") {
   TORCH_CHECK_VALUE(towers.empty() || static_cast<int64_t>(towers.size()) == tasks, who, ": ",
                     towers.size(), " towers given for num_tasks=", tasks,
                     " (give one tower per task, or none to use tower_hidden for all)");
   for (const auto& t : towers) check_sizes(t, who, "towers");
   TORCH_CHECK_VALUE(d_in >= 1, who, ": d_in must be >= 1, got ", d_in);
   TORCH_CHECK_VALUE(tasks >= 1, who, ": num_tasks must be >= 1, got ", tasks);
-  TORCH_CHECK_VALUE(!expert_hidden.empty(), who, ": expert_hidden needs at least one layer");
-  check_sizes(expert_hidden, who, "expert_hidden");
+  TORCH_CHECK_VALUE(!body.empty(), who, ": ", body_name, " needs at least one layer");
+  check_sizes(body, who, body_name);
   check_sizes(tower_hidden, who, "tower_hidden");
   TORCH_CHECK_VALUE(out_dim >= 1, who, ": task_output_dim must be >= 1, got ", out_dim);
 }
@@ -113,8 +115,8 @@ torch::Tensor StackedMLPImpl::forward_pairs(const torch::Tensor& x, const Routin
 
 // --- TaskGate --------------------------------------------------------------------------------------
 
-TaskGateImpl::TaskGateImpl(int64_t in, int64_t num_experts_, TaskGateOptions options_)
-    : options(std::move(options_)), num_experts(num_experts_) {
+TaskGateImpl::TaskGateImpl(int64_t in_, int64_t num_experts_, TaskGateOptions options_)
+    : options(std::move(options_)), num_experts(num_experts_), in(in_) {
   TORCH_CHECK_VALUE(num_experts >= 1, "TaskGate: needs >= 1 expert, got ", num_experts);
   check_sizes(options.hidden(), "TaskGate", "gate hidden");
   TORCH_CHECK_VALUE(options.top_k() >= 0 && options.top_k() <= num_experts,
@@ -122,6 +124,10 @@ TaskGateImpl::TaskGateImpl(int64_t in, int64_t num_experts_, TaskGateOptions opt
                     options.top_k());
   TORCH_CHECK_VALUE(std::isfinite(options.balance_coef()) && options.balance_coef() >= 0,
                     "TaskGate: balance_coef must be finite and >= 0, got ", options.balance_coef());
+  reset();
+}
+
+void TaskGateImpl::reset() {
   const int64_t gate_in = options.hidden().empty() ? in : options.hidden().back();
   hidden = register_module("hidden", make_mlp(in, options.hidden(), 0));
   const double bound = 1.0 / std::sqrt(static_cast<double>(gate_in));
@@ -130,10 +136,10 @@ TaskGateImpl::TaskGateImpl(int64_t in, int64_t num_experts_, TaskGateOptions opt
     bias = register_parameter("bias", options.bias_init()
                                           ? torch::full({num_experts}, *options.bias_init())
                                           : torch::empty({num_experts}).uniform_(-bound, bound));
+  } else {
+    bias = torch::Tensor();
   }
 }
-
-void TaskGateImpl::reset() {}
 
 torch::Tensor TaskGateImpl::logits(const torch::Tensor& x) {
   const auto h = options.hidden().empty() ? x : hidden->forward(x);
@@ -179,7 +185,7 @@ std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor&
 
 SharedBottomImpl::SharedBottomImpl(SharedBottomOptions o) : options(std::move(o)) {
   check_common(options.d_in(), options.num_tasks(), options.bottom_hidden(), options.tower_hidden(),
-               options.towers(), options.task_output_dim(), "SharedBottom");
+               options.towers(), options.task_output_dim(), "SharedBottom", "bottom_hidden");
   reset();
 }
 

@@ -262,7 +262,9 @@ ExpertUpdate TopAnyMoEImpl::update_pool(const RoutingRecords& rec,
     u.active_after = u.active_before;
     return u;
   }
-  u.removed.assign(removed.data_ptr<int64_t>(), removed.data_ptr<int64_t>() + removed.numel());
+  const auto removed_cpu = removed.cpu();
+  u.removed.assign(removed_cpu.data_ptr<int64_t>(),
+                   removed_cpu.data_ptr<int64_t>() + removed_cpu.numel());
   router->active.copy_(next.to(router->active.scalar_type()));
   if (slot >= 0) {
     router->active[slot] = 1.0;
@@ -306,7 +308,7 @@ ExpertUpdate TopAnyMoEImpl::update_resize(const RoutingRecords& rec,
     u.active_after = E;
     return u;
   }
-  const auto removed = (counts == 0).nonzero().view(-1);
+  const auto removed = (counts == 0).nonzero().view(-1).cpu();
   u.removed.assign(removed.data_ptr<int64_t>(), removed.data_ptr<int64_t>() + removed.numel());
   if (u.removed.empty() && !add) {
     u.active_after = E;
@@ -349,7 +351,8 @@ void TopAnyMoEImpl::resize_experts(int64_t n) {
                     "max_experts=", options.max_experts(), "], got ", n);
   const int64_t E = num_slots();
   if (n == E) return;
-  const auto keep = at::arange(std::min(n, E), at::TensorOptions().dtype(at::kLong));
+  const auto keep =
+      at::arange(std::min(n, E), router->weight.options().dtype(at::kLong).requires_grad(false));
   const int64_t extra = std::max<int64_t>(0, n - E);
   auto zero_rows = [&](const torch::Tensor& t) {
     if (extra == 0) return torch::Tensor();

@@ -79,7 +79,9 @@ torch::Tensor top_any_balance_loss(const torch::Tensor& a) {
   return (me * ce).mean() * static_cast<double>(E * E);
 }
 
-torch::Tensor top_any_efficiency_loss(const torch::Tensor& a) { return a.mean(); }
+torch::Tensor top_any_efficiency_loss(const torch::Tensor& a) {
+  return a.numel() > 0 ? a.mean() : a.sum();  // an empty batch contributes 0, not NaN
+}
 
 TopAnyRouterImpl::TopAnyRouterImpl(TopAnyRouterOptions options_) : options(std::move(options_)) {
   const char* who = options.name().c_str();
@@ -186,7 +188,7 @@ TopAnyRouting TopAnyRouterImpl::route(const torch::Tensor& x_in) {
     // Only active slots score > 0; a layer with no active expert has nowhere to send the token.
     const auto has_active = r.scores.gather(1, best) > 0;
     const auto onehot =
-        at::zeros({T, E}, at::TensorOptions().dtype(at::kBool)).scatter_(1, best, true);
+        at::zeros({T, E}, x.options().dtype(at::kBool)).scatter_(1, best, true);
     const auto add = onehot & none & has_active;
     used = fired | add;
     const auto fill = options.fallback() == TopAnyFallback::kArgmax ? at::ones({}, s.options())
@@ -195,8 +197,8 @@ TopAnyRouting TopAnyRouterImpl::route(const torch::Tensor& x_in) {
   }
   r.gate = gate;
   r.expert_index =
-      at::where(used, at::arange(E, at::TensorOptions().dtype(at::kLong)).unsqueeze(0).expand({T, E}),
-                at::full({}, -1, at::kLong));
+      at::where(used, at::arange(E, x.options().dtype(at::kLong)).unsqueeze(0).expand({T, E}),
+                at::full({}, -1, x.options().dtype(at::kLong)));
 
   const bool want_aux = is_training() || options.aux_loss_in_eval();
   auto aux = at::zeros({}, x.options());

@@ -118,6 +118,22 @@ TEST(TopAnyCheckpoint, PoolModeRoundTripRestoresTheMask) {
       TopAnyMoEOptions(4, 4).initial_experts(3).hidden_size(3).storage(ExpertStorage::kResize));
   EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*bounded, path); },
                               {"max_experts=4", "checkpoint has 6"}));
+  // A failed load changes nothing, not even the expert count of a resizable layer.
+  {
+    torch::manual_seed(3);
+    TopAnyMoE src(TopAnyMoEOptions(4, 6).initial_experts(5).hidden_size(3).storage(ExpertStorage::kResize));
+    moe::io::save_module(*src, path);
+    auto f = moe::io::load_safetensors(path);
+    std::vector<std::pair<std::string, torch::Tensor>> ts;
+    for (auto& [n, t] : f.tensors) ts.emplace_back(n, n == "experts.w2" ? torch::zeros({5, 3, 5}) : t);
+    moe::io::save_safetensors(path, ts);
+    TopAnyMoE dst(TopAnyMoEOptions(4, 6).initial_experts(2).hidden_size(3).storage(ExpertStorage::kResize));
+    const auto w1 = dst->experts->w1.clone();
+    EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*dst, path); },
+                                {"experts.w2", "[5, 3, 5]", "[5, 3, 4]"}));
+    EXPECT_EQ(dst->num_slots(), 2);
+    EXPECT_TRUE(torch::equal(dst->experts->w1, w1));
+  }
   // A checkpoint of a different model names the missing tensor.
   moe::io::save_safetensors(path, {{"router.weight", torch::zeros({6, 4})}});
   EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*b, path); }, {"no tensor", "router."}));

@@ -217,6 +217,13 @@ TEST(TopAnyRouter, DiversityGradientIsFiniteWithOneActiveExpert) {
   EXPECT_TRUE(at::isfinite(r->weight.grad()).all().item<bool>());
 }
 
+TEST(TopAnyRouter, AnEmptyBatchHasAFiniteZeroAuxLoss) {
+  auto r = make_router(TopAnyRouterOptions(4, 3), 5);
+  const auto out = r->route(torch::zeros({0, 4}, at::kDouble));
+  EXPECT_TRUE(std::isfinite(out.aux_loss.item<double>()));
+  EXPECT_EQ(out.efficiency, 0.0);
+}
+
 TEST(TopAnyRouter, BalanceIsZeroWhenNoTokenFires) {
   auto r = make_router(TopAnyRouterOptions(4, 3), 5);
   {

@@ -6,8 +6,12 @@
 #include <gtest/gtest.h>
 #include <torch/optim/adam.h>
 
-#include <cmath>
+#include <unistd.h>
 
+#include <cmath>
+#include <filesystem>
+
+#include "moe/io/checkpoint.h"
 #include "moe/nn/hyper_router_moe.h"
 #include "moe/nn/sparse_moe.h"
 #include "moe/routers/hyper_router.h"
@@ -243,6 +247,11 @@ TEST(HyperRouterMoE, ScheduleDrivesKInTrainingAndInferenceKOverridesIt) {
   EXPECT_EQ(layer->step(), 6);  // eval forwards do not advance the schedule
   layer->set_inference_top_k(c10::nullopt);
   EXPECT_EQ(layer->forward(x).routing.expert_index.size(1), 5);
+  // A resumed layer evaluates with the k of its latest training step, before any training forward.
+  layer->set_step(2);  // steps 0, 1 done: k(1) = 2
+  EXPECT_EQ(layer->forward(x).routing.expert_index.size(1), 2);
+  layer->train();
+  EXPECT_EQ(layer->forward(x).routing.expert_index.size(1), 3);  // step 2: k = 3
 }
 
 class HyperRouterMoEVsDense : public ::testing::TestWithParam<std::tuple<HyperRouterKind, int64_t>> {
@@ -388,6 +397,27 @@ TEST(HyperRouterMoE, Bf16ExpertsKeepAFloat32Router) {
                                               e->w1.to(at::kDouble), e->w2.to(at::kDouble), {}, {},
                                               {}, moe::Activation::kReLU);
   EXPECT_CLOSE(out.output, expect, 1.6e-2, 1e-2);
+}
+
+// A checkpoint load changes the embedding in place: a layer that had cached its router must not
+// keep using the old one.
+TEST(HyperRouterMoE, CheckpointLoadInvalidatesTheInferenceCache) {
+  const auto path = (std::filesystem::temp_directory_path() /
+                     ("moe_hyper_" + std::to_string(::getpid()) + ".safetensors"))
+                        .string();
+  auto a = make_layer(HyperRouterKind::kHyper, 4, 6, 2, 40);
+  auto b = make_layer(HyperRouterKind::kHyper, 4, 6, 2, 41);
+  const auto x = torch::randn({12, 4}, at::kDouble);
+  a->eval();
+  b->eval();
+  const auto before = b->forward(x).output;  // b caches its own router
+  EXPECT_TRUE(b->hyper_router->cache_valid());
+  moe::io::save_module(*a, path);
+  moe::io::load_module(*b, path);
+  EXPECT_FALSE(b->hyper_router->cache_valid());
+  EXPECT_TRUE(mt::bitwise_equal(b->forward(x).output, a->forward(x).output));
+  EXPECT_FALSE(torch::equal(before, a->forward(x).output));
+  std::filesystem::remove(path);
 }
 
 }  // namespace

@@ -133,6 +133,16 @@ TEST(Safetensors, RejectsMalformedHeadersWithClearErrors) {
     EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(path); }, {path, c.expect}))
         << c.what;
   }
+  // BOOL bytes other than 0/1; a deeply nested dtype is reported, not serialised recursively.
+  write_bytes(dir.file("b.safetensors"),
+              hand_file(R"({"b":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}})", std::string("\x01\x02", 2)));
+  EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(dir.file("b.safetensors")); },
+                              {"BOOL", "0 and 1"}));
+  const std::string deep = std::string(20000, '[') + std::string(20000, ']');
+  write_bytes(dir.file("d.safetensors"),
+              hand_file(R"({"w":{"dtype":)" + deep + R"(,"shape":[0],"data_offsets":[0,0]}})", ""));
+  EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(dir.file("d.safetensors")); },
+                              {"unknown dtype", "array"}));
   // A header length larger than the file, and one beyond the 100 MB limit.
   std::string big(8, '\xff');
   write_bytes(dir.file("len.safetensors"), big + "{}");
@@ -140,6 +150,19 @@ TEST(Safetensors, RejectsMalformedHeadersWithClearErrors) {
                               {"header length", "exceeds"}));
   EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(dir.file("missing.safetensors")); },
                               {"cannot open", "missing.safetensors"}));
+}
+
+TEST(Safetensors, AnEmptyTensorMayShareItsOffsetWithTheNext) {
+  TempDir dir;
+  const float f[2] = {1.0f, 2.0f};
+  // The empty tensor is listed after the one it shares offset 0 with.
+  write_bytes(dir.file("e.safetensors"),
+              hand_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                        R"("e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]}})",
+                        std::string(reinterpret_cast<const char*>(f), 8)));
+  const auto t = moe::io::load_safetensors(dir.file("e.safetensors"));
+  EXPECT_EQ(t.find("e").sizes(), (std::vector<int64_t>{0, 3}));
+  EXPECT_TRUE(torch::equal(t.find("w"), torch::tensor({1.0f, 2.0f})));
 }
 
 TEST(Safetensors, EveryTruncationOfAValidFileIsRejected) {

@@ -274,6 +274,16 @@ TEST(MultiTaskLoss, MaskedWeightedAndDecayed) {
   total.backward();
   EXPECT_TRUE(at::isfinite(y1.grad()).all().item<bool>());
   EXPECT_EQ(y1.grad().abs().max().item<double>(), 0.0);
+  // Labels outside a task's sample space stored as NaN: neither the loss nor the gradient sees them.
+  const auto y2 = torch::tensor({0.5, -0.5, 1.0}, at::kDouble).requires_grad_(true);
+  auto nan_targets = targets.clone();
+  nan_targets[1][0] = NAN;
+  nan_targets[0][1] = NAN;
+  const auto nan_mask = torch::tensor({{1, 0}, {0, 1}, {1, 1}}, at::kBool);
+  const auto l2 = loss({y2, y2 * 2}, nan_targets, nan_mask, 0);
+  EXPECT_TRUE(std::isfinite(l2.item<double>()));
+  l2.backward();
+  EXPECT_TRUE(at::isfinite(y2.grad()).all().item<bool>());
   // BCE on logits vs its formula.
   const auto all = loss({y0, y1}, targets, {}, 0, &per);
   double bce = 0;
@@ -295,6 +305,19 @@ TEST(MultiTaskMetrics, AucAndMse) {
   EXPECT_DOUBLE_EQ(moe::masked_mse(torch::tensor({1.0, 2.0}), torch::tensor({0.0, 0.0})), 2.5);
 }
 
+TEST(MultiTaskModules, CloneGivesAnIndependentEqualModel) {
+  torch::manual_seed(8);
+  PLE m(PLEOptions(4, 2).levels(2).expert_hidden({3}).tower_hidden({2}).gate(TaskGateOptions().bias(true)));
+  auto c = std::dynamic_pointer_cast<moe::nn::PLEImpl>(m->clone());
+  const auto x = torch::randn({5, 4});
+  EXPECT_TRUE(torch::equal(c->forward(x).outputs[1], m->forward(x).outputs[1]));
+  {
+    torch::NoGradGuard g;
+    for (auto& p : c->parameters()) p.add_(1.0);
+  }
+  EXPECT_FALSE(torch::equal(c->forward(x).outputs[1], m->forward(x).outputs[1]));
+}
+
 TEST(MultiTaskBadInput, ClearErrors) {
   EXPECT_TRUE(mt::throws_with([] { MMoE(MMoEOptions(4, 3, 0)); }, {"num_tasks", "0"}));
   EXPECT_TRUE(mt::throws_with([] { PLE(PLEOptions(4, 0)); }, {"num_tasks", "0"}));
@@ -302,6 +325,9 @@ TEST(MultiTaskBadInput, ClearErrors) {
                               {"top_k", "4"}));
   EXPECT_TRUE(mt::throws_with([] { PLE(PLEOptions(4, 2).levels(0)); }, {"levels", "0"}));
   EXPECT_TRUE(mt::throws_with([] { MMoE(MMoEOptions(4, 3, 2).expert_hidden({})); }, {"expert_hidden"}));
+  EXPECT_TRUE(mt::throws_with(
+      [] { moe::nn::SharedBottom(moe::nn::SharedBottomOptions(4, 2).bottom_hidden({})); },
+      {"SharedBottom", "bottom_hidden"}));
   EXPECT_TRUE(mt::throws_with([] { MMoE(MMoEOptions(4, 3, 2).towers({{8}, {8}, {4}})); },
                               {"3 towers", "num_tasks=2"}));
   EXPECT_TRUE(mt::throws_with([] { PLE(PLEOptions(4, 3).towers({{8}})); },

@@ -30,8 +30,8 @@ void save_safetensors(const std::string& path,
 
 /// Reads and validates a file: header length within the file (and <= 100 MB), valid JSON, known
 /// dtypes, non-negative shapes, shape × dtype size = byte length, offsets inside the buffer, no
-/// overlaps or holes, unique names. A corrupted or truncated file raises c10::Error naming the
-/// path and the problem.
+/// overlaps or holes, BOOL bytes 0/1. A corrupted or truncated file raises c10::Error naming the
+/// path and the problem. (A name repeated in the JSON keeps its last entry, as JSON parsers do.)
 TensorFile load_safetensors(const std::string& path);
 
 }  // namespace moe::io

@@ -74,6 +74,7 @@ class TaskGateImpl : public torch::nn::Cloneable<TaskGateImpl> {
 
   TaskGateOptions options;
   int64_t num_experts;
+  int64_t in;
   torch::nn::Sequential hidden{nullptr};
   torch::Tensor weight, bias;
 };

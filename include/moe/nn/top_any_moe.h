@@ -89,8 +89,9 @@ class TopAnyMoEImpl : public torch::nn::Cloneable<TopAnyMoEImpl> {
   /// Applies the pending update (no-op without one).
   ExpertUpdate apply_pending_update(torch::optim::Optimizer* optimizer = nullptr);
 
-  /// Resize mode: sets the number of experts to n (new experts as on addition, without
-  /// optimizer state). Used to load a checkpoint whose expert count differs. Pool mode: error.
+  /// Resize mode: sets the number of experts to n, keeping the first min(n, E); new slots get zero
+  /// rows (a zero representation never fires) until a checkpoint fills them; recording stops.
+  /// Used to load a checkpoint whose expert count differs. Pool mode: error.
   void resize_experts(int64_t n);
 
   int64_t num_slots() const { return router->num_slots(); }
