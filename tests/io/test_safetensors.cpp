@@ -2,11 +2,14 @@
 // the format description, and every kind of damage the reader must reject with a clear error.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 
 #include "moe/io/safetensors.h"
@@ -213,6 +216,53 @@ TEST(Safetensors, WriterRejectsBadInput) {
       [&] { moe::io::save_safetensors("/nonexistent-dir/x.safetensors", {{"w", torch::ones(2)}}); },
       {"/nonexistent-dir/x.safetensors"}));
   EXPECT_FALSE(fs::exists(dir.file("a")));
+}
+
+constexpr const char* kWriterEnv = "MOE_SAFETENSORS_WRITER_PATH";
+
+// Runs only as the child of the test below: rewrites the file forever, generation after generation.
+TEST(Safetensors, WriterChild) {
+  const char* path = std::getenv(kWriterEnv);
+  if (path == nullptr) GTEST_SKIP() << "runs as the child process of AKilledWriter...";
+  for (int g = 1;; ++g) {
+    moe::io::save_safetensors(path, {{"w", torch::full({1 << 20}, static_cast<float>(g))}},
+                              {{"generation", std::to_string(g)}});
+  }
+}
+
+// A writer killed at a random moment (SIGKILL: no cleanup) leaves the last complete file intact:
+// the path always holds a valid file whose data matches its generation.
+TEST(Safetensors, AKilledWriterNeverCorruptsTheLastGoodFile) {
+  if (std::getenv(kWriterEnv) != nullptr) GTEST_SKIP() << "parent test";
+  TempDir dir;
+  const auto path = dir.file("ckpt.safetensors");
+  moe::io::save_safetensors(path, {{"w", torch::zeros({1 << 20})}}, {{"generation", "0"}});
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  std::mt19937 rng(7);
+  int newer = 0;
+  for (int trial = 0; trial < 12; ++trial) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ::setenv(kWriterEnv, path.c_str(), 1);
+      const std::string filter = "--gtest_filter=Safetensors.WriterChild";
+      ::execl(self.c_str(), self.c_str(), filter.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    // Let the child start (it loads LibTorch) and write for a while, then kill it mid-stream.
+    ::usleep(static_cast<useconds_t>(400000 + std::uniform_int_distribution<int>(0, 200000)(rng)));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the writer exited by itself, status " << status;
+    const auto f = moe::io::load_safetensors(path);  // must not throw
+    const int g = std::stoi(f.metadata.at("generation"));
+    newer += g > 0;
+    const auto w = f.find("w");
+    ASSERT_EQ(w.numel(), 1 << 20);
+    EXPECT_TRUE(torch::equal(w, torch::full({1 << 20}, static_cast<float>(g)))) << "generation " << g;
+  }
+  EXPECT_GT(newer, 0) << "the writer never completed a file: the test did not exercise anything";
 }
 
 }  // namespace
