@@ -3,7 +3,7 @@
 //
 //   build/bench/moe_bench --quick                    # C0, uniform, fp32: the smoke test make test
 //   runs build/bench/moe_bench --shapes C1,C4 --dtypes fp32,bf16 --json results.jsonl
-//   build/bench/moe_bench --help
+//   build/bench/moe_bench --help                     (also `moe bench ...`)
 //
 // Implementations: lib (this library), naive (Mixtral-style eager loop), dense_dispatch (GShard
 // one-hot dispatch, groups of 1024, capacity factor 1.25), dense_equiv (the same MLP on a
@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "baselines.h"
+#include "bench_main.h"
 #include "kernels/cpu/kernels.h"
 #include "memory.h"
 #include "moe/gating.h"
@@ -468,9 +469,10 @@ Options parse(int argc, char** argv) {
 }  // namespace
 }  // namespace moe::bench
 
-int main(int argc, char** argv) {
+namespace moe::bench {
+
+int bench_main(int argc, char** argv) {
   moe::runtime::ensure_passive_omp_wait(argv);
-  using namespace moe::bench;
   install_counting_allocator();
   try {
     const Options o = parse(argc, argv);
@@ -510,3 +512,5 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+
+}  // namespace moe::bench

@@ -98,4 +98,13 @@ TEST(Cli, DataFashionMnistChecksTheFiles) {
   EXPECT_NE(r.output.find("dataset-fashion-mnist"), std::string::npos) << r.output;
 }
 
+TEST(Cli, BenchRunsTheHarness) {
+  auto r = moe("bench --help");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("--shapes"), std::string::npos) << r.output;
+  r = moe("bench --shapes C9");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("C9"), std::string::npos) << r.output;
+}
+
 }  // namespace

@@ -1,21 +1,28 @@
 // The `moe` command (issue 7, in progress): one program for the library's users. This stage has
-// `moe data` (prepare the data sets); train, eval, bench and report come next.
+// `moe data` (prepare the data sets) and `moe bench` (the benchmark harness); train, eval and
+// report come next.
 //
 //   moe data kjv --out data/kjv                  the King James Bible as a character corpus
 //   moe data fashion-mnist [--dir DIR]           check the Fashion-MNIST files of the Debian package
 //   moe data synthetic --out FILE --correlation P [--samples N] [--dim D] [--seed S]
 //                                                MMoE's two-task synthetic data as safetensors
+//   moe bench [harness options]                  the CPU benchmark (docs/benchmarks.md), e.g. --quick
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "moe/data/char_corpus.h"
 #include "moe/data/fashion_mnist.h"
 #include "moe/data/mmoe_synthetic.h"
 #include "moe/io/safetensors.h"
 #include "moe/runtime.h"
+
+#ifdef MOE_CLI_HAS_BENCH
+#include "bench_main.h"
+#endif
 
 namespace {
 
@@ -87,7 +94,29 @@ int main(int argc, char** argv) {
   syn->add_option("--dim", dim, "input dimension")->check(CLI::Range(int64_t{2}, int64_t{1} << 20))->capture_default_str();
   syn->add_option("--seed", seed, "seed of the task and the samples")->capture_default_str();
 
+#ifdef MOE_CLI_HAS_BENCH
+  auto* bench = app.add_subcommand(
+      "bench", "the CPU benchmark harness (this library vs the eager baselines); options after "
+               "`bench` go to it, see `moe bench --help`");
+  bench->prefix_command();  // everything after `bench` is the harness's
+  bench->set_help_flag();   // so that `moe bench --help` reaches the harness
+#endif
+
   CLI11_PARSE(app, argc, argv);
+#ifdef MOE_CLI_HAS_BENCH
+  if (bench->parsed()) {
+    std::vector<std::string> args{"moe bench"};
+    for (const auto& a : bench->remaining()) args.push_back(a);
+    if (threads > 0) {
+      args.push_back("--threads");
+      args.push_back(std::to_string(threads));
+    }
+    std::vector<char*> av;
+    for (auto& a : args) av.push_back(a.data());
+    av.push_back(nullptr);
+    return moe::bench::bench_main(static_cast<int>(args.size()), av.data());
+  }
+#endif
   try {
     moe::runtime::configure_threads(threads);
     if (kjv->parsed()) return run_kjv(kjv_out, bible);
