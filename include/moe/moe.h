@@ -6,6 +6,7 @@
 #include "moe/gating.h"
 #include "moe/io/checkpoint.h"
 #include "moe/io/safetensors.h"
+#include "moe/io/training_state.h"
 #include "moe/losses.h"
 #include "moe/nn/hierarchical_moe.h"
 #include "moe/nn/hyper_router_moe.h"

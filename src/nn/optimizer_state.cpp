@@ -19,7 +19,7 @@ namespace {
 // The state map is keyed by the parameter's TensorImpl: as a printed address in LibTorch 1.x, as
 // the pointer itself in later releases.
 template <typename Map>
-typename Map::mapped_type::element_type* find_state(Map& map, const torch::Tensor& p) {
+typename Map::key_type key_of(const Map&, const torch::Tensor& p) {
   using Key = typename Map::key_type;
   Key key{};
   if constexpr (std::is_same_v<Key, std::string>) {
@@ -29,11 +29,27 @@ typename Map::mapped_type::element_type* find_state(Map& map, const torch::Tenso
   } else {
     key = p.unsafeGetTensorImpl();
   }
-  auto it = map.find(key);
+  return key;
+}
+
+template <typename Map>
+typename Map::mapped_type::element_type* find_state(Map& map, const torch::Tensor& p) {
+  auto it = map.find(key_of(map, p));
   return it == map.end() ? nullptr : it->second.get();
 }
 
 }  // namespace
+
+torch::optim::OptimizerParamState* find_param_state(torch::optim::Optimizer& optimizer,
+                                                    const torch::Tensor& p) {
+  return find_state(optimizer.state(), p);
+}
+
+void set_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p,
+                     std::unique_ptr<torch::optim::OptimizerParamState> state) {
+  auto& map = optimizer.state();
+  map[key_of(map, p)] = std::move(state);
+}
 
 void transform_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p,
                            const std::function<torch::Tensor(const torch::Tensor&)>& fn,

@@ -4,9 +4,11 @@
 #include <torch/types.h>
 
 #include <functional>
+#include <memory>
 
 namespace torch::optim {
 class Optimizer;
+class OptimizerParamState;
 }
 
 namespace moe::detail {
@@ -18,5 +20,13 @@ namespace moe::detail {
 void transform_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p,
                            const std::function<torch::Tensor(const torch::Tensor&)>& fn,
                            const char* who);
+
+/// The optimizer's state for parameter p, or nullptr when it has none yet.
+torch::optim::OptimizerParamState* find_param_state(torch::optim::Optimizer& optimizer,
+                                                    const torch::Tensor& p);
+
+/// Installs `state` as the optimizer's state for p (replacing any).
+void set_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p,
+                     std::unique_ptr<torch::optim::OptimizerParamState> state);
 
 }  // namespace moe::detail
