@@ -70,7 +70,8 @@ void HyperRouterMoEImpl::reset() {
     hyper_router = nullptr;
   }
   experts = register_module("experts", ExpertBank(options.expert_options()));
-  step_ = 0;
+  // The schedule's position is a buffer, so that checkpoints resume the k schedule.
+  step_ = register_buffer("step", torch::zeros({1}, torch::kLong));
   inference_k_ = c10::nullopt;
 }
 
@@ -123,7 +124,7 @@ void HyperRouterMoEImpl::set_inference_top_k(c10::optional<int64_t> k) {
 
 void HyperRouterMoEImpl::set_step(int64_t step) {
   TORCH_CHECK_VALUE(step >= 0, kWho, ": step must be >= 0, got ", step);
-  step_ = step;
+  step_.fill_(step);
 }
 
 void HyperRouterMoEImpl::to(torch::Dtype dtype, bool non_blocking) {
@@ -141,12 +142,13 @@ MoEOutput HyperRouterMoEImpl::forward(const torch::Tensor& x) {
   const auto& schedule = options.k_schedule();
   int64_t k = top_k();
   if (is_training()) {
-    if (schedule) k = schedule->at(step_);
-    ++step_;
+    const int64_t t = step();
+    if (schedule) k = schedule->at(t);
+    step_.fill_(t + 1);
   } else if (inference_k_) {
     k = *inference_k_;
   } else if (schedule) {
-    k = schedule->at(step_ > 0 ? step_ - 1 : 0);  // the k of the latest training forward
+    k = schedule->at(step() > 0 ? step() - 1 : 0);  // the k of the latest training forward
   }
   const int64_t saved_k = top_k();
   set_top_k(k);

@@ -417,6 +417,11 @@ TEST(HyperRouterMoE, CheckpointLoadInvalidatesTheInferenceCache) {
   EXPECT_FALSE(b->hyper_router->cache_valid());
   EXPECT_TRUE(mt::bitwise_equal(b->forward(x).output, a->forward(x).output));
   EXPECT_FALSE(torch::equal(before, a->forward(x).output));
+  // The schedule position travels with the checkpoint.
+  a->set_step(123);
+  moe::io::save_module(*a, path);
+  moe::io::load_module(*b, path);
+  EXPECT_EQ(b->step(), 123);
   std::filesystem::remove(path);
 }
 

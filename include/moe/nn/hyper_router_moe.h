@@ -78,8 +78,9 @@ class HyperRouterMoEImpl : public torch::nn::Cloneable<HyperRouterMoEImpl> {
   /// overwritten at the next training forward.
   void set_top_k(int64_t k);
   int64_t top_k() const;
-  /// Training forwards so far (the schedule's step); settable to resume a run.
-  int64_t step() const { return step_; }
+  /// Training forwards so far (the schedule's step; the buffer `step`, saved with checkpoints);
+  /// settable to resume a run.
+  int64_t step() const { return step_.item<int64_t>(); }
   void set_step(int64_t step);
 
   using torch::nn::Module::to;
@@ -94,7 +95,7 @@ class HyperRouterMoEImpl : public torch::nn::Cloneable<HyperRouterMoEImpl> {
  private:
   torch::nn::Module& router_module();
   c10::optional<int64_t> inference_k_;
-  int64_t step_ = 0;
+  torch::Tensor step_;  // buffer "step" [1] int64
 };
 TORCH_MODULE(HyperRouterMoE);
 
