@@ -99,6 +99,8 @@ void TopAnyMoEImpl::reset() {
         template_[i] = register_buffer(names[i], torch::empty_like(params[i][0]));
     }
   }
+  // The schedule's position is a buffer, so that checkpoints resume the schedule.
+  forward_count_ = register_buffer("forward_count", torch::zeros({1}, torch::kLong));
   reset_parameters();
 }
 
@@ -117,7 +119,7 @@ void TopAnyMoEImpl::reset_parameters() {
   records_ = RoutingRecords();
   pending_records_ = RoutingRecords();
   recording_ = pending_ = false;
-  forward_count_ = 0;
+  forward_count_.zero_();
 }
 
 void TopAnyMoEImpl::pretty_print(std::ostream& stream) const {
@@ -147,15 +149,16 @@ MoEOutput TopAnyMoEImpl::forward(const torch::Tensor& x) {
   if (pending_) {
     TORCH_CHECK(options.storage() == ExpertStorage::kPoolMask || !is_training(), kWho,
                 ": an expert update (resize mode) is pending since training forward ",
-                forward_count_,
+                forward_count(),
                 "; call moe::nn::apply_expert_updates(model, &optimizer) after optimizer.step() so "
                 "that the optimizer state follows the resized parameters");
     if (options.storage() == ExpertStorage::kPoolMask) apply_pending_update(nullptr);
   }
   const auto& schedule = options.schedule();
+  int64_t count = forward_count();
   if (is_training()) {
-    ++forward_count_;
-    if (schedule.begins_before(forward_count_) &&
+    forward_count_.fill_(++count);
+    if (schedule.begins_before(count) &&
         !(recording_ && schedule.kind() == ExpertSchedule::Kind::kEveryStep))
       begin_recording();
   }
@@ -177,7 +180,7 @@ MoEOutput TopAnyMoEImpl::forward(const torch::Tensor& x) {
   out.stats.tokens_without_expert = r.unrouted.sum().item<int64_t>();
   out.routing = {r.expert_index, gate};
 
-  if (is_training() && recording_ && schedule.updates_after(forward_count_)) {
+  if (is_training() && recording_ && schedule.updates_after(count)) {
     pending_records_ = finish_recording();
     pending_ = true;
   }

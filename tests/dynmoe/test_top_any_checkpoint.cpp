@@ -100,11 +100,13 @@ TEST(TopAnyCheckpoint, PoolModeRoundTripRestoresTheMask) {
   rec.expert_counts = torch::tensor({0, 2, 1, 0, 0, 0}, at::kLong);
   rec.unrouted_sum = torch::tensor({1.f, 1.f, 0.f, 0.f});
   a->update_experts(rec);
+  for (int i = 0; i < 3; ++i) a->forward(torch::randn({4, 4}));  // three training forwards
   moe::io::save_module(*a, path);
   torch::manual_seed(2);
   TopAnyMoE b(TopAnyMoEOptions(4, 6).initial_experts(3).hidden_size(3));
   moe::io::load_module(*b, path);
   EXPECT_TRUE(torch::equal(b->router->active, a->router->active));
+  EXPECT_EQ(b->forward_count(), 3);  // the schedule's position travels with the checkpoint
   const auto x = torch::randn({10, 4});
   a->eval();
   b->eval();

@@ -9,7 +9,8 @@
 // Parameters: router.weight [E, d], router.threshold [E], router.temperature [1] (trainable
 //             temperature), experts.w1 [E, d, h], experts.w2 [E, h, d], experts.w3, b1, b2 as in
 //             SparseMoE. Buffers: router.active [E], router.temperature (frozen temperature),
-//             expert_template.* (resize mode with copied experts: the network new experts copy).
+//             expert_template_* (resize mode with copied experts: the network new experts copy),
+//             forward_count [1] (the schedule's position).
 // E is max_experts in pool mode and the number of active experts in resize mode.
 //
 // Training loop with automatic schedules:
@@ -96,7 +97,9 @@ class TopAnyMoEImpl : public torch::nn::Cloneable<TopAnyMoEImpl> {
 
   int64_t num_slots() const { return router->num_slots(); }
   int64_t num_active_experts() const { return router->num_active(); }
-  int64_t forward_count() const { return forward_count_; }
+  /// Training forwards so far: the buffer `forward_count`, saved with checkpoints. (The records of
+  /// an open recording window are not saved: a run resumed inside a window restarts its records.)
+  int64_t forward_count() const { return forward_count_.item<int64_t>(); }
 
   TopAnyMoEOptions options;
   TopAnyRouter router = nullptr;
@@ -114,7 +117,7 @@ class TopAnyMoEImpl : public torch::nn::Cloneable<TopAnyMoEImpl> {
   RoutingRecords pending_records_;
   bool recording_ = false;
   bool pending_ = false;
-  int64_t forward_count_ = 0;
+  torch::Tensor forward_count_;  // buffer "forward_count" [1] int64
 };
 TORCH_MODULE(TopAnyMoE);
 
