@@ -19,7 +19,7 @@ CMAKE_ARGS ?=
 # the reference BLAS, ~25x slower. dataset-fashion-mnist: the demo's data. bible-kjv(-text): the
 # character-level language-modelling corpus (moe::data::prepare_kjv).
 PACKAGES := g++ cmake ninja-build ccache libtorch-dev libopenblas0-pthread googletest libgtest-dev \
-            libgmock-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libspdlog-dev dataset-fashion-mnist bible-kjv bible-kjv-text
+            libgmock-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libtomlplusplus-dev dataset-fashion-mnist bible-kjv bible-kjv-text
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -1,0 +1,188 @@
+// RunConfig (tools/cli/run_config.h) on toml++.
+#include "cli/run_config.h"
+
+#include <toml++/toml.h>
+
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace moe::cli {
+
+struct RunConfig::Impl {
+  toml::table table;
+};
+
+namespace {
+
+std::vector<std::string> split_key(const std::string& key) {
+  std::vector<std::string> parts;
+  std::stringstream s(key);
+  for (std::string p; std::getline(s, p, '.');) {
+    if (p.empty()) throw std::invalid_argument("config: empty part in key '" + key + "'");
+    parts.push_back(p);
+  }
+  if (parts.empty() || key.back() == '.')
+    throw std::invalid_argument("config: invalid key '" + key + "'");
+  return parts;
+}
+
+const toml::node* find(const toml::table& t, const std::string& key) {
+  const toml::node* n = &t;
+  for (const auto& part : split_key(key)) {
+    const auto* tab = n->as_table();
+    if (tab == nullptr) return nullptr;
+    n = tab->get(part);
+    if (n == nullptr) return nullptr;
+  }
+  return n;
+}
+
+std::string describe(const toml::node& n) {
+  std::ostringstream s;
+  switch (n.type()) {
+    case toml::node_type::string:
+      s << "string '" << *n.value<std::string>() << "'";
+      break;
+    case toml::node_type::integer:
+      s << "integer " << *n.value<int64_t>();
+      break;
+    case toml::node_type::floating_point:
+      s << "float " << *n.value<double>();
+      break;
+    case toml::node_type::boolean:
+      s << "boolean " << (*n.value<bool>() ? "true" : "false");
+      break;
+    case toml::node_type::table:
+      s << "a table";
+      break;
+    case toml::node_type::array:
+      s << "an array";
+      break;
+    default:
+      s << "a date/time";
+  }
+  return s.str();
+}
+
+[[noreturn]] void type_error(const std::string& key, const char* expected, const toml::node& n) {
+  throw std::invalid_argument("config: " + key + " must be " + expected + ", got " + describe(n));
+}
+
+}  // namespace
+
+RunConfig::RunConfig() : impl_(std::make_unique<Impl>()) {}
+RunConfig::~RunConfig() = default;
+RunConfig::RunConfig(const RunConfig& o) : impl_(std::make_unique<Impl>(*o.impl_)) {}
+RunConfig& RunConfig::operator=(const RunConfig& o) {
+  *impl_ = *o.impl_;
+  return *this;
+}
+
+RunConfig RunConfig::from_string(const std::string& text, const std::string& source) {
+  RunConfig c;
+  try {
+    c.impl_->table = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream s;
+    s << "config: " << source << ":" << e.source().begin.line << ":" << e.source().begin.column
+      << ": " << e.description();
+    throw std::invalid_argument(s.str());
+  }
+  return c;
+}
+
+RunConfig RunConfig::from_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw std::invalid_argument("config: cannot read " + path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return from_string(s.str(), path);
+}
+
+void RunConfig::set(const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw std::invalid_argument("config: --set expects key=value, got '" + assignment + "'");
+  const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  const auto parts = split_key(key);
+  toml::table* t = &impl_->table;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    auto* n = t->get(parts[i]);
+    if (n == nullptr) {
+      t->insert(parts[i], toml::table{});
+      n = t->get(parts[i]);
+    }
+    t = n->as_table();
+    if (t == nullptr)
+      throw std::invalid_argument("config: cannot set " + key + ": " + parts[i] + " is " +
+                                  describe(*n) + ", not a table");
+  }
+  // The value as TOML if it is one, else as a plain string.
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + text);
+  } catch (const toml::parse_error&) {
+    t->insert_or_assign(parts.back(), text);
+    return;
+  }
+  t->insert_or_assign(parts.back(), *parsed.get("v"));
+}
+
+bool RunConfig::has(const std::string& key) const { return find(impl_->table, key) != nullptr; }
+
+int64_t RunConfig::get_int(const std::string& key, int64_t fallback) const {
+  const auto* n = find(impl_->table, key);
+  if (n == nullptr) return fallback;
+  if (!n->is_integer()) type_error(key, "an integer", *n);
+  return *n->value<int64_t>();
+}
+
+double RunConfig::get_double(const std::string& key, double fallback) const {
+  const auto* n = find(impl_->table, key);
+  if (n == nullptr) return fallback;
+  if (!n->is_number()) type_error(key, "a number", *n);
+  return *n->value<double>();
+}
+
+bool RunConfig::get_bool(const std::string& key, bool fallback) const {
+  const auto* n = find(impl_->table, key);
+  if (n == nullptr) return fallback;
+  if (!n->is_boolean()) type_error(key, "true or false", *n);
+  return *n->value<bool>();
+}
+
+std::string RunConfig::get_string(const std::string& key, const std::string& fallback) const {
+  const auto* n = find(impl_->table, key);
+  if (n == nullptr) return fallback;
+  if (!n->is_string()) type_error(key, "a string", *n);
+  return *n->value<std::string>();
+}
+
+std::vector<int64_t> RunConfig::get_int_list(const std::string& key,
+                                             const std::vector<int64_t>& fallback) const {
+  const auto* n = find(impl_->table, key);
+  if (n == nullptr) return fallback;
+  const auto* a = n->as_array();
+  if (a == nullptr) type_error(key, "an array of integers", *n);
+  std::vector<int64_t> out;
+  for (const auto& e : *a) {
+    if (!e.is_integer()) type_error(key, "an array of integers", e);
+    out.push_back(*e.value<int64_t>());
+  }
+  return out;
+}
+
+std::string RunConfig::to_toml() const {
+  std::ostringstream s;
+  s << impl_->table << "\n";
+  return s.str();
+}
+
+void RunConfig::write(const std::string& path) const {
+  std::ofstream f(path);
+  f << to_toml();
+  if (!f) throw std::invalid_argument("config: cannot write " + path);
+}
+
+}  // namespace moe::cli
