@@ -4,12 +4,13 @@
 // and the test MSE next to softmax top-2 MoEs with E = 2, 4, 8, 16.
 //
 //   build/examples/dynmoe_autotune [--clusters M] [--steps N] [--seed S] [--pool]
+#include "experiments/dynmoe_autotune.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
-#include "experiments/dynmoe_autotune.h"
 #include "moe/runtime.h"
 
 int main(int argc, char** argv) {
@@ -27,37 +28,52 @@ int main(int argc, char** argv) {
       }
       return std::atoll(argv[++i]);
     };
-    if (a == "--clusters") c.task.clusters(next());
-    else if (a == "--steps") c.steps = next();
-    else if (a == "--seed") c.seed = static_cast<uint64_t>(next());
-    else if (a == "--pool") c.storage = moe::nn::ExpertStorage::kPoolMask;
-    else if (a == "--trainable-temperature") c.temperature = moe::TopAnyTemperature::kTrainable;
-    else if (a == "--aux-coef") c.aux_loss_coef = std::atof(argv[++i]);
-    else if (a == "--lr") c.lr = std::atof(argv[++i]);
-    else if (a == "--noise") c.task.noise(std::atof(argv[++i]));
-    else if (a == "--e0") c.initial_experts = next();
-    else if (a == "--tutel-losses") c.tutel_losses = true;
+    if (a == "--clusters")
+      c.task.clusters(next());
+    else if (a == "--steps")
+      c.steps = next();
+    else if (a == "--seed")
+      c.seed = static_cast<uint64_t>(next());
+    else if (a == "--pool")
+      c.storage = moe::nn::ExpertStorage::kPoolMask;
+    else if (a == "--trainable-temperature")
+      c.temperature = moe::TopAnyTemperature::kTrainable;
+    else if (a == "--aux-coef")
+      c.aux_loss_coef = std::atof(argv[++i]);
+    else if (a == "--lr")
+      c.lr = std::atof(argv[++i]);
+    else if (a == "--noise")
+      c.task.noise(std::atof(argv[++i]));
+    else if (a == "--e0")
+      c.initial_experts = next();
+    else if (a == "--tutel-losses")
+      c.tutel_losses = true;
     else if (a == "--shift") {
       c.shift_step = next();
       c.shift_clusters = next();
-    }
-    else if (a == "--emax") c.max_experts = next();
-    else if (a == "--window") c.window = next();
-    else if (a == "--period") c.period = next();
-    else if (a == "--independent") c.copy_initial_expert = false;
-    else if (a == "--no-baselines") baselines = false;
+    } else if (a == "--emax")
+      c.max_experts = next();
+    else if (a == "--window")
+      c.window = next();
+    else if (a == "--period")
+      c.period = next();
+    else if (a == "--independent")
+      c.copy_initial_expert = false;
+    else if (a == "--no-baselines")
+      baselines = false;
     else {
       std::fprintf(stderr,
                    "usage: dynmoe_autotune [--clusters M] [--steps N] [--seed S] [--pool]\n");
       return a == "--help" ? 0 : 2;
     }
   }
-  std::printf("task: %lld clusters, dim %lld; TopAnyMoE E_0=%lld, E_max=%lld, window %lld every %lld "
-              "forwards, %lld steps of %lld\n",
-              static_cast<long long>(c.task.clusters()), static_cast<long long>(c.task.dim()),
-              static_cast<long long>(c.initial_experts), static_cast<long long>(c.max_experts),
-              static_cast<long long>(c.window), static_cast<long long>(c.period),
-              static_cast<long long>(c.steps), static_cast<long long>(c.batch));
+  std::printf(
+      "task: %lld clusters, dim %lld; TopAnyMoE E_0=%lld, E_max=%lld, window %lld every %lld "
+      "forwards, %lld steps of %lld\n",
+      static_cast<long long>(c.task.clusters()), static_cast<long long>(c.task.dim()),
+      static_cast<long long>(c.initial_experts), static_cast<long long>(c.max_experts),
+      static_cast<long long>(c.window), static_cast<long long>(c.period),
+      static_cast<long long>(c.steps), static_cast<long long>(c.batch));
   std::printf("%8s %8s %8s %10s %10s  %s\n", "step", "active", "mean k", "unrouted", "train mse",
               "event");
   const auto r = moe::experiments::train_dynmoe(c, [&](const moe::experiments::AutotunePoint& p) {
@@ -67,10 +83,11 @@ int main(int argc, char** argv) {
                   p.added ? "added " : "", p.removed ? "removed" : "");
     }
   });
-  std::printf("\nDynMoE: %lld active experts at the end (M = %lld clusters), mean k %.2f on the test "
-              "set, test MSE %.4f\n",
-              static_cast<long long>(r.final_active), static_cast<long long>(c.task.clusters()),
-              r.test_mean_k, r.test_mse);
+  std::printf(
+      "\nDynMoE: %lld active experts at the end (M = %lld clusters), mean k %.2f on the test "
+      "set, test MSE %.4f\n",
+      static_cast<long long>(r.final_active), static_cast<long long>(c.task.clusters()),
+      r.test_mean_k, r.test_mse);
   for (int64_t E : {2, 4, 8, 16}) {
     if (!baselines) break;
     std::printf("top-2 SparseMoE, E = %2lld: test MSE %.4f\n", static_cast<long long>(E),

@@ -48,20 +48,20 @@ struct ClassifierImpl : torch::nn::Module {
     in = register_module("in", torch::nn::Linear(784, c.width));
     out = register_module("out", torch::nn::Linear(c.width, 10));
     if (kind == Kind::kSMoE) {
-      smoe = register_module("moe", moe::nn::SparseMoE(moe::nn::SparseMoEOptions(c.width, c.experts)
-                                                           .hidden_size(c.hidden)
-                                                           .top_k(2)));
+      smoe = register_module(
+          "moe", moe::nn::SparseMoE(
+                     moe::nn::SparseMoEOptions(c.width, c.experts).hidden_size(c.hidden).top_k(2)));
     } else {
       const moe::TopKSchedule schedule(moe::TopKSchedule::Mode::kLinearIncrease, c.experts / 2,
                                        c.experts, total_steps);
       hyper = register_module(
-          "moe", moe::nn::HyperRouterMoE(
-                     moe::nn::HyperRouterMoEOptions(c.width, c.experts)
-                         .hidden_size(c.hidden)
-                         .router(kind == Kind::kHyperRouter ? moe::nn::HyperRouterKind::kHyper
-                                                            : moe::nn::HyperRouterKind::kFrozenRandom)
-                         .hyper_hidden(64)
-                         .k_schedule(schedule)));
+          "moe", moe::nn::HyperRouterMoE(moe::nn::HyperRouterMoEOptions(c.width, c.experts)
+                                             .hidden_size(c.hidden)
+                                             .router(kind == Kind::kHyperRouter
+                                                         ? moe::nn::HyperRouterKind::kHyper
+                                                         : moe::nn::HyperRouterKind::kFrozenRandom)
+                                             .hyper_hidden(64)
+                                             .k_schedule(schedule)));
     }
   }
   torch::Tensor forward(const torch::Tensor& x, torch::Tensor* aux) {
@@ -71,8 +71,10 @@ struct ClassifierImpl : torch::nn::Module {
     return out(h + r.output);
   }
   void set_eval_k(int64_t k) {
-    if (smoe) smoe->set_top_k(k);
-    else hyper->set_inference_top_k(k);
+    if (smoe)
+      smoe->set_top_k(k);
+    else
+      hyper->set_inference_top_k(k);
   }
   Kind kind;
   torch::nn::Linear in{nullptr}, out{nullptr};
@@ -102,12 +104,17 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "hyperrouter_compare: unknown or incomplete argument '%s'\n", a.c_str());
       return 2;
     }
-    if (a == "--epochs") c.epochs = std::stoll(argv[++i]);
-    else if (a == "--seed") c.seed = std::stoull(argv[++i]);
-    else if (a == "--threads") c.threads = std::stoi(argv[++i]);
-    else if (a == "--data") c.data_dir = argv[++i];
+    if (a == "--epochs")
+      c.epochs = std::stoll(argv[++i]);
+    else if (a == "--seed")
+      c.seed = std::stoull(argv[++i]);
+    else if (a == "--threads")
+      c.threads = std::stoi(argv[++i]);
+    else if (a == "--data")
+      c.data_dir = argv[++i];
     else {
-      std::printf("usage: hyperrouter_compare [--epochs N] [--seed S] [--threads N] [--data DIR]\n");
+      std::printf(
+          "usage: hyperrouter_compare [--epochs N] [--seed S] [--threads N] [--data DIR]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -117,11 +124,12 @@ int main(int argc, char** argv) {
     const auto test = moe::data::load_fashion_mnist(c.data_dir, false);
     const int64_t steps_per_epoch = train.x.size(0) / c.batch;
     const int64_t total = c.epochs * steps_per_epoch;
-    std::printf("Fashion-MNIST, MLP with a %lld-expert MoE block (d=%lld, expert hidden %lld), "
-                "%lld epochs, Adam %.0e, seed %llu\n\n",
-                static_cast<long long>(c.experts), static_cast<long long>(c.width),
-                static_cast<long long>(c.hidden), static_cast<long long>(c.epochs), c.lr,
-                static_cast<unsigned long long>(c.seed));
+    std::printf(
+        "Fashion-MNIST, MLP with a %lld-expert MoE block (d=%lld, expert hidden %lld), "
+        "%lld epochs, Adam %.0e, seed %llu\n\n",
+        static_cast<long long>(c.experts), static_cast<long long>(c.width),
+        static_cast<long long>(c.hidden), static_cast<long long>(c.epochs), c.lr,
+        static_cast<unsigned long long>(c.seed));
     const std::vector<int64_t> eval_k = {1, 2, 4, 8, 16};
     std::printf("| router | training k | test accuracy at k = 1 | 2 | 4 | 8 | 16 | train time |\n");
     std::printf("|---|---|---|---|---|---|---|---|\n");
@@ -148,8 +156,7 @@ int main(int argc, char** argv) {
       const double secs =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       model->eval();
-      std::printf("| %s | %s |", name_of(kind),
-                  kind == Kind::kSMoE ? "2" : "8 → 16 (linear)");
+      std::printf("| %s | %s |", name_of(kind), kind == Kind::kSMoE ? "2" : "8 → 16 (linear)");
       for (int64_t k : eval_k) {
         model->set_eval_k(k);
         std::printf(" %.2f%% |", 100 * accuracy(model, test));

@@ -3,6 +3,8 @@
 //
 //   build/examples/multitask_synthetic [--correlations 1,0.9,0.5,0.2,0] [--seeds 3] [--epochs 20]
 //                                      [--jsonl FILE]
+#include "experiments/multitask_synthetic.h"
+
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -11,7 +13,6 @@
 #include <string>
 #include <vector>
 
-#include "experiments/multitask_synthetic.h"
 #include "moe/runtime.h"
 
 int main(int argc, char** argv) {
@@ -24,8 +25,9 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || i + 1 >= argc) {
-      std::printf("usage: multitask_synthetic [--correlations P,P,...] [--seeds N] [--epochs N] "
-                  "[--jsonl FILE]\n");
+      std::printf(
+          "usage: multitask_synthetic [--correlations P,P,...] [--seeds N] [--epochs N] "
+          "[--jsonl FILE]\n");
       return a == "--help" ? 0 : 2;
     }
     const std::string v = argv[++i];
@@ -56,18 +58,21 @@ int main(int argc, char** argv) {
         results[m][p][0].push_back(r.test_nmse[0]);
         results[m][p][1].push_back(r.test_nmse[1]);
         params[m] = r.parameters;
-        if (m == moe::experiments::multitask_models().front()) pearsons[p].push_back(r.label_pearson);
-        std::printf("p=%.2f seed=%lld %-13s params %6lld  test MSE task1 %.4f task2 %.4f  "
-                    "(normalised %.4f %.4f; label pearson %.3f)\n",
-                    p, static_cast<long long>(s), m.c_str(), static_cast<long long>(r.parameters),
-                    r.test_mse[0], r.test_mse[1], r.test_nmse[0], r.test_nmse[1], r.label_pearson);
+        if (m == moe::experiments::multitask_models().front())
+          pearsons[p].push_back(r.label_pearson);
+        std::printf(
+            "p=%.2f seed=%lld %-13s params %6lld  test MSE task1 %.4f task2 %.4f  "
+            "(normalised %.4f %.4f; label pearson %.3f)\n",
+            p, static_cast<long long>(s), m.c_str(), static_cast<long long>(r.parameters),
+            r.test_mse[0], r.test_mse[1], r.test_nmse[0], r.test_nmse[1], r.label_pearson);
         std::fflush(stdout);
         if (out)
           std::fprintf(out,
                        "{\"model\":\"%s\",\"p\":%g,\"seed\":%lld,\"params\":%lld,\"mse1\":%.6f,"
                        "\"mse2\":%.6f,\"nmse1\":%.6f,\"nmse2\":%.6f,\"pearson\":%.4f}\n",
-                       m.c_str(), p, static_cast<long long>(s), static_cast<long long>(r.parameters),
-                       r.test_mse[0], r.test_mse[1], r.test_nmse[0], r.test_nmse[1], r.label_pearson);
+                       m.c_str(), p, static_cast<long long>(s),
+                       static_cast<long long>(r.parameters), r.test_mse[0], r.test_mse[1],
+                       r.test_nmse[0], r.test_nmse[1], r.label_pearson);
       }
     }
   }
@@ -77,11 +82,13 @@ int main(int argc, char** argv) {
     for (double x : v) m += x;
     m /= static_cast<double>(v.size());
     for (double x : v) sq += (x - m) * (x - m);
-    return std::make_pair(m, v.size() > 1 ? std::sqrt(sq / static_cast<double>(v.size() - 1)) : 0.0);
+    return std::make_pair(m,
+                          v.size() > 1 ? std::sqrt(sq / static_cast<double>(v.size() - 1)) : 0.0);
   };
-  std::printf("\ntest MSE / label variance of task 1 / task 2, mean ± std over %lld seeds\n\n"
-              "| model | params |",
-              static_cast<long long>(seeds));
+  std::printf(
+      "\ntest MSE / label variance of task 1 / task 2, mean ± std over %lld seeds\n\n"
+      "| model | params |",
+      static_cast<long long>(seeds));
   for (double p : ps) std::printf(" p = %.1f |", p);
   std::printf("\n|---|---|");
   for (size_t i = 0; i < ps.size(); ++i) std::printf("---|");

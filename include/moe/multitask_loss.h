@@ -40,7 +40,8 @@ class MultiTaskLoss {
 
 /// Area under the ROC curve of `scores` for binary `labels` (ties count one half), over the entries
 /// where `mask` is set (undefined = all). NaN when only one class is present.
-double auc(const torch::Tensor& scores, const torch::Tensor& labels, const torch::Tensor& mask = {});
+double auc(const torch::Tensor& scores, const torch::Tensor& labels,
+           const torch::Tensor& mask = {});
 /// Mean squared error over the masked entries (NaN when none).
 double masked_mse(const torch::Tensor& pred, const torch::Tensor& target,
                   const torch::Tensor& mask = {});

@@ -126,8 +126,8 @@ int64_t prepare_kjv(const std::string& out_dir, const std::string& bible_program
               raw.substr(0, 200));
   const std::string verses = verses_from_bible_output(raw);
   const auto count = static_cast<int64_t>(std::count(verses.begin(), verses.end(), '\n'));
-  TORCH_CHECK(count > 0, "moe data kjv: `", bible_program, "` printed no verses: ",
-              raw.substr(0, 200));
+  TORCH_CHECK(count > 0, "moe data kjv: `", bible_program,
+              "` printed no verses: ", raw.substr(0, 200));
   const auto parts = split_text(verses);
   std::error_code ec;
   fs::create_directories(out_dir, ec);

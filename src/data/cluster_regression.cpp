@@ -35,8 +35,8 @@ RegressionBatch ClusterRegression::sample(int64_t n, uint64_t seed, int64_t clus
   const auto f = at::TensorOptions().dtype(at::kFloat);
   const int64_t d = options_.dim();
   RegressionBatch b;
-  b.cluster = at::randint(clusters > 0 ? clusters : options_.clusters(), {n}, gen,
-                          f.dtype(at::kLong));
+  b.cluster =
+      at::randint(clusters > 0 ? clusters : options_.clusters(), {n}, gen, f.dtype(at::kLong));
   b.x = centres_.index_select(0, b.cluster) + at::randn({n, d}, gen, f) * options_.noise();
   const auto h = at::tanh(at::bmm(b.x.unsqueeze(1), a_.index_select(0, b.cluster)) /
                           std::sqrt(static_cast<double>(d)));

@@ -35,8 +35,8 @@ at::Tensor read_idx(const std::string& path, uint32_t magic, int64_t count) {
               count);
   auto t = at::empty(shape, at::TensorOptions().dtype(at::kByte));
   const auto n = static_cast<unsigned>(t.numel());
-  TORCH_CHECK(gzread(f.get(), t.data_ptr<uint8_t>(), n) == static_cast<int>(n), "Fashion-MNIST: ",
-              path, ": truncated data");
+  TORCH_CHECK(gzread(f.get(), t.data_ptr<uint8_t>(), n) == static_cast<int>(n),
+              "Fashion-MNIST: ", path, ": truncated data");
   return t;
 }
 

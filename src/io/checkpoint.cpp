@@ -92,8 +92,7 @@ void save_module(const torch::nn::Module& module, const std::string& path,
   save_safetensors(path, detail::module_tensors(module), metadata);
 }
 
-std::map<std::string, std::string> load_module(torch::nn::Module& module,
-                                               const std::string& path) {
+std::map<std::string, std::string> load_module(torch::nn::Module& module, const std::string& path) {
   const TensorFile file = load_safetensors(path);
   const auto load = detail::check_module_load(module, file, path, "", "load_module");
   detail::apply_module_load(module, load, file, "");

@@ -91,8 +91,8 @@ void save_safetensors(const std::string& path,
     const char* dtype = dtype_name(t.scalar_type(), name);
     auto c = t.detach().to(at::kCPU).contiguous();
     const auto bytes = static_cast<uint64_t>(c.nbytes());
-    header[name] = {{"dtype", dtype}, {"shape", c.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+    header[name] = {
+        {"dtype", dtype}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
     data.push_back(std::move(c));
   }
@@ -116,8 +116,8 @@ void save_safetensors(const std::string& path,
     write_all(f.fd, text.data(), text.size(), tmp);
     for (const auto& c : data) write_all(f.fd, c.data_ptr(), c.nbytes(), tmp);
     TORCH_CHECK(::fsync(f.fd) == 0, "save_safetensors: fsync of ", tmp, " failed: ", os_error());
-    TORCH_CHECK(::fchmod(f.fd, 0644) == 0, "save_safetensors: chmod of ", tmp, " failed: ",
-                os_error());
+    TORCH_CHECK(::fchmod(f.fd, 0644) == 0, "save_safetensors: chmod of ", tmp,
+                " failed: ", os_error());
     const int fd = f.fd;
     f.fd = -1;
     TORCH_CHECK(::close(fd) == 0, "save_safetensors: closing ", tmp, " failed: ", os_error());
@@ -132,7 +132,8 @@ void save_safetensors(const std::string& path,
   dir.fd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY);
   TORCH_CHECK(dir.fd >= 0 && ::fsync(dir.fd) == 0, "save_safetensors: ", path,
               " was written and renamed, but syncing its folder failed (the rename may not survive "
-              "a power loss): ", os_error());
+              "a power loss): ",
+              os_error());
 }
 
 TensorFile load_safetensors(const std::string& path) {
@@ -142,8 +143,8 @@ TensorFile load_safetensors(const std::string& path) {
   std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
   TORCH_CHECK(file != nullptr, "load_safetensors: cannot open ", path, ": ", os_error());
   struct stat st {};
-  TORCH_CHECK(::fstat(::fileno(file.get()), &st) == 0, "load_safetensors: cannot stat ", path,
-              ": ", os_error());
+  TORCH_CHECK(::fstat(::fileno(file.get()), &st) == 0, "load_safetensors: cannot stat ", path, ": ",
+              os_error());
   const auto size = static_cast<uint64_t>(st.st_size);
   if (size < 8) fail("file of ", size, " bytes is too short for a safetensors header (truncated?)");
   uint64_t n = 0;
@@ -217,9 +218,8 @@ TensorFile load_safetensors(const std::string& path) {
     uint64_t bytes = 0;
     if (__builtin_mul_overflow(numel, static_cast<uint64_t>(c10::elementSize(e.dtype)), &bytes) ||
         bytes != e.end - e.begin)
-      fail("tensor '", name, "': shape ", c10::IntArrayRef(e.shape), " of ",
-           dt.get<std::string>(), " needs ", bytes, " bytes but data_offsets span ",
-           e.end - e.begin);
+      fail("tensor '", name, "': shape ", c10::IntArrayRef(e.shape), " of ", dt.get<std::string>(),
+           " needs ", bytes, " bytes but data_offsets span ", e.end - e.begin);
     entries.push_back(std::move(e));
   }
   std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {

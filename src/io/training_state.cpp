@@ -83,7 +83,8 @@ void save_checkpoint(const torch::nn::Module& model, torch::optim::Optimizer& op
     meta["moe.lr." + std::to_string(g)] = exact(optimizer.param_groups()[g].options().get_lr());
 
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& [name, t] : detail::module_tensors(model)) tensors.emplace_back(kModel + name, t);
+  for (const auto& [name, t] : detail::module_tensors(model))
+    tensors.emplace_back(kModel + name, t);
   for (const auto& [name, p] : optimized(model, optimizer)) {
     auto* st = moe::detail::find_param_state(optimizer, p);
     if (st == nullptr) continue;
@@ -104,9 +105,11 @@ std::map<std::string, std::string> load_checkpoint(torch::nn::Module& model,
   const char* who = "load_checkpoint";
   const TensorFile file = load_safetensors(path);
   const char* kind = kind_of(optimizer);
-  const auto saved_kind = file.metadata.count("moe.optimizer") ? file.metadata.at("moe.optimizer") : "";
+  const auto saved_kind =
+      file.metadata.count("moe.optimizer") ? file.metadata.at("moe.optimizer") : "";
   TORCH_CHECK_VALUE(kind != nullptr && saved_kind == kind, who, ": ", path, " holds ",
-                    saved_kind.empty() ? "no optimizer state (not a save_checkpoint file?)" : saved_kind + " state",
+                    saved_kind.empty() ? "no optimizer state (not a save_checkpoint file?)"
+                                       : saved_kind + " state",
                     " but the optimizer is ", kind ? kind : "of another type");
   TORCH_CHECK_VALUE(file.find("rng.cpu").defined(), who, ": ", path, " has no rng.cpu state");
   const auto groups = optimizer.param_groups().size();
@@ -136,12 +139,14 @@ std::map<std::string, std::string> load_checkpoint(torch::nn::Module& model,
   }
   for (const auto& [name, t] : file.tensors)
     TORCH_CHECK_VALUE(name.compare(0, 6, kOptim) != 0 || known.count(name), who, ": ", path,
-                      " holds optimizer state '", name, "' for a parameter the optimizer does not have");
+                      " holds optimizer state '", name,
+                      "' for a parameter the optimizer does not have");
 
   // Then apply.
   detail::apply_module_load(model, load, file, kModel);
   for (size_t g = 0; g < groups; ++g)
-    optimizer.param_groups()[g].options().set_lr(std::stod(file.metadata.at("moe.lr." + std::to_string(g))));
+    optimizer.param_groups()[g].options().set_lr(
+        std::stod(file.metadata.at("moe.lr." + std::to_string(g))));
   for (const auto& [name, p] : optimized(model, optimizer)) {
     auto get = [&](const char* field) {
       const auto t = file.find(kOptim + name + "." + field);

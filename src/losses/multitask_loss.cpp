@@ -17,9 +17,10 @@ MultiTaskLoss::MultiTaskLoss(MultiTaskLossOptions options) : options_(std::move(
                     "MultiTaskLoss: ", K, " task types but ", options_.initial_weights.size(),
                     " initial weights and ", options_.decay.size(), " decay factors");
   for (size_t k = 0; k < K; ++k) {
-    TORCH_CHECK_VALUE(std::isfinite(options_.initial_weights[k]) && options_.initial_weights[k] >= 0,
-                      "MultiTaskLoss: initial weight of task ", k, " must be finite and >= 0, got ",
-                      options_.initial_weights[k]);
+    TORCH_CHECK_VALUE(
+        std::isfinite(options_.initial_weights[k]) && options_.initial_weights[k] >= 0,
+        "MultiTaskLoss: initial weight of task ", k, " must be finite and >= 0, got ",
+        options_.initial_weights[k]);
     TORCH_CHECK_VALUE(std::isfinite(options_.decay[k]) && options_.decay[k] > 0,
                       "MultiTaskLoss: decay of task ", k, " must be finite and > 0, got ",
                       options_.decay[k]);
@@ -35,8 +36,8 @@ torch::Tensor MultiTaskLoss::operator()(const std::vector<torch::Tensor>& output
                                         const torch::Tensor& targets, const torch::Tensor& mask,
                                         int64_t t, std::vector<torch::Tensor>* per_task) const {
   const int64_t K = num_tasks();
-  TORCH_CHECK_VALUE(static_cast<int64_t>(outputs.size()) == K, "MultiTaskLoss: ", K,
-                    " tasks but ", outputs.size(), " outputs");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(outputs.size()) == K, "MultiTaskLoss: ", K, " tasks but ",
+                    outputs.size(), " outputs");
   TORCH_CHECK(targets.dim() == 2 && targets.size(1) == K, "MultiTaskLoss: targets must be [T, ", K,
               "], got ", targets.sizes());
   const int64_t T = targets.size(0);

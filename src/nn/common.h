@@ -3,7 +3,9 @@
 
 #include <torch/types.h>
 
+#include "moe/experts.h"
 #include "moe/plan.h"
+#include "moe/router.h"
 #include "moe/stats.h"
 
 namespace moe::detail {
@@ -18,5 +20,10 @@ torch::Tensor tokens_2d(const torch::Tensor& x, int64_t d_model, const torch::Te
 RoutingStats make_stats(const RoutingPlan& plan, const torch::Tensor& importance,
                         const torch::Tensor& load, int64_t assigned, int64_t dropped,
                         int64_t skipped_tokens);
+
+/// The part every top-k layer shares after routing: the plan from the router's slots, the expert
+/// bank, the statistics. `x` is the layer input (its shape is the output's), `xf` its [T, d] view.
+MoEOutput run_routed_experts(const torch::Tensor& x, const torch::Tensor& xf, const RouterOutput& r,
+                             ExpertBank& experts);
 
 }  // namespace moe::detail

@@ -21,10 +21,10 @@ ExpertSchedule ExpertSchedule::epoch_fraction(int64_t forwards_per_epoch, double
   TORCH_CHECK_VALUE(forwards_per_epoch >= 2,
                     "ExpertSchedule::epoch_fraction: forwards_per_epoch must be >= 2, got ",
                     forwards_per_epoch);
-  TORCH_CHECK_VALUE(std::isfinite(begin) && std::isfinite(end) && begin >= 0 && begin < end &&
-                        end < 1,
-                    "ExpertSchedule::epoch_fraction: need 0 <= begin < end < 1, got begin=", begin,
-                    ", end=", end);
+  TORCH_CHECK_VALUE(
+      std::isfinite(begin) && std::isfinite(end) && begin >= 0 && begin < end && end < 1,
+      "ExpertSchedule::epoch_fraction: need 0 <= begin < end < 1, got begin=", begin,
+      ", end=", end);
   const auto n = static_cast<double>(forwards_per_epoch);
   TORCH_CHECK_VALUE(std::floor(begin * n) < std::floor(end * n),
                     "ExpertSchedule::epoch_fraction: begin=", begin, " and end=", end,

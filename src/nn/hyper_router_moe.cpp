@@ -55,8 +55,9 @@ HyperRouterMoEImpl::HyperRouterMoEImpl(HyperRouterMoEOptions options_)
                     ": top_k must be in [1, num_experts=", options.num_experts(), "], got ",
                     options.top_k());
   if (const auto& s = options.k_schedule()) {
-    TORCH_CHECK_VALUE(s->k_max() <= options.num_experts(), kWho, ": the k schedule reaches k_max=",
-                      s->k_max(), " but there are only num_experts=", options.num_experts());
+    TORCH_CHECK_VALUE(s->k_max() <= options.num_experts(), kWho,
+                      ": the k schedule reaches k_max=", s->k_max(),
+                      " but there are only num_experts=", options.num_experts());
   }
   reset();
 }
@@ -161,16 +162,7 @@ MoEOutput HyperRouterMoEImpl::forward(const torch::Tensor& x) {
   }
   // A training forward keeps the scheduled k (it is the layer's current k); eval restores it.
   if (!is_training()) set_top_k(saved_k);
-  const RoutingPlan plan = build_routing_plan(r.expert_index, options.num_experts());
-  const auto w = pair_weights(plan, r.gate).to(xf.scalar_type());
-
-  MoEOutput out;
-  out.output = experts->forward(xf, plan, w).view(x.sizes());
-  out.aux_loss = r.aux_loss;
-  out.stats =
-      detail::make_stats(plan, r.importance, r.load, r.assigned, r.dropped, r.skipped_tokens);
-  out.routing = {r.expert_index, r.gate.detach()};
-  return out;
+  return detail::run_routed_experts(x, xf, r, experts);
 }
 
 }  // namespace moe::nn

@@ -36,7 +36,8 @@ torch::nn::ModuleList make_towers(int64_t tasks, int64_t in, const std::vector<i
                                   const std::vector<std::vector<int64_t>>& per_task, int64_t out) {
   torch::nn::ModuleList towers;
   for (int64_t k = 0; k < tasks; ++k)
-    towers->push_back(make_mlp(in, per_task.empty() ? hidden : per_task[static_cast<size_t>(k)], out));
+    towers->push_back(
+        make_mlp(in, per_task.empty() ? hidden : per_task[static_cast<size_t>(k)], out));
   return towers;
 }
 
@@ -67,7 +68,8 @@ void check_common(int64_t d_in, int64_t tasks, const std::vector<int64_t>& body,
 
 }  // namespace
 
-// --- StackedMLP ------------------------------------------------------------------------------------
+// --- StackedMLP
+// ------------------------------------------------------------------------------------
 
 StackedMLPImpl::StackedMLPImpl(int64_t num_experts, int64_t in, std::vector<int64_t> hidden)
     : num_experts_(num_experts), in_(in), hidden_(std::move(hidden)) {
@@ -83,8 +85,9 @@ void StackedMLPImpl::reset() {
   int64_t in = in_;
   for (size_t l = 0; l < hidden_.size(); ++l) {
     const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-    weights.push_back(register_parameter(
-        "w" + std::to_string(l), torch::empty({num_experts_, in, hidden_[l]}).uniform_(-bound, bound)));
+    weights.push_back(
+        register_parameter("w" + std::to_string(l),
+                           torch::empty({num_experts_, in, hidden_[l]}).uniform_(-bound, bound)));
     biases.push_back(register_parameter(
         "b" + std::to_string(l), torch::empty({num_experts_, hidden_[l]}).uniform_(-bound, bound)));
     in = hidden_[l];
@@ -113,7 +116,8 @@ torch::Tensor StackedMLPImpl::forward_pairs(const torch::Tensor& x, const Routin
   return h;
 }
 
-// --- TaskGate --------------------------------------------------------------------------------------
+// --- TaskGate
+// --------------------------------------------------------------------------------------
 
 TaskGateImpl::TaskGateImpl(int64_t in_, int64_t num_experts_, TaskGateOptions options_)
     : options(std::move(options_)), num_experts(num_experts_), in(in_) {
@@ -131,7 +135,8 @@ void TaskGateImpl::reset() {
   const int64_t gate_in = options.hidden().empty() ? in : options.hidden().back();
   hidden = register_module("hidden", make_mlp(in, options.hidden(), 0));
   const double bound = 1.0 / std::sqrt(static_cast<double>(gate_in));
-  weight = register_parameter("weight", torch::empty({num_experts, gate_in}).uniform_(-bound, bound));
+  weight =
+      register_parameter("weight", torch::empty({num_experts, gate_in}).uniform_(-bound, bound));
   if (options.bias() || options.bias_init()) {
     bias = register_parameter("bias", options.bias_init()
                                           ? torch::full({num_experts}, *options.bias_init())
@@ -156,7 +161,8 @@ torch::Tensor TaskGateImpl::forward(const torch::Tensor& x, torch::Tensor* aux) 
   return at::zeros_like(z).scatter(1, g.expert_index, g.gate);
 }
 
-// --- mixing ----------------------------------------------------------------------------------------
+// --- mixing
+// ----------------------------------------------------------------------------------------
 
 std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor& x,
                                        const std::vector<torch::Tensor>& gates, bool sparse) {
@@ -181,7 +187,8 @@ std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor&
   return out;
 }
 
-// --- Shared-Bottom -----------------------------------------------------------------------------------
+// --- Shared-Bottom
+// -----------------------------------------------------------------------------------
 
 SharedBottomImpl::SharedBottomImpl(SharedBottomOptions o) : options(std::move(o)) {
   check_common(options.d_in(), options.num_tasks(), options.bottom_hidden(), options.tower_hidden(),
@@ -191,9 +198,9 @@ SharedBottomImpl::SharedBottomImpl(SharedBottomOptions o) : options(std::move(o)
 
 void SharedBottomImpl::reset() {
   bottom = register_module("bottom", make_mlp(options.d_in(), options.bottom_hidden(), 0));
-  towers = register_module("towers", make_towers(options.num_tasks(), options.bottom_hidden().back(),
-                                                 options.tower_hidden(), options.towers(),
-                                                 options.task_output_dim()));
+  towers = register_module(
+      "towers", make_towers(options.num_tasks(), options.bottom_hidden().back(),
+                            options.tower_hidden(), options.towers(), options.task_output_dim()));
 }
 
 MultiTaskOutput SharedBottomImpl::forward(const torch::Tensor& x) {
@@ -205,7 +212,8 @@ MultiTaskOutput SharedBottomImpl::forward(const torch::Tensor& x) {
   return out;
 }
 
-// --- MMoE ------------------------------------------------------------------------------------------
+// --- MMoE
+// ------------------------------------------------------------------------------------------
 
 MMoEImpl::MMoEImpl(MMoEOptions o) : options(std::move(o)) {
   check_common(options.d_in(), options.num_tasks(), options.expert_hidden(), options.tower_hidden(),
@@ -222,9 +230,9 @@ void MMoEImpl::reset() {
   const int64_t n_gates = options.one_gate() ? 1 : options.num_tasks();
   for (int64_t k = 0; k < n_gates; ++k)
     gates->push_back(TaskGate(options.d_in(), options.num_experts(), options.gate()));
-  towers = register_module("towers", make_towers(options.num_tasks(), experts->out_dim(),
-                                                 options.tower_hidden(), options.towers(),
-                                                 options.task_output_dim()));
+  towers = register_module(
+      "towers", make_towers(options.num_tasks(), experts->out_dim(), options.tower_hidden(),
+                            options.towers(), options.task_output_dim()));
 }
 
 MultiTaskOutput MMoEImpl::forward(const torch::Tensor& x) {
@@ -246,7 +254,8 @@ MultiTaskOutput MMoEImpl::forward(const torch::Tensor& x) {
   return out;
 }
 
-// --- PLE / CGC -------------------------------------------------------------------------------------
+// --- PLE / CGC
+// -------------------------------------------------------------------------------------
 
 ExtractionLevelImpl::ExtractionLevelImpl(int64_t in_, const PLEOptions& o, bool last_)
     : options(o), in(in_), last(last_) {
@@ -263,7 +272,8 @@ void ExtractionLevelImpl::reset() {
     task_gates->push_back(TaskGate(in, mk + ms, options.gate()));
   }
   shared_experts = register_module("shared_experts", StackedMLP(ms, in, options.expert_hidden()));
-  if (!last) shared_gate = register_module("shared_gate", TaskGate(in, K * mk + ms, options.gate()));
+  if (!last)
+    shared_gate = register_module("shared_gate", TaskGate(in, K * mk + ms, options.gate()));
 }
 
 std::vector<torch::Tensor> ExtractionLevelImpl::forward(const std::vector<torch::Tensor>& inputs,
@@ -273,7 +283,8 @@ std::vector<torch::Tensor> ExtractionLevelImpl::forward(const std::vector<torch:
                 ms = options.shared_experts();
   const bool sparse = options.gate().top_k() > 0;
   std::vector<torch::Tensor> g;
-  for (int64_t k = 0; k < K; ++k) g.push_back(task_gates[k]->as<TaskGate>()->forward(inputs[k], aux));
+  for (int64_t k = 0; k < K; ++k)
+    g.push_back(task_gates[k]->as<TaskGate>()->forward(inputs[k], aux));
   torch::Tensor gs;
   if (!last) gs = shared_gate->forward(inputs[K], aux);
   for (const auto& t : g) gate_mass->push_back(t.detach().mean(0));

@@ -1,4 +1,5 @@
-// Access to the per-parameter state of LibTorch optimizers, for layers whose parameters change size.
+// Access to the per-parameter state of LibTorch optimizers, for layers whose parameters change
+// size.
 #pragma once
 
 #include <torch/types.h>
@@ -9,7 +10,7 @@
 namespace torch::optim {
 class Optimizer;
 class OptimizerParamState;
-}
+}  // namespace torch::optim
 
 namespace moe::detail {
 

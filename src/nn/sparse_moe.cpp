@@ -119,16 +119,7 @@ void SparseMoEImpl::set_top_k(int64_t k) {
 MoEOutput SparseMoEImpl::forward(const torch::Tensor& x) {
   const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, "SparseMoE");
   RouterOutput r = hyper_router ? hyper_router->route(xf) : router->route(xf);
-  const RoutingPlan plan = build_routing_plan(r.expert_index, options.num_experts());
-  const auto w = pair_weights(plan, r.gate).to(xf.scalar_type());
-
-  MoEOutput out;
-  out.output = experts->forward(xf, plan, w).view(x.sizes());
-  out.aux_loss = r.aux_loss;
-  out.stats =
-      detail::make_stats(plan, r.importance, r.load, r.assigned, r.dropped, r.skipped_tokens);
-  out.routing = {r.expert_index, r.gate.detach()};
-  return out;
+  return detail::run_routed_experts(x, xf, r, experts);
 }
 
 }  // namespace moe::nn

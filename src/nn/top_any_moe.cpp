@@ -77,10 +77,10 @@ ExpertBankOptions TopAnyMoEOptions::expert_options(int64_t num_slots) const {
 TopAnyMoEImpl::TopAnyMoEImpl(TopAnyMoEOptions options_) : options(std::move(options_)) {
   TORCH_CHECK_VALUE(options.max_experts() >= 1, kWho, ": max_experts (E_max) must be >= 1, got ",
                     options.max_experts());
-  TORCH_CHECK_VALUE(options.initial_experts() >= 1 &&
-                        options.initial_experts() <= options.max_experts(),
-                    kWho, ": initial_experts (E_0) must be in [1, max_experts=",
-                    options.max_experts(), "], got ", options.initial_experts());
+  TORCH_CHECK_VALUE(
+      options.initial_experts() >= 1 && options.initial_experts() <= options.max_experts(), kWho,
+      ": initial_experts (E_0) must be in [1, max_experts=", options.max_experts(), "], got ",
+      options.initial_experts());
   reset();
 }
 

@@ -1,4 +1,5 @@
-// Input validation shared by the nn modules (RELIABILITY.md §3.3).
+// Pieces shared by the nn modules: input validation (RELIABILITY.md §3.3), statistics and the
+// expert pass after routing.
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -50,6 +51,18 @@ RoutingStats make_stats(const RoutingPlan& plan, const torch::Tensor& importance
   s.cv_importance = cv(importance);
   s.cv_load = cv(load);
   return s;
+}
+
+MoEOutput run_routed_experts(const torch::Tensor& x, const torch::Tensor& xf, const RouterOutput& r,
+                             ExpertBank& experts) {
+  const RoutingPlan plan = build_routing_plan(r.expert_index, experts->options.num_experts());
+  const auto w = pair_weights(plan, r.gate).to(xf.scalar_type());
+  MoEOutput out;
+  out.output = experts->forward(xf, plan, w).view(x.sizes());
+  out.aux_loss = r.aux_loss;
+  out.stats = make_stats(plan, r.importance, r.load, r.assigned, r.dropped, r.skipped_tokens);
+  out.routing = {r.expert_index, r.gate.detach()};
+  return out;
 }
 
 }  // namespace moe::detail

@@ -14,9 +14,9 @@ namespace moe::detail {
 /// raises an error naming `who` and the count; under kSkip zeroes those rows of xr, recomputes the
 /// logits (which must then be finite) and returns the [T] mask of valid tokens (undefined when all
 /// are valid) and the number skipped.
-torch::Tensor apply_non_finite_policy(torch::Tensor& xr, torch::Tensor& logits,
-                                      const std::function<torch::Tensor(const torch::Tensor&)>& logits_of,
-                                      NonFinitePolicy policy, const std::string& who,
-                                      int64_t& skipped);
+torch::Tensor apply_non_finite_policy(
+    torch::Tensor& xr, torch::Tensor& logits,
+    const std::function<torch::Tensor(const torch::Tensor&)>& logits_of, NonFinitePolicy policy,
+    const std::string& who, int64_t& skipped);
 
 }  // namespace moe::detail

@@ -113,8 +113,8 @@ RouterOutput HyperRouterImpl::route(const torch::Tensor& x) {
   auto logits = at::linear(xr, W, b);
   int64_t skipped = 0;
   const auto valid = detail::apply_non_finite_policy(
-      xr, logits, [&](const torch::Tensor& v) { return at::linear(v, W, b); },
-      options.non_finite(), who, skipped);
+      xr, logits, [&](const torch::Tensor& v) { return at::linear(v, W, b); }, options.non_finite(),
+      who, skipped);
   // Softmax over the k selected logits = the softmax probabilities renormalised over them.
   const TopKGate g = softmax_top_k_gating(logits, k, /*normalize=*/true, valid);
 

@@ -85,16 +85,16 @@ torch::Tensor top_any_efficiency_loss(const torch::Tensor& a) {
 
 TopAnyRouterImpl::TopAnyRouterImpl(TopAnyRouterOptions options_) : options(std::move(options_)) {
   const char* who = options.name().c_str();
-  TORCH_CHECK_VALUE(options.d_model() >= 1, who, ": d_model must be >= 1, got ",
-                    options.d_model());
-  TORCH_CHECK_VALUE(options.num_slots() >= 1, who, ": the number of expert slots must be >= 1, got ",
-                    options.num_slots());
-  TORCH_CHECK_VALUE(options.initial_active() >= 1 && options.initial_active() <= options.num_slots(),
-                    who, ": initial_experts must be in [1, ", options.num_slots(), "], got ",
-                    options.initial_active());
+  TORCH_CHECK_VALUE(options.d_model() >= 1, who, ": d_model must be >= 1, got ", options.d_model());
+  TORCH_CHECK_VALUE(options.num_slots() >= 1, who,
+                    ": the number of expert slots must be >= 1, got ", options.num_slots());
+  TORCH_CHECK_VALUE(
+      options.initial_active() >= 1 && options.initial_active() <= options.num_slots(), who,
+      ": initial_experts must be in [1, ", options.num_slots(), "], got ",
+      options.initial_active());
   const double t = options.resolved_init_temperature();
-  TORCH_CHECK_VALUE(std::isfinite(t) && t > 0, who, ": init_temperature must be finite and > 0, got ",
-                    t);
+  TORCH_CHECK_VALUE(std::isfinite(t) && t > 0, who,
+                    ": init_temperature must be finite and > 0, got ", t);
   TORCH_CHECK_VALUE(std::isfinite(options.aux_loss_coef()) && options.aux_loss_coef() >= 0, who,
                     ": aux_loss_coef must be finite and >= 0, got ", options.aux_loss_coef());
   reset();
@@ -187,12 +187,11 @@ TopAnyRouting TopAnyRouterImpl::route(const torch::Tensor& x_in) {
     const auto best = r.scores.argmax(1, /*keepdim=*/true);
     // Only active slots score > 0; a layer with no active expert has nowhere to send the token.
     const auto has_active = r.scores.gather(1, best) > 0;
-    const auto onehot =
-        at::zeros({T, E}, x.options().dtype(at::kBool)).scatter_(1, best, true);
+    const auto onehot = at::zeros({T, E}, x.options().dtype(at::kBool)).scatter_(1, best, true);
     const auto add = onehot & none & has_active;
     used = fired | add;
-    const auto fill = options.fallback() == TopAnyFallback::kArgmax ? at::ones({}, s.options())
-                                                                    : r.scores;
+    const auto fill =
+        options.fallback() == TopAnyFallback::kArgmax ? at::ones({}, s.options()) : r.scores;
     gate = at::where(add, fill.expand({T, E}), gate);
   }
   r.gate = gate;

@@ -127,8 +127,9 @@ RouterOutput TopKRouterImpl::route(const torch::Tensor& x) {
     g = noisy_top_k_gating(logits, noise_logits, noise, k, options.noise_epsilon(), valid);
   } else {
     // SMoE-Dropout: softmax over the k selected logits = the renormalised probabilities.
-    const bool normalize = options.kind() == RouterKind::kFrozenRandom ||
-                           (options.kind() == RouterKind::kSoftmaxTopK && options.normalize_top_k());
+    const bool normalize =
+        options.kind() == RouterKind::kFrozenRandom ||
+        (options.kind() == RouterKind::kSoftmaxTopK && options.normalize_top_k());
     g = softmax_top_k_gating(logits, k, normalize, valid);
   }
 
@@ -165,10 +166,10 @@ RouterOutput TopKRouterImpl::route(const torch::Tensor& x) {
 
 namespace detail {
 
-torch::Tensor apply_non_finite_policy(torch::Tensor& xr, torch::Tensor& logits,
-                                      const std::function<torch::Tensor(const torch::Tensor&)>& logits_of,
-                                      NonFinitePolicy policy, const std::string& who,
-                                      int64_t& skipped) {
+torch::Tensor apply_non_finite_policy(
+    torch::Tensor& xr, torch::Tensor& logits,
+    const std::function<torch::Tensor(const torch::Tensor&)>& logits_of, NonFinitePolicy policy,
+    const std::string& who, int64_t& skipped) {
   // Check the E-wide logits: NaN must never reach the top-k indices.
   const int64_t T = logits.size(0);
   const auto finite = at::isfinite(logits).all(1);

@@ -70,7 +70,8 @@ TEST(Cli, BadArgumentsFailWithAMessage) {
 TEST(Cli, DataSyntheticWritesAValidFile) {
   TempDir dir;
   const auto out = (dir.path / "syn.safetensors").string();
-  const auto r = moe("data synthetic --out " + out + " --correlation -0.25 --samples 64 --dim 8 --seed 3");
+  const auto r =
+      moe("data synthetic --out " + out + " --correlation -0.25 --samples 64 --dim 8 --seed 3");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("-0.2500"), std::string::npos) << r.output;
   const auto f = moe::io::load_safetensors(out);

@@ -73,14 +73,16 @@ TEST(RunConfig, OverridesAreTypedAndCreateTables) {
   expect_error([&] { c.set("model.num_experts"); }, {"key=value"});
   expect_error([&] { c.set("=3"); }, {"key=value"});
   expect_error([&] { c.set("model..kind=x"); }, {"empty part"});
-  expect_error([&] { c.set("model.router.name=x"); }, {"model.router.name", "router", "not a table"});
+  expect_error([&] { c.set("model.router.name=x"); },
+               {"model.router.name", "router", "not a table"});
 }
 
 TEST(RunConfig, TheEffectiveConfigIsWrittenAndReadBack) {
   auto c = RunConfig::from_string(kRun);
   c.set("model.num_experts=4");
-  const auto path = (std::filesystem::temp_directory_path() /
-                     ("moe_cfg_" + std::to_string(::getpid()) + ".toml")).string();
+  const auto path =
+      (std::filesystem::temp_directory_path() / ("moe_cfg_" + std::to_string(::getpid()) + ".toml"))
+          .string();
   c.write(path);
   const auto back = RunConfig::from_file(path);
   EXPECT_EQ(back.get_int("model.num_experts", 0), 4);

@@ -2,7 +2,8 @@
 // most 16 experts learns a 6-cluster regression task. Asserts what the mechanism guarantees at
 // every update (experts are added while tokens go unrouted; exactly the experts without
 // activations are removed), that the expert count settles, and how the loss compares with softmax
-// top-2 models of fixed size, and that experts idle after a distribution shift are removed. Nothing is tuned toward the number of clusters.
+// top-2 models of fixed size, and that experts idle after a distribution shift are removed. Nothing
+// is tuned toward the number of clusters.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -62,11 +63,12 @@ TEST(DynMoEAutotune, AddsWhileUnroutedSettlesAndLearns) {
   for (int64_t E : {2, 4, 8, 16}) best = std::min(best, moe::experiments::train_topk(c, E, 2));
   const auto test = moe::data::ClusterRegression(c.task).sample(4096, 7);
   const double variance = test.y.var().item<double>();
-  std::printf("DynMoE: %lld experts (%lld added, %lld removed over %lld updates), mean k %.2f, "
-              "test MSE %.5f; best top-2 MoE %.5f (ratio %.2f); target variance %.4f\n",
-              static_cast<long long>(r.final_active), static_cast<long long>(additions),
-              static_cast<long long>(removals), static_cast<long long>(updates), r.test_mean_k,
-              r.test_mse, best, r.test_mse / best, variance);
+  std::printf(
+      "DynMoE: %lld experts (%lld added, %lld removed over %lld updates), mean k %.2f, "
+      "test MSE %.5f; best top-2 MoE %.5f (ratio %.2f); target variance %.4f\n",
+      static_cast<long long>(r.final_active), static_cast<long long>(additions),
+      static_cast<long long>(removals), static_cast<long long>(updates), r.test_mean_k, r.test_mse,
+      best, r.test_mse / best, variance);
   // Learned the task: over 90% of the target variance explained.
   EXPECT_LT(r.test_mse, 0.1 * variance);
   // The measured gap to the best fixed top-2 model (docs/dynmoe.md: 2.7x on this task, where the
@@ -83,9 +85,10 @@ TEST(DynMoEAutotune, RemovesExpertsThatGoIdleAfterADistributionShift) {
   c.shift_clusters = 1;
   const auto r = moe::experiments::train_dynmoe(c);
   const Counts n = check_updates(c, r);
-  std::printf("shift to 1 cluster at step %lld: %lld removed, %lld added, %lld experts at the end\n",
-              static_cast<long long>(c.shift_step), static_cast<long long>(n.removals),
-              static_cast<long long>(n.additions), static_cast<long long>(r.final_active));
+  std::printf(
+      "shift to 1 cluster at step %lld: %lld removed, %lld added, %lld experts at the end\n",
+      static_cast<long long>(c.shift_step), static_cast<long long>(n.removals),
+      static_cast<long long>(n.additions), static_cast<long long>(r.final_active));
   EXPECT_GT(n.removals, 0);
 }
 

@@ -92,8 +92,8 @@ TEST(ExpertUpdate, NeverLeavesALayerWithoutExperts) {
 
 TEST(ExpertUpdate, ReinitialisesTheAddedExpertWhenAsked) {
   torch::manual_seed(4);
-  TopAnyMoE layer(
-      TopAnyMoEOptions(3, 3).initial_experts(2).hidden_size(4).new_expert_init(NewExpertInit::kReinit));
+  TopAnyMoE layer(TopAnyMoEOptions(3, 3).initial_experts(2).hidden_size(4).new_expert_init(
+      NewExpertInit::kReinit));
   const auto w1 = layer->experts->w1.clone();
   layer->update_experts(records({1, 1, 0}, {1, 2, 3}));
   EXPECT_TRUE(torch::equal(layer->experts->w1.slice(0, 0, 2), w1.slice(0, 0, 2)));
@@ -161,8 +161,8 @@ TEST(ExpertSchedule, WindowDrivesRecordingAndUpdatesInPoolMode) {
       EXPECT_FALSE(layer->recording());
     }
   }
-  EXPECT_EQ(recording_after, (std::vector<bool>{false, true, true, true, false, false, true, true,
-                                                true}));
+  EXPECT_EQ(recording_after,
+            (std::vector<bool>{false, true, true, true, false, false, true, true, true}));
   EXPECT_EQ(layer->forward_count(), 9);
   // Eval forwards do not advance the schedule.
   layer->eval();
@@ -172,8 +172,11 @@ TEST(ExpertSchedule, WindowDrivesRecordingAndUpdatesInPoolMode) {
 
 TEST(ExpertSchedule, ResizeModeRequiresTheUpdateToBeApplied) {
   torch::manual_seed(2);
-  TopAnyMoE layer(TopAnyMoEOptions(3, 4).initial_experts(2).hidden_size(4).storage(
-      ExpertStorage::kResize).schedule(ExpertSchedule::every_step()));
+  TopAnyMoE layer(TopAnyMoEOptions(3, 4)
+                      .initial_experts(2)
+                      .hidden_size(4)
+                      .storage(ExpertStorage::kResize)
+                      .schedule(ExpertSchedule::every_step()));
   const auto x = torch::randn({6, 3});
   layer->forward(x);
   EXPECT_TRUE(layer->update_pending());
@@ -289,14 +292,25 @@ TEST(TopAnyMoEBadInput, ClearErrors) {
                               {"begin=0.8", "end=0.5"}));
   auto layer = pool_layer(3, 2);
   EXPECT_TRUE(mt::throws_with(
-      [&] { layer->update_experts(records({1, 1, 1}, {NAN, 0, 0})); },
+      [&] {
+        layer->update_experts(records({1, 1, 1}, {NAN, 0, 0}));
+      },
       {"unrouted_sum", "non-finite"}));
-  EXPECT_TRUE(mt::throws_with([&] { layer->update_experts(records({1, -1, 1}, {0, 0, 0})); },
-                              {"expert_counts", ">= 0"}));
-  EXPECT_TRUE(mt::throws_with([&] { layer->update_experts(records({1, 1}, {0, 0, 0})); },
-                              {"expert_counts", "E=3"}));
-  EXPECT_TRUE(mt::throws_with([&] { layer->update_experts(records({1, 1, 1}, {0, 0})); },
-                              {"unrouted_sum", "d_model=3"}));
+  EXPECT_TRUE(mt::throws_with(
+      [&] {
+        layer->update_experts(records({1, -1, 1}, {0, 0, 0}));
+      },
+      {"expert_counts", ">= 0"}));
+  EXPECT_TRUE(mt::throws_with(
+      [&] {
+        layer->update_experts(records({1, 1}, {0, 0, 0}));
+      },
+      {"expert_counts", "E=3"}));
+  EXPECT_TRUE(mt::throws_with(
+      [&] {
+        layer->update_experts(records({1, 1, 1}, {0, 0}));
+      },
+      {"unrouted_sum", "d_model=3"}));
   EXPECT_TRUE(mt::throws_with([&] { layer->resize_experts(2); }, {"resize", "pool"}));
   EXPECT_TRUE(mt::throws_with([&] { layer->finish_recording(); }, {"not recording"}));
   EXPECT_TRUE(mt::throws_with([&] { layer->forward(torch::randn({4, 5})); }, {"d_model=3"}));

@@ -1,6 +1,6 @@
-// Checkpoints of a TopAnyMoE whose expert set changed during training (include/moe/io/checkpoint.h):
-// saved after a removal and an addition, loaded in a fresh process, identical outputs; clear errors
-// when a layer cannot take the checkpoint's expert count.
+// Checkpoints of a TopAnyMoE whose expert set changed during training
+// (include/moe/io/checkpoint.h): saved after a removal and an addition, loaded in a fresh process,
+// identical outputs; clear errors when a layer cannot take the checkpoint's expert count.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/optim/adam.h>
@@ -114,8 +114,9 @@ TEST(TopAnyCheckpoint, PoolModeRoundTripRestoresTheMask) {
 
   // A pool of another size cannot take it; nor can a resizable layer with a smaller bound.
   TopAnyMoE small(TopAnyMoEOptions(4, 5).initial_experts(3).hidden_size(3));
-  EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*small, path); },
-                              {"TopAnyMoE", "5 expert slots", "checkpoint has 6", "cannot resize"}));
+  EXPECT_TRUE(
+      mt::throws_with([&] { moe::io::load_module(*small, path); },
+                      {"TopAnyMoE", "5 expert slots", "checkpoint has 6", "cannot resize"}));
   TopAnyMoE bounded(
       TopAnyMoEOptions(4, 4).initial_experts(3).hidden_size(3).storage(ExpertStorage::kResize));
   EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*bounded, path); },
@@ -123,13 +124,16 @@ TEST(TopAnyCheckpoint, PoolModeRoundTripRestoresTheMask) {
   // A failed load changes nothing, not even the expert count of a resizable layer.
   {
     torch::manual_seed(3);
-    TopAnyMoE src(TopAnyMoEOptions(4, 6).initial_experts(5).hidden_size(3).storage(ExpertStorage::kResize));
+    TopAnyMoE src(
+        TopAnyMoEOptions(4, 6).initial_experts(5).hidden_size(3).storage(ExpertStorage::kResize));
     moe::io::save_module(*src, path);
     auto f = moe::io::load_safetensors(path);
     std::vector<std::pair<std::string, torch::Tensor>> ts;
-    for (auto& [n, t] : f.tensors) ts.emplace_back(n, n == "experts.w2" ? torch::zeros({5, 3, 5}) : t);
+    for (auto& [n, t] : f.tensors)
+      ts.emplace_back(n, n == "experts.w2" ? torch::zeros({5, 3, 5}) : t);
     moe::io::save_safetensors(path, ts);
-    TopAnyMoE dst(TopAnyMoEOptions(4, 6).initial_experts(2).hidden_size(3).storage(ExpertStorage::kResize));
+    TopAnyMoE dst(
+        TopAnyMoEOptions(4, 6).initial_experts(2).hidden_size(3).storage(ExpertStorage::kResize));
     const auto w1 = dst->experts->w1.clone();
     EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*dst, path); },
                                 {"experts.w2", "[5, 3, 5]", "[5, 3, 4]"}));

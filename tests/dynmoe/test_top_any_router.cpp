@@ -161,7 +161,8 @@ TEST(TopAnyRouter, AuxiliaryTermsMatchHandComputations) {
   const auto out = r->route(x);
   const auto W = r->weight.detach();
   auto cosine = [&](int64_t i, int64_t j) {
-    return W[i].dot(W[j]).item<double>() / (W[i].norm().item<double>() * W[j].norm().item<double>());
+    return W[i].dot(W[j]).item<double>() /
+           (W[i].norm().item<double>() * W[j].norm().item<double>());
   };
   // Diversity: Frobenius norm over active pairs (i, j) of cos(i, j) − [i = j].
   double div = 0, simple = 0;
@@ -237,7 +238,8 @@ TEST(TopAnyRouter, BalanceIsZeroWhenNoTokenFires) {
   EXPECT_TRUE(torch::equal(out.gate.detach(), torch::zeros({8, 3}, at::kDouble)));
 }
 
-// --- TopAnyMoE vs the dense reference --------------------------------------------------------------
+// --- TopAnyMoE vs the dense reference
+// --------------------------------------------------------------
 
 struct LayerCase {
   moe::Activation act;
@@ -273,9 +275,8 @@ TEST_P(TopAnyMoEVsDense, OutputMatchesTheReference) {
   const auto& rt = layer->router;
   const auto ref = mt::top_any_reference(xf, rt->weight, rt->threshold, rt->active, 1.0, !c.train);
   const auto& b = layer->experts;
-  const auto expect =
-      mt::dense_moe_reference(xf, ref.expert_index, ref.gate, b->w1, b->w2, b->w3, b->b1, b->b2,
-                              c.act);
+  const auto expect = mt::dense_moe_reference(xf, ref.expert_index, ref.gate, b->w1, b->w2, b->w3,
+                                              b->b1, b->b2, c.act);
   EXPECT_CLOSE(out.output.reshape({T, d}), expect, 1e-10, 1e-12);
   EXPECT_TRUE(torch::equal(out.routing.expert_index, ref.expert_index));
   // Statistics of the step.
@@ -356,9 +357,9 @@ TEST(TopAnyMoE, Bf16ExpertsKeepAFloat32Router) {
   const auto ref = mt::top_any_reference(x, rt->weight, rt->threshold, rt->active, 1.0, true);
   EXPECT_TRUE(torch::equal(out.routing.expert_index, ref.expert_index));
   const auto& b = layer->experts;
-  const auto expect = mt::dense_moe_reference(x.to(at::kDouble), ref.expert_index, ref.gate,
-                                              b->w1.to(at::kDouble), b->w2.to(at::kDouble), {}, {},
-                                              {}, moe::Activation::kReLU);
+  const auto expect =
+      mt::dense_moe_reference(x.to(at::kDouble), ref.expert_index, ref.gate, b->w1.to(at::kDouble),
+                              b->w2.to(at::kDouble), {}, {}, {}, moe::Activation::kReLU);
   EXPECT_CLOSE(out.output, expect, 1.6e-2, 1e-2);
 }
 

@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/optim/adam.h>
-
 #include <unistd.h>
 
 #include <cmath>
@@ -223,7 +222,7 @@ TEST(TopKSchedule, ValuesAtChosenStepsFollowTheAuthorsFormula) {
   EXPECT_EQ(up.at(80), 16);
   EXPECT_EQ(up.at(100), 16);  // the reference would index past its list here
   const TopKSchedule down(Mode::kMultiStepDecrease, 2, 8, 100);
-  EXPECT_EQ(down.at(0), 8);   // 16 clipped to k_max
+  EXPECT_EQ(down.at(0), 8);  // 16 clipped to k_max
   EXPECT_EQ(down.at(45), 4);
   EXPECT_EQ(down.at(99), 2);  // 1 clipped to k_min
   EXPECT_EQ(TopKSchedule::constant(3).at(12345), 3);
@@ -254,8 +253,8 @@ TEST(HyperRouterMoE, ScheduleDrivesKInTrainingAndInferenceKOverridesIt) {
   EXPECT_EQ(layer->forward(x).routing.expert_index.size(1), 3);  // step 2: k = 3
 }
 
-class HyperRouterMoEVsDense : public ::testing::TestWithParam<std::tuple<HyperRouterKind, int64_t>> {
-};
+class HyperRouterMoEVsDense
+    : public ::testing::TestWithParam<std::tuple<HyperRouterKind, int64_t>> {};
 
 TEST_P(HyperRouterMoEVsDense, OutputMatchesTheReference) {
   const auto [kind, k] = GetParam();
@@ -307,15 +306,15 @@ TEST(SMoEDropout, RouterIsRandomFrozenWithZeroBiasAndNoAuxLoss) {
 TEST(HyperRouterMoEBadInput, ClearErrors) {
   EXPECT_TRUE(mt::throws_with([] { TopKSchedule(Mode::kLinearIncrease, 9, 8, 100); },
                               {"k_min=9", "k_max=8"}));
-  EXPECT_TRUE(mt::throws_with([] { TopKSchedule(Mode::kLinearIncrease, 1, 8, 0); },
-                              {"total_steps", "0"}));
+  EXPECT_TRUE(
+      mt::throws_with([] { TopKSchedule(Mode::kLinearIncrease, 1, 8, 0); }, {"total_steps", "0"}));
   EXPECT_TRUE(mt::throws_with([] { TopKSchedule(Mode::kLinearIncrease, 0, 8, 10); }, {"k_min"}));
   EXPECT_TRUE(mt::throws_with([] { HyperRouterMoE(HyperRouterMoEOptions(4, 4).top_k(5)); },
                               {"top_k", "num_experts=4", "5"}));
   EXPECT_TRUE(mt::throws_with(
       [] {
-        HyperRouterMoE(HyperRouterMoEOptions(4, 4).k_schedule(
-            TopKSchedule(Mode::kLinearIncrease, 2, 8, 10)));
+        HyperRouterMoE(
+            HyperRouterMoEOptions(4, 4).k_schedule(TopKSchedule(Mode::kLinearIncrease, 2, 8, 10)));
       },
       {"k_max=8", "num_experts=4"}));
   HyperRouterMoE layer(HyperRouterMoEOptions(4, 4).hidden_size(2).hyper_hidden(3));
@@ -380,7 +379,8 @@ TEST(SparseMoERouterKinds, HyperAndFrozenRandomMatchTheReference) {
 
 TEST(HyperRouterMoE, Bf16ExpertsKeepAFloat32Router) {
   torch::manual_seed(32);
-  HyperRouterMoE layer(HyperRouterMoEOptions(16, 6).hidden_size(24).hyper_hidden(8).router_init_std(0.5));
+  HyperRouterMoE layer(
+      HyperRouterMoEOptions(16, 6).hidden_size(24).hyper_hidden(8).router_init_std(0.5));
   layer->to(at::kBFloat16);
   EXPECT_EQ(layer->experts->w1.scalar_type(), at::kBFloat16);
   EXPECT_EQ(layer->hyper_router->embedding.scalar_type(), at::kFloat);

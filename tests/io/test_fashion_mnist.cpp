@@ -33,8 +33,9 @@ TEST(FashionMnist, ReadsThePackagedTestSet) {
 TEST(FashionMnist, MissingAndDamagedFilesGiveClearErrors) {
   std::string tmpl = (fs::temp_directory_path() / "moe_fmnist_XXXXXX").string();
   const fs::path dir = ::mkdtemp(tmpl.data());
-  EXPECT_TRUE(mt::throws_with([&] { moe::data::load_fashion_mnist(dir.string(), false); },
-                              {"cannot open", "t10k-images-idx3-ubyte.gz", "dataset-fashion-mnist"}));
+  EXPECT_TRUE(
+      mt::throws_with([&] { moe::data::load_fashion_mnist(dir.string(), false); },
+                      {"cannot open", "t10k-images-idx3-ubyte.gz", "dataset-fashion-mnist"}));
   auto write_gz = [&](const std::string& name, const std::string& bytes) {
     gzFile f = gzopen((dir / name).c_str(), "wb");
     gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));

@@ -31,7 +31,8 @@ struct TempDir {
 };
 
 void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 std::string read_bytes(const std::string& path) {
@@ -138,7 +139,8 @@ TEST(Safetensors, RejectsMalformedHeadersWithClearErrors) {
   }
   // BOOL bytes other than 0/1; a deeply nested dtype is reported, not serialised recursively.
   write_bytes(dir.file("b.safetensors"),
-              hand_file(R"({"b":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}})", std::string("\x01\x02", 2)));
+              hand_file(R"({"b":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}})",
+                        std::string("\x01\x02", 2)));
   EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(dir.file("b.safetensors")); },
                               {"BOOL", "0 and 1"}));
   const std::string deep = std::string(20000, '[') + std::string(20000, ']');
@@ -207,13 +209,19 @@ TEST(Safetensors, WriterRejectsBadInput) {
       },
       {"duplicate", "'w'"}));
   EXPECT_TRUE(mt::throws_with(
-      [&] { moe::io::save_safetensors(dir.file("a"), {{"__metadata__", torch::ones(2)}}); },
+      [&] {
+        moe::io::save_safetensors(dir.file("a"), {{"__metadata__", torch::ones(2)}});
+      },
       {"invalid name"}));
   EXPECT_TRUE(mt::throws_with(
-      [&] { moe::io::save_safetensors(dir.file("a"), {{"c", torch::ones(2, at::kComplexFloat)}}); },
+      [&] {
+        moe::io::save_safetensors(dir.file("a"), {{"c", torch::ones(2, at::kComplexFloat)}});
+      },
       {"'c'", "cannot store"}));
   EXPECT_TRUE(mt::throws_with(
-      [&] { moe::io::save_safetensors("/nonexistent-dir/x.safetensors", {{"w", torch::ones(2)}}); },
+      [&] {
+        moe::io::save_safetensors("/nonexistent-dir/x.safetensors", {{"w", torch::ones(2)}});
+      },
       {"/nonexistent-dir/x.safetensors"}));
   EXPECT_FALSE(fs::exists(dir.file("a")));
 }
@@ -260,7 +268,8 @@ TEST(Safetensors, AKilledWriterNeverCorruptsTheLastGoodFile) {
     newer += g > 0;
     const auto w = f.find("w");
     ASSERT_EQ(w.numel(), 1 << 20);
-    EXPECT_TRUE(torch::equal(w, torch::full({1 << 20}, static_cast<float>(g)))) << "generation " << g;
+    EXPECT_TRUE(torch::equal(w, torch::full({1 << 20}, static_cast<float>(g))))
+        << "generation " << g;
   }
   EXPECT_GT(newer, 0) << "the writer never completed a file: the test did not exercise anything";
 }

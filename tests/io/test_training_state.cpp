@@ -25,9 +25,9 @@ namespace mt = moe::testing;
 struct NetImpl : torch::nn::Module {
   NetImpl() {
     in = register_module("in", torch::nn::Linear(6, 8));
-    moe = register_module("moe", moe::nn::SparseMoE(moe::nn::SparseMoEOptions(8, 4)
-                                                        .hidden_size(5)
-                                                        .router(moe::RouterKind::kNoisyTopK)));
+    moe = register_module("moe",
+                          moe::nn::SparseMoE(moe::nn::SparseMoEOptions(8, 4).hidden_size(5).router(
+                              moe::RouterKind::kNoisyTopK)));
   }
   torch::Tensor forward(const torch::Tensor& x) {
     auto o = moe->forward(torch::relu(in(x)));
@@ -39,7 +39,8 @@ struct NetImpl : torch::nn::Module {
 TORCH_MODULE(Net);
 
 std::string temp_path(const std::string& name) {
-  return (fs::temp_directory_path() / (name + std::to_string(::getpid()) + ".safetensors")).string();
+  return (fs::temp_directory_path() / (name + std::to_string(::getpid()) + ".safetensors"))
+      .string();
 }
 
 // One step on a batch drawn from the global RNG.
@@ -91,7 +92,8 @@ TEST(TrainingCheckpoint, TopAnyMoEAfterAResizeResumesBitExactly) {
     o.step();
     return loss.item<double>();
   };
-  auto options = TopAnyMoEOptions(6, 8).initial_experts(4).hidden_size(5).storage(ExpertStorage::kResize);
+  auto options =
+      TopAnyMoEOptions(6, 8).initial_experts(4).hidden_size(5).storage(ExpertStorage::kResize);
   torch::manual_seed(2);
   TopAnyMoE a(options);
   torch::optim::Adam oa(a->parameters(), torch::optim::AdamOptions(1e-2));
@@ -128,7 +130,10 @@ TEST(TrainingCheckpoint, MismatchesAreErrorsThatChangeNothing) {
                               {"holds adam state", "sgd"}));
   EXPECT_TRUE(torch::equal(other->in->weight, w));
   EXPECT_TRUE(mt::throws_with(
-      [&] { moe::io::save_checkpoint(*net, adam, path, {{"moe.step", "1"}}); }, {"reserved"}));
+      [&] {
+        moe::io::save_checkpoint(*net, adam, path, {{"moe.step", "1"}});
+      },
+      {"reserved"}));
   moe::io::save_module(*net, path);  // a plain module file has no training state
   torch::optim::Adam adam2(other->parameters(), torch::optim::AdamOptions(1e-3));
   EXPECT_TRUE(mt::throws_with([&] { moe::io::load_checkpoint(*other, adam2, path); },

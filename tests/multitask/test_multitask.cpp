@@ -47,10 +47,12 @@ torch::Tensor hand_expert(const Params& p, const std::string& prefix, int64_t la
   return h;
 }
 
-torch::Tensor hand_softmax_gate(const Params& p, const std::string& prefix, const torch::Tensor& x) {
+torch::Tensor hand_softmax_gate(const Params& p, const std::string& prefix,
+                                const torch::Tensor& x) {
   auto z = x.mm(p[prefix + "weight"].t());
   if (p.contains(prefix + "bias")) z = z + p[prefix + "bias"];
-  return (z - std::get<0>(z.max(1, true))).exp() / (z - std::get<0>(z.max(1, true))).exp().sum(1, true);
+  return (z - std::get<0>(z.max(1, true))).exp() /
+         (z - std::get<0>(z.max(1, true))).exp().sum(1, true);
 }
 
 TEST(MMoE, MatchesAHandComputation) {
@@ -90,7 +92,8 @@ TEST(MMoE, CompatibilityGateHiddenLayerAndBiasInit) {
   const auto h = hand_mlp(p, "gates.1.hidden.", {0}, x, true);
   const auto g = hand_softmax_gate(p, "gates.1.", h);
   auto f = torch::zeros({7, 4}, at::kDouble);
-  for (int64_t e = 0; e < 3; ++e) f = f + g.select(1, e).unsqueeze(1) * hand_expert(p, "experts.", 1, e, x);
+  for (int64_t e = 0; e < 3; ++e)
+    f = f + g.select(1, e).unsqueeze(1) * hand_expert(p, "experts.", 1, e, x);
   EXPECT_CLOSE(out.outputs[1], hand_mlp(p, "towers.1.", {0}, f, false), 1e-12, 1e-13);
 }
 
@@ -110,7 +113,8 @@ TEST(MMoE, SparseGatesSelectTopKThroughThePlan) {
     const auto kept = torch::zeros_like(dense).scatter(1, top, dense.gather(1, top));
     const auto g = kept / kept.sum(1, true);
     auto f = torch::zeros({11, 4}, at::kDouble);
-    for (int64_t e = 0; e < 5; ++e) f = f + g.select(1, e).unsqueeze(1) * hand_expert(p, "experts.", 1, e, x);
+    for (int64_t e = 0; e < 5; ++e)
+      f = f + g.select(1, e).unsqueeze(1) * hand_expert(p, "experts.", 1, e, x);
     EXPECT_CLOSE(out.outputs[k], hand_mlp(p, "towers." + std::to_string(k) + ".", {0, 2}, f, false),
                  1e-12, 1e-13);
     EXPECT_NEAR(out.gate_mass[0][k].sum().item<double>(), 1.0, 1e-12);
@@ -122,7 +126,12 @@ TEST(MMoE, SparseGatesSelectTopKThroughThePlan) {
 // CGC by hand: task k mixes its own experts and the shared experts with softmax(W_k x).
 TEST(PLE, OneLevelEqualsAHandWrittenCGC) {
   torch::manual_seed(4);
-  PLE m(PLEOptions(5, 2).levels(1).specific_experts(2).shared_experts(3).expert_hidden({4}).tower_hidden({3}));
+  PLE m(PLEOptions(5, 2)
+            .levels(1)
+            .specific_experts(2)
+            .shared_experts(3)
+            .expert_hidden({4})
+            .tower_hidden({3}));
   m->to(at::kDouble);
   const auto p = m->named_parameters();
   EXPECT_FALSE(p.contains("levels.0.shared_gate.weight"));  // no shared gate on the last level
@@ -133,7 +142,8 @@ TEST(PLE, OneLevelEqualsAHandWrittenCGC) {
     const auto g = hand_softmax_gate(p, "levels.0.task_gates." + ks + ".", x);
     auto f = torch::zeros({8, 4}, at::kDouble);
     for (int64_t e = 0; e < 2; ++e)
-      f = f + g.select(1, e).unsqueeze(1) * hand_expert(p, "levels.0.task_experts." + ks + ".", 1, e, x);
+      f = f + g.select(1, e).unsqueeze(1) *
+                  hand_expert(p, "levels.0.task_experts." + ks + ".", 1, e, x);
     for (int64_t e = 0; e < 3; ++e)
       f = f + g.select(1, 2 + e).unsqueeze(1) * hand_expert(p, "levels.0.shared_experts.", 1, e, x);
     EXPECT_CLOSE(out.outputs[k], hand_mlp(p, "towers." + ks + ".", {0, 2}, f, false), 1e-12, 1e-13);
@@ -145,14 +155,20 @@ TEST(PLE, OneLevelEqualsAHandWrittenCGC) {
 TEST(PLE, TwoLevelsMatchAHandComputation) {
   torch::manual_seed(5);
   const int64_t K = 2, mk = 1, ms = 2;
-  PLE m(PLEOptions(4, K).levels(2).specific_experts(mk).shared_experts(ms).expert_hidden({3}).tower_hidden({}));
+  PLE m(PLEOptions(4, K)
+            .levels(2)
+            .specific_experts(mk)
+            .shared_experts(ms)
+            .expert_hidden({3})
+            .tower_hidden({}));
   m->to(at::kDouble);
   const auto p = m->named_parameters();
   const auto x = torch::randn({6, 4}, at::kDouble);
   auto level = [&](int j, const std::vector<torch::Tensor>& in, bool last) {
     const std::string L = "levels." + std::to_string(j) + ".";
     std::vector<torch::Tensor> own(K), shared(ms), out;
-    for (int64_t k = 0; k < K; ++k) own[k] = hand_expert(p, L + "task_experts." + std::to_string(k) + ".", 1, 0, in[k]);
+    for (int64_t k = 0; k < K; ++k)
+      own[k] = hand_expert(p, L + "task_experts." + std::to_string(k) + ".", 1, 0, in[k]);
     for (int64_t e = 0; e < ms; ++e) shared[e] = hand_expert(p, L + "shared_experts.", 1, e, in[K]);
     for (int64_t k = 0; k < K; ++k) {
       const auto g = hand_softmax_gate(p, L + "task_gates." + std::to_string(k) + ".", in[k]);
@@ -173,8 +189,8 @@ TEST(PLE, TwoLevelsMatchAHandComputation) {
   const auto h2 = level(1, h1, true);
   const auto out = m->forward(x);
   for (int64_t k = 0; k < K; ++k)
-    EXPECT_CLOSE(out.outputs[k], hand_mlp(p, "towers." + std::to_string(k) + ".", {0}, h2[k], false),
-                 1e-12, 1e-13);
+    EXPECT_CLOSE(out.outputs[k],
+                 hand_mlp(p, "towers." + std::to_string(k) + ".", {0}, h2[k], false), 1e-12, 1e-13);
   ASSERT_EQ(out.gate_mass.size(), 2u);
   EXPECT_EQ(out.gate_mass[0].size(), 3u);  // two task gates + the shared gate
   EXPECT_EQ(out.gate_mass[1].size(), 2u);
@@ -213,7 +229,8 @@ void check_fd(torch::nn::Module& m, const std::function<torch::Tensor()>& loss) 
       const double lm = loss().item<double>();
       flat[i] = orig;
       const double fd = (lp - lm) / (2 * eps);
-      EXPECT_NEAR(g[i].item<double>(), fd, 1e-7 + 1e-6 * std::abs(fd)) << item.key() << "[" << i << "]";
+      EXPECT_NEAR(g[i].item<double>(), fd, 1e-7 + 1e-6 * std::abs(fd))
+          << item.key() << "[" << i << "]";
     }
   }
 }
@@ -228,7 +245,12 @@ TEST(MultiTaskGradients, MatchFiniteDifferences) {
     const auto o = mm->forward(x);
     return (o.outputs[0] * c0).sum() + (o.outputs[1] * c1).sum();
   });
-  PLE ple(PLEOptions(4, 2).levels(2).specific_experts(1).shared_experts(2).expert_hidden({3}).tower_hidden({2}));
+  PLE ple(PLEOptions(4, 2)
+              .levels(2)
+              .specific_experts(1)
+              .shared_experts(2)
+              .expert_hidden({3})
+              .tower_hidden({2}));
   ple->to(at::kDouble);
   check_fd(*ple, [&] {
     const auto o = ple->forward(x);
@@ -249,7 +271,8 @@ TEST(MMoESynthetic, WeightCosineIsPAndLabelCorrelationIsReported) {
   const auto b = lin.sample(100000, 2);
   EXPECT_NEAR(moe::pearson(b.y.select(1, 0), b.y.select(1, 1)), 0.5, 0.01);
   // Same seed, same data; the labels follow the formula.
-  moe::data::MMoESynthetic g(moe::data::MMoESyntheticOptions().correlation(0.2).noise_std(0).seed(4));
+  moe::data::MMoESynthetic g(
+      moe::data::MMoESyntheticOptions().correlation(0.2).noise_std(0).seed(4));
   const auto s1 = g.sample(50, 9), s2 = g.sample(50, 9);
   EXPECT_TRUE(torch::equal(s1.x, s2.x) && torch::equal(s1.y, s2.y));
   EXPECT_THROW(moe::data::MMoESynthetic(moe::data::MMoESyntheticOptions().correlation(1.5)),
@@ -260,7 +283,8 @@ TEST(MMoESynthetic, WeightCosineIsPAndLabelCorrelationIsReported) {
 }
 
 TEST(MultiTaskLoss, MaskedWeightedAndDecayed) {
-  moe::MultiTaskLoss loss({{moe::TaskType::kRegression, moe::TaskType::kBinary}, {2.0, 1.0}, {0.5, 1.0}});
+  moe::MultiTaskLoss loss(
+      {{moe::TaskType::kRegression, moe::TaskType::kBinary}, {2.0, 1.0}, {0.5, 1.0}});
   const auto y0 = torch::tensor({1.0, 2.0, 3.0}, at::kDouble).requires_grad_(true);
   const auto y1 = torch::tensor({0.0, 2.0, -1.0}, at::kDouble).requires_grad_(true);
   const auto targets = torch::tensor({{0.0, 1.0}, {2.0, 0.0}, {5.0, 1.0}}, at::kDouble);
@@ -274,7 +298,8 @@ TEST(MultiTaskLoss, MaskedWeightedAndDecayed) {
   total.backward();
   EXPECT_TRUE(at::isfinite(y1.grad()).all().item<bool>());
   EXPECT_EQ(y1.grad().abs().max().item<double>(), 0.0);
-  // Labels outside a task's sample space stored as NaN: neither the loss nor the gradient sees them.
+  // Labels outside a task's sample space stored as NaN: neither the loss nor the gradient sees
+  // them.
   const auto y2 = torch::tensor({0.5, -0.5, 1.0}, at::kDouble).requires_grad_(true);
   auto nan_targets = targets.clone();
   nan_targets[1][0] = NAN;
@@ -295,7 +320,8 @@ TEST(MultiTaskLoss, MaskedWeightedAndDecayed) {
 
 TEST(MultiTaskMetrics, AucAndMse) {
   // Pairs (pos, neg): (0.35 vs 0.1 ✓, 0.35 vs 0.4 ✗, 0.8 ✓ ✓) → 3/4.
-  EXPECT_DOUBLE_EQ(moe::auc(torch::tensor({0.1, 0.4, 0.35, 0.8}), torch::tensor({0, 0, 1, 1})), 0.75);
+  EXPECT_DOUBLE_EQ(moe::auc(torch::tensor({0.1, 0.4, 0.35, 0.8}), torch::tensor({0, 0, 1, 1})),
+                   0.75);
   // A tie between a positive and a negative counts one half.
   EXPECT_DOUBLE_EQ(moe::auc(torch::tensor({0.5, 0.5}), torch::tensor({0, 1})), 0.5);
   EXPECT_TRUE(std::isnan(moe::auc(torch::tensor({0.1, 0.2}), torch::tensor({1, 1}))));
@@ -307,7 +333,8 @@ TEST(MultiTaskMetrics, AucAndMse) {
 
 TEST(MultiTaskModules, CloneGivesAnIndependentEqualModel) {
   torch::manual_seed(8);
-  PLE m(PLEOptions(4, 2).levels(2).expert_hidden({3}).tower_hidden({2}).gate(TaskGateOptions().bias(true)));
+  PLE m(PLEOptions(4, 2).levels(2).expert_hidden({3}).tower_hidden({2}).gate(
+      TaskGateOptions().bias(true)));
   auto c = std::dynamic_pointer_cast<moe::nn::PLEImpl>(m->clone());
   const auto x = torch::randn({5, 4});
   EXPECT_TRUE(torch::equal(c->forward(x).outputs[1], m->forward(x).outputs[1]));
@@ -324,25 +351,37 @@ TEST(MultiTaskBadInput, ClearErrors) {
   EXPECT_TRUE(mt::throws_with([] { MMoE(MMoEOptions(4, 3, 2).gate(TaskGateOptions().top_k(4))); },
                               {"top_k", "4"}));
   EXPECT_TRUE(mt::throws_with([] { PLE(PLEOptions(4, 2).levels(0)); }, {"levels", "0"}));
-  EXPECT_TRUE(mt::throws_with([] { MMoE(MMoEOptions(4, 3, 2).expert_hidden({})); }, {"expert_hidden"}));
+  EXPECT_TRUE(
+      mt::throws_with([] { MMoE(MMoEOptions(4, 3, 2).expert_hidden({})); }, {"expert_hidden"}));
   EXPECT_TRUE(mt::throws_with(
       [] { moe::nn::SharedBottom(moe::nn::SharedBottomOptions(4, 2).bottom_hidden({})); },
       {"SharedBottom", "bottom_hidden"}));
-  EXPECT_TRUE(mt::throws_with([] { MMoE(MMoEOptions(4, 3, 2).towers({{8}, {8}, {4}})); },
-                              {"3 towers", "num_tasks=2"}));
-  EXPECT_TRUE(mt::throws_with([] { PLE(PLEOptions(4, 3).towers({{8}})); },
-                              {"1 towers", "num_tasks=3"}));
+  EXPECT_TRUE(mt::throws_with(
+      [] {
+        MMoE(MMoEOptions(4, 3, 2).towers({{8}, {8}, {4}}));
+      },
+      {"3 towers", "num_tasks=2"}));
+  EXPECT_TRUE(
+      mt::throws_with([] { PLE(PLEOptions(4, 3).towers({{8}})); }, {"1 towers", "num_tasks=3"}));
   MMoE m(MMoEOptions(4, 3, 2).towers({{5}, {2, 2}}));
   EXPECT_EQ(m->forward(torch::randn({3, 4})).outputs[1].sizes(), (std::vector<int64_t>{3, 1}));
   EXPECT_TRUE(mt::throws_with([&] { m->forward(torch::randn({3, 5})); }, {"MMoE", "d_in=4"}));
   moe::MultiTaskLoss loss({{moe::TaskType::kRegression, moe::TaskType::kRegression}, {}, {}});
   const auto y = torch::zeros({3, 1});
-  EXPECT_TRUE(mt::throws_with([&] { loss({y}, torch::zeros({3, 2}), {}, 0); },
-                              {"2 tasks but 1 outputs"}));
-  EXPECT_TRUE(mt::throws_with([&] { loss({y, y}, torch::zeros({3, 3}), {}, 0); },
-                              {"targets must be [T, 2]"}));
   EXPECT_TRUE(mt::throws_with(
-      [] { moe::MultiTaskLoss({{moe::TaskType::kBinary}, {1.0, 2.0}, {}}); },
+      [&] {
+        loss({y}, torch::zeros({3, 2}), {}, 0);
+      },
+      {"2 tasks but 1 outputs"}));
+  EXPECT_TRUE(mt::throws_with(
+      [&] {
+        loss({y, y}, torch::zeros({3, 3}), {}, 0);
+      },
+      {"targets must be [T, 2]"}));
+  EXPECT_TRUE(mt::throws_with(
+      [] {
+        moe::MultiTaskLoss({{moe::TaskType::kBinary}, {1.0, 2.0}, {}});
+      },
       {"1 task types but 2 initial weights"}));
 }
 

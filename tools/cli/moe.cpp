@@ -3,13 +3,14 @@
 // report come next.
 //
 //   moe data kjv --out data/kjv                  the King James Bible as a character corpus
-//   moe data fashion-mnist [--dir DIR]           check the Fashion-MNIST files of the Debian package
-//   moe data synthetic --out FILE --correlation P [--samples N] [--dim D] [--seed S]
+//   moe data fashion-mnist [--dir DIR]           check the Fashion-MNIST files of the Debian
+//   package moe data synthetic --out FILE --correlation P [--samples N] [--dim D] [--seed S]
 //                                                MMoE's two-task synthetic data as safetensors
-//   moe bench [harness options]                  the CPU benchmark (docs/benchmarks.md), e.g. --quick
-#include <CLI/CLI.hpp>
+//   moe bench [harness options]                  the CPU benchmark (docs/benchmarks.md), e.g.
+//   --quick
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -60,8 +61,9 @@ int run_synthetic(const std::string& out, double p, int64_t n, int64_t dim, uint
 
 int main(int argc, char** argv) {
   moe::runtime::ensure_passive_omp_wait(argv);
-  CLI::App app{"moe: Mixture-of-Experts layers on LibTorch. Subcommands prepare data; see `moe "
-               "<subcommand> --help`."};
+  CLI::App app{
+      "moe: Mixture-of-Experts layers on LibTorch. Subcommands prepare data; see `moe "
+      "<subcommand> --help`."};
   app.require_subcommand(1);
   int threads = 0;
   app.add_option("--threads", threads, "intra-op threads (default: all cores, or $MOE_NUM_THREADS)")
@@ -90,14 +92,19 @@ int main(int argc, char** argv) {
   syn->add_option("--correlation", correlation, "task correlation p = cos(w1, w2)")
       ->check(CLI::Range(-1.0, 1.0))
       ->capture_default_str();
-  syn->add_option("--samples", samples, "number of samples")->check(CLI::PositiveNumber)->capture_default_str();
-  syn->add_option("--dim", dim, "input dimension")->check(CLI::Range(int64_t{2}, int64_t{1} << 20))->capture_default_str();
+  syn->add_option("--samples", samples, "number of samples")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  syn->add_option("--dim", dim, "input dimension")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
+      ->capture_default_str();
   syn->add_option("--seed", seed, "seed of the task and the samples")->capture_default_str();
 
 #ifdef MOE_CLI_HAS_BENCH
   auto* bench = app.add_subcommand(
-      "bench", "the CPU benchmark harness (this library vs the eager baselines); options after "
-               "`bench` go to it, see `moe bench --help`");
+      "bench",
+      "the CPU benchmark harness (this library vs the eager baselines); options after "
+      "`bench` go to it, see `moe bench --help`");
   bench->prefix_command();  // everything after `bench` is the harness's
   bench->set_help_flag();   // so that `moe bench --help` reaches the harness
 #endif

@@ -34,7 +34,8 @@ class RunConfig {
   double get_double(const std::string& key, double fallback) const;
   bool get_bool(const std::string& key, bool fallback) const;
   std::string get_string(const std::string& key, const std::string& fallback) const;
-  std::vector<int64_t> get_int_list(const std::string& key, const std::vector<int64_t>& fallback) const;
+  std::vector<int64_t> get_int_list(const std::string& key,
+                                    const std::vector<int64_t>& fallback) const;
 
   /// The configuration as TOML text, and written to a file (the run folder's config.toml).
   std::string to_toml() const;

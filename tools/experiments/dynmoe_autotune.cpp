@@ -13,8 +13,8 @@ namespace {
 
 // Cosine decay of the learning rate from lr to 0.
 void set_lr(torch::optim::Adam& opt, const AutotuneConfig& c, int64_t step) {
-  const double lr = 0.5 * c.lr * (1 + std::cos(M_PI * static_cast<double>(step) /
-                                               static_cast<double>(c.steps)));
+  const double lr =
+      0.5 * c.lr * (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(c.steps)));
   for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
 }
 
@@ -59,7 +59,8 @@ AutotuneResult train_dynmoe(const AutotuneConfig& c,
       const auto& rec = layer->pending_records();
       p.updated = true;
       p.window_unrouted = rec.unrouted_tokens;
-      p.window_idle = ((layer->router->active > 0) & (rec.expert_counts == 0)).sum().item<int64_t>();
+      p.window_idle =
+          ((layer->router->active > 0) & (rec.expert_counts == 0)).sum().item<int64_t>();
     }
     for (const auto& u : nn::apply_expert_updates(*layer, &opt)) {
       p.added = p.added || u.added >= 0;
@@ -72,8 +73,7 @@ AutotuneResult train_dynmoe(const AutotuneConfig& c,
   }
   layer->eval();
   torch::NoGradGuard no_grad;
-  const auto test = task.sample(c.test_size, kTestSeed,
-                                c.shift_step > 0 ? c.shift_clusters : 0);
+  const auto test = task.sample(c.test_size, kTestSeed, c.shift_step > 0 ? c.shift_clusters : 0);
   auto out = layer->forward(test.x);
   r.test_mse = torch::mse_loss(out.output, test.y).item<double>();
   r.test_mean_k = out.stats.experts_per_token_mean;

@@ -1,7 +1,7 @@
 // The DynMoE auto-tuning experiment (docs/dynmoe.md): a TopAnyMoE that starts with E_0 experts
-// learns a ClusterRegression task, next to softmax top-k SparseMoE baselines with fixed E. Shared by
-// the example program (examples/dynmoe_autotune.cpp) and the test that asserts what the mechanism
-// guarantees (tests/dynmoe/test_autotune.cpp).
+// learns a ClusterRegression task, next to softmax top-k SparseMoE baselines with fixed E. Shared
+// by the example program (examples/dynmoe_autotune.cpp) and the test that asserts what the
+// mechanism guarantees (tests/dynmoe/test_autotune.cpp).
 #pragma once
 
 #include <cstdint>
@@ -41,10 +41,10 @@ struct AutotuneConfig {
 /// The state of the DynMoE layer after one training step.
 struct AutotunePoint {
   int64_t step = 0;
-  int64_t active = 0;          ///< active experts after the step's update (if any)
-  double mean_k = 0;           ///< experts per token in the step
-  double unrouted = 0;         ///< fraction of tokens with no expert in the step
-  double loss = 0;             ///< training MSE of the step
+  int64_t active = 0;   ///< active experts after the step's update (if any)
+  double mean_k = 0;    ///< experts per token in the step
+  double unrouted = 0;  ///< fraction of tokens with no expert in the step
+  double loss = 0;      ///< training MSE of the step
   bool added = false, removed = false;
   // When an update ran after this step: what its recording window saw.
   bool updated = false;

@@ -12,25 +12,37 @@ namespace {
 
 // Budgets close to the MMoE paper's: 8 experts of 16 units (MMoE/OMoE), a bottom of 113 units
 // (Shared-Bottom), towers of 8 units for every model.
-std::shared_ptr<torch::nn::Module> build(const std::string& model, int64_t d,
-                                         std::function<MultiTaskOutput(const torch::Tensor&)>* fwd) {
+std::shared_ptr<torch::nn::Module> build(
+    const std::string& model, int64_t d,
+    std::function<MultiTaskOutput(const torch::Tensor&)>* fwd) {
   if (model == "Shared-Bottom") {
     nn::SharedBottom m(nn::SharedBottomOptions(d, 2).bottom_hidden({113}).tower_hidden({8}));
     *fwd = [m](const torch::Tensor& x) mutable { return m->forward(x); };
     return m.ptr();
   }
   if (model == "OMoE" || model == "MMoE") {
-    nn::MMoE m(nn::MMoEOptions(d, 8, 2).expert_hidden({16}).tower_hidden({8}).one_gate(model == "OMoE"));
+    nn::MMoE m(
+        nn::MMoEOptions(d, 8, 2).expert_hidden({16}).tower_hidden({8}).one_gate(model == "OMoE"));
     *fwd = [m](const torch::Tensor& x) mutable { return m->forward(x); };
     return m.ptr();
   }
   if (model == "CGC") {  // 3 experts per task + 2 shared = 8 experts
-    nn::PLE m(nn::PLEOptions(d, 2).levels(1).specific_experts(3).shared_experts(2).expert_hidden({16}).tower_hidden({8}));
+    nn::PLE m(nn::PLEOptions(d, 2)
+                  .levels(1)
+                  .specific_experts(3)
+                  .shared_experts(2)
+                  .expert_hidden({16})
+                  .tower_hidden({8}));
     *fwd = [m](const torch::Tensor& x) mutable { return m->forward(x); };
     return m.ptr();
   }
   if (model == "PLE") {  // 2 levels of 2 + 2 per task + 2 shared (6 experts each)
-    nn::PLE m(nn::PLEOptions(d, 2).levels(2).specific_experts(2).shared_experts(2).expert_hidden({16}).tower_hidden({8}));
+    nn::PLE m(nn::PLEOptions(d, 2)
+                  .levels(2)
+                  .specific_experts(2)
+                  .shared_experts(2)
+                  .expert_hidden({16})
+                  .tower_hidden({8}));
     *fwd = [m](const torch::Tensor& x) mutable { return m->forward(x); };
     return m.ptr();
   }

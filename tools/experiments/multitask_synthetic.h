@@ -19,7 +19,7 @@ struct MultitaskConfig {
 
 struct MultitaskRun {
   std::string model;
-  double correlation = 0;  ///< requested p
+  double correlation = 0;    ///< requested p
   double label_pearson = 0;  ///< measured on the training labels
   uint64_t seed = 0;
   int64_t parameters = 0;

@@ -18,7 +18,8 @@ struct TextSplits {
 };
 
 /// Splits at line boundaries: the first (1 − valid − test) of the characters for training, then
-/// valid, then test (the enwik8/text8 convention of contiguous blocks). Each part keeps whole lines.
+/// valid, then test (the enwik8/text8 convention of contiguous blocks). Each part keeps whole
+/// lines.
 TextSplits split_text(const std::string& text, double valid_fraction = 0.05,
                       double test_fraction = 0.05);
 

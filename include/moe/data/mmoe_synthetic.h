@@ -13,10 +13,10 @@
 namespace moe::data {
 
 struct MMoESyntheticOptions {
-  TORCH_ARG(int64_t, dim) = 100;           ///< d (MMoE's experiments; PLE uses 512)
-  TORCH_ARG(double, correlation) = 0.5;    ///< p in [−1, 1]
-  TORCH_ARG(double, scale) = 1.0;          ///< c
-  TORCH_ARG(int64_t, sine_terms) = 10;     ///< m
+  TORCH_ARG(int64_t, dim) = 100;         ///< d (MMoE's experiments; PLE uses 512)
+  TORCH_ARG(double, correlation) = 0.5;  ///< p in [−1, 1]
+  TORCH_ARG(double, scale) = 1.0;        ///< c
+  TORCH_ARG(int64_t, sine_terms) = 10;   ///< m
   /// ε ~ N(0, 0.01): the paper does not say whether 0.01 is the variance (std 0.1, the default
   /// here) or the standard deviation; set noise_std to choose.
   TORCH_ARG(double, noise_std) = 0.1;

@@ -19,7 +19,8 @@ namespace moe::io {
 
 /// Saves atomically (see save_safetensors). Optimizers: Adam, AdamW, SGD; others raise an error.
 void save_checkpoint(const torch::nn::Module& model, torch::optim::Optimizer& optimizer,
-                     const std::string& path, const std::map<std::string, std::string>& metadata = {});
+                     const std::string& path,
+                     const std::map<std::string, std::string>& metadata = {});
 
 /// Loads a file written by save_checkpoint into a model and an optimizer built the same way
 /// (parameters in the same order). Checks everything before changing anything; TopAnyMoE layers in

@@ -67,8 +67,8 @@ class HyperRouterMoEImpl : public torch::nn::Cloneable<HyperRouterMoEImpl> {
   void pretty_print(std::ostream& stream) const override;
 
   /// x: [..., d_model]. A training forward first takes k from the schedule (if any) and counts
-  /// itself; an eval forward uses the inference k if one is set, else the schedule's k of the latest
-  /// training forward (after set_step(s): of step s - 1), else top_k.
+  /// itself; an eval forward uses the inference k if one is set, else the schedule's k of the
+  /// latest training forward (after set_step(s): of step s - 1), else top_k.
   MoEOutput forward(const torch::Tensor& x);
 
   /// The k for inference (1 <= k <= E), e.g. to evaluate a trained layer at k = 1, 2, 4, 8, 16;

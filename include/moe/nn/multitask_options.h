@@ -36,7 +36,7 @@ struct MMoEOptions {
   TORCH_ARG(std::vector<int64_t>, tower_hidden) = {8};    ///< each tower: Linear+ReLU per entry
   /// Per-task tower widths (overrides tower_hidden); needs exactly num_tasks entries.
   TORCH_ARG(std::vector<std::vector<int64_t>>, towers) = {};
-  TORCH_ARG(int64_t, task_output_dim) = 1;                ///< the last Linear of every tower
+  TORCH_ARG(int64_t, task_output_dim) = 1;  ///< the last Linear of every tower
   /// OMoE (the MMoE paper's ablation): one gate shared by all tasks.
   TORCH_ARG(bool, one_gate) = false;
   TORCH_ARG(TaskGateOptions, gate) = {};

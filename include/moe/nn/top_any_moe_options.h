@@ -77,7 +77,6 @@ struct TopAnyMoEOptions {
   TORCH_ARG(ExpertInit, expert_init) = ExpertInit::kGlorotUniform;
   TORCH_ARG(double, expert_init_std) = 0.02;
   TORCH_ARG(bool, recompute_hidden) = false;
-
 };
 
 }  // namespace moe::nn

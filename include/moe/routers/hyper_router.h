@@ -22,7 +22,8 @@
 
 namespace moe {
 
-/// Example: HyperRouter r(HyperRouterOptions(/*d_model=*/256, /*num_experts=*/16).hyper_hidden(64));
+/// Example: HyperRouter r(HyperRouterOptions(/*d_model=*/256,
+/// /*num_experts=*/16).hyper_hidden(64));
 struct HyperRouterOptions {
   HyperRouterOptions(int64_t d_model, int64_t num_experts)
       : d_model_(d_model), num_experts_(num_experts) {}

@@ -1,13 +1,14 @@
 // TopAnyRouter: DynMoE's top-any gating (Guo et al. 2024; docs/ALGORITHMS.md §2.1–§2.3).
 //
-// Each of E slots has a trainable representation (a row of router.weight) and a trainable threshold.
-// A token activates every active slot whose sigmoid cosine score exceeds the slot's sigmoid
-// threshold, so the number of experts per token k is not fixed; the combine weight is 1/k over the
-// activated experts (not score-weighted). The 0/1 decision uses a straight-through sign.
+// Each of E slots has a trainable representation (a row of router.weight) and a trainable
+// threshold. A token activates every active slot whose sigmoid cosine score exceeds the slot's
+// sigmoid threshold, so the number of experts per token k is not fixed; the combine weight is 1/k
+// over the activated experts (not score-weighted). The 0/1 decision uses a straight-through sign.
 //
 // Parameters: router.weight [E, d] (orthogonal init; the transpose of the reference's sim_matrix),
 //             router.threshold [E] (zeros), router.temperature [1] (trainable temperature only).
-// Buffers:    router.active [E] (1 = active slot, 0 = free slot), router.temperature [1] when frozen.
+// Buffers:    router.active [E] (1 = active slot, 0 = free slot), router.temperature [1] when
+// frozen.
 #pragma once
 
 #include <c10/util/Optional.h>
@@ -38,7 +39,8 @@ enum class TopAnyFallback {
   kZero,         ///< as in training: zero output
 };
 
-/// Example: TopAnyRouter r(TopAnyRouterOptions(/*d_model=*/512, /*num_slots=*/16).initial_active(8));
+/// Example: TopAnyRouter r(TopAnyRouterOptions(/*d_model=*/512,
+/// /*num_slots=*/16).initial_active(8));
 struct TopAnyRouterOptions {
   TopAnyRouterOptions(int64_t d_model, int64_t num_slots)
       : d_model_(d_model), num_slots_(num_slots), initial_active_(num_slots) {}
