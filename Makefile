@@ -17,9 +17,11 @@ CMAKE_ARGS ?=
 
 # libopenblas0-pthread: libtorch only *recommends* a BLAS; without OpenBLAS fp32 GEMM falls back to
 # the reference BLAS, ~25x slower. dataset-fashion-mnist: the demo's data. bible-kjv(-text): the
-# character-level language-modelling corpus (moe::data::prepare_kjv).
+# character-level language-modelling corpus (moe::data::prepare_kjv). chromium: the report page is
+# tested in headless Chromium.
 PACKAGES := g++ cmake ninja-build ccache libtorch-dev libopenblas0-pthread googletest libgtest-dev \
-            libgmock-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libtomlplusplus-dev dataset-fashion-mnist bible-kjv bible-kjv-text
+            libgmock-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libtomlplusplus-dev dataset-fashion-mnist bible-kjv bible-kjv-text \
+            chromium
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

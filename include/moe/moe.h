@@ -4,6 +4,7 @@
 #include "moe/experts.h"
 #include "moe/functional.h"
 #include "moe/gating.h"
+#include "moe/io/atomic_file.h"
 #include "moe/io/checkpoint.h"
 #include "moe/io/safetensors.h"
 #include "moe/io/training_state.h"

@@ -1,10 +1,10 @@
 // safetensors reader and atomic writer (include/moe/io/safetensors.h).
 #include "moe/io/safetensors.h"
 
+#include "moe/io/atomic_file.h"
+
 #include <ATen/ATen.h>
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -32,38 +32,13 @@ constexpr DtypeName kDtypes[] = {
     {at::kByte, "U8"},    {at::kBool, "BOOL"},
 };
 
+std::string os_error() { return std::strerror(errno); }
+
 const char* dtype_name(at::ScalarType t, const std::string& tensor) {
   for (const auto& d : kDtypes)
     if (d.type == t) return d.name;
   TORCH_CHECK_TYPE(false, "save_safetensors: tensor '", tensor, "' has dtype ", t,
                    ", which safetensors cannot store");
-}
-
-std::string os_error() { return std::strerror(errno); }
-
-// Closes a file descriptor on scope exit.
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-void write_all(int fd, const void* data, size_t n, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    TORCH_CHECK(w > 0, "save_safetensors: writing ", path, " failed: ", os_error());
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
-std::string parent_dir(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
 }
 
 }  // namespace
@@ -106,34 +81,9 @@ void save_safetensors(const std::string& path,
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the byte buffer 8-byte aligned
   const uint64_t n = text.size();
 
-  std::string tmp = path + ".tmp.XXXXXX";
-  Fd f;
-  f.fd = ::mkstemp(tmp.data());
-  TORCH_CHECK(f.fd >= 0, "save_safetensors: cannot create a temporary file next to ", path, ": ",
-              os_error());
-  try {
-    write_all(f.fd, &n, sizeof(n), tmp);
-    write_all(f.fd, text.data(), text.size(), tmp);
-    for (const auto& c : data) write_all(f.fd, c.data_ptr(), c.nbytes(), tmp);
-    TORCH_CHECK(::fsync(f.fd) == 0, "save_safetensors: fsync of ", tmp, " failed: ", os_error());
-    TORCH_CHECK(::fchmod(f.fd, 0644) == 0, "save_safetensors: chmod of ", tmp,
-                " failed: ", os_error());
-    const int fd = f.fd;
-    f.fd = -1;
-    TORCH_CHECK(::close(fd) == 0, "save_safetensors: closing ", tmp, " failed: ", os_error());
-    TORCH_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "save_safetensors: renaming ", tmp,
-                " to ", path, " failed: ", os_error());
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  // Make the rename itself durable.
-  Fd dir;
-  dir.fd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY);
-  TORCH_CHECK(dir.fd >= 0 && ::fsync(dir.fd) == 0, "save_safetensors: ", path,
-              " was written and renamed, but syncing its folder failed (the rename may not survive "
-              "a power loss): ",
-              os_error());
+  std::vector<std::pair<const void*, size_t>> chunks{{&n, sizeof(n)}, {text.data(), text.size()}};
+  for (const auto& c : data) chunks.emplace_back(c.data_ptr(), c.nbytes());
+  write_file_atomically(path, chunks, "save_safetensors");
 }
 
 TensorFile load_safetensors(const std::string& path) {

@@ -195,6 +195,15 @@ void TopAnyMoEImpl::begin_recording() {
   recording_ = true;
 }
 
+void TopAnyMoEImpl::resume_recording(RoutingRecords records) {
+  check_records(records);
+  const auto opts = router->weight.options().requires_grad(false);
+  records.expert_counts = records.expert_counts.to(opts.dtype(at::kLong));
+  records.unrouted_sum = records.unrouted_sum.to(opts);
+  records_ = std::move(records);
+  recording_ = true;
+}
+
 RoutingRecords TopAnyMoEImpl::finish_recording() {
   TORCH_CHECK(recording_, kWho, ": finish_recording() called while not recording");
   recording_ = false;

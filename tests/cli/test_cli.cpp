@@ -9,37 +9,17 @@
 #include <string>
 
 #include "moe/io/safetensors.h"
+#include "support/test_util.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Run {
-  int status;
-  std::string output;  // stdout and stderr
-};
+using moe::testing::TempDir;
 
-Run moe(const std::string& args) {
-  const std::string cmd = std::string("'") + MOE_CLI_PATH + "' " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  Run r{-1, ""};
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = ::pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+moe::testing::CommandResult moe(const std::string& args) {
+  return moe::testing::run_command(std::string("'") + MOE_CLI_PATH + "' " + args);
 }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "moe_cli_XXXXXX").string();
-    path = ::mkdtemp(t.data());
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 TEST(Cli, HelpListsTheSubcommands) {
   const auto r = moe("--help");

@@ -2,8 +2,12 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <stdexcept>
 #include <cstring>
 #include <sstream>
 
@@ -61,6 +65,33 @@ bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {
     return ::testing::AssertionFailure() << "threw a non-c10 exception: " << e.what();
   }
   return ::testing::AssertionFailure() << "did not throw";
+}
+
+}  // namespace moe::testing
+
+namespace moe::testing {
+
+CommandResult run_command(const std::string& command) {
+  CommandResult r;
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  const int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+TempDir::TempDir() {
+  std::string t = (std::filesystem::temp_directory_path() / "moe_test_XXXXXX").string();
+  if (::mkdtemp(t.data()) == nullptr) throw std::runtime_error("TempDir: mkdtemp failed");
+  path = t;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
 }
 
 }  // namespace moe::testing

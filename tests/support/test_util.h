@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/types.h>
 
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -23,6 +24,22 @@ bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b);
 /// Runs f and expects a c10::Error (or subclass) whose message contains every one of `parts`.
 ::testing::AssertionResult throws_with(const std::function<void()>& f,
                                        const std::vector<std::string>& parts);
+
+/// A shell command's exit status (-1 if it did not exit normally) and its stdout + stderr.
+struct CommandResult {
+  int status = -1;
+  std::string output;
+};
+CommandResult run_command(const std::string& command);
+
+/// A fresh folder under the system temp folder, removed with everything in it at scope exit.
+struct TempDir {
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::filesystem::path path;
+};
 
 }  // namespace moe::testing
 

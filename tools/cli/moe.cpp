@@ -1,7 +1,9 @@
-// The `moe` command (issue 7, in progress): one program for the library's users. This stage has
-// `moe data` (prepare the data sets) and `moe bench` (the benchmark harness); train, eval and
-// report come next.
+// The `moe` command: one program for the library's users (docs/cli.md).
 //
+//   moe train CONFIG.toml --out RUN [--set key=value]...   train a model, checkpoints in RUN
+//   moe train --resume RUN [--set run.steps=N]              continue a run bit-exactly
+//   moe eval RUN [--split valid|test]                       evaluate a run's checkpoint
+//   moe report RUN [--compare OTHER_RUN]... [--out FILE]    the run's HTML report
 //   moe data kjv --out data/kjv                  the King James Bible as a character corpus
 //   moe data fashion-mnist [--dir DIR]           check the Fashion-MNIST files of the Debian
 //   package moe data synthetic --out FILE --correlation P [--samples N] [--dim D] [--seed S]
@@ -12,6 +14,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -20,6 +23,9 @@
 #include "moe/data/mmoe_synthetic.h"
 #include "moe/io/safetensors.h"
 #include "moe/runtime.h"
+#include "cli/run_config.h"
+#include "report/report.h"
+#include "train/trainer.h"
 
 #ifdef MOE_CLI_HAS_BENCH
 #include "bench_main.h"
@@ -57,17 +63,103 @@ int run_synthetic(const std::string& out, double p, int64_t n, int64_t dim, uint
   return 0;
 }
 
+std::string percent_list(const std::vector<double>& share) {
+  std::string s;
+  char buf[16];
+  for (const double v : share) {
+    std::snprintf(buf, sizeof buf, "%s%.1f", s.empty() ? "" : " ", 100 * v);
+    s += buf;
+  }
+  return s;
+}
+
+int run_train(const std::string& config_path, const std::string& out, const std::string& resume,
+              const std::vector<std::string>& sets, int64_t stop_at) {
+  if (config_path.empty() == resume.empty())
+    throw std::invalid_argument(
+        "moe train: give either a configuration file and --out RUN_DIR (a new run) or --resume "
+        "RUN_DIR (continue a run)");
+  if (!config_path.empty() && out.empty())
+    throw std::invalid_argument("moe train: --out RUN_DIR is required with a configuration file");
+  const std::string run_dir = resume.empty() ? out : resume;
+  if (!resume.empty() && !std::filesystem::exists(run_dir + "/config.toml"))
+    throw std::invalid_argument("moe train --resume: " + run_dir +
+                                "/config.toml does not exist: not a run folder of `moe train`");
+  auto config = moe::cli::RunConfig::from_file(resume.empty() ? config_path
+                                                              : run_dir + "/config.toml");
+  for (const auto& s : sets) config.set(s);
+  const auto r = moe::train::run_training(config, run_dir, !resume.empty(), stop_at);
+  std::printf("\n%s: steps %lld..%lld in %.1f s, %lld parameters (%lld active per token)\n",
+              run_dir.c_str(), static_cast<long long>(r.first_step),
+              static_cast<long long>(r.last_step), r.seconds,
+              static_cast<long long>(r.parameters.total),
+              static_cast<long long>(r.parameters.active));
+  if (!r.valid.empty()) {
+    std::printf("validation (whole split):");
+    for (const auto& [k, v] : r.valid)
+      if (k != "tokens") std::printf("  %s %.4f", k.c_str(), v);
+    std::printf("\n");
+  }
+  if (!r.load.empty()) std::printf("expert load over the run (%% of assignments per expert):\n");
+  for (const auto& l : r.load)
+    std::printf("  %-16s %s  (CV %.3f)\n", l.name.c_str(), percent_list(l.share).c_str(), l.cv);
+  std::fflush(stdout);
+  return 0;
+}
+
+int run_eval(const std::string& run_dir, const std::string& split) {
+  const auto m = moe::train::run_evaluation(run_dir, split);
+  std::printf("%s, %s split:", run_dir.c_str(), split.c_str());
+  for (const auto& [k, v] : m) std::printf("  %s %.4f", k.c_str(), v);
+  std::printf("\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   moe::runtime::ensure_passive_omp_wait(argv);
   CLI::App app{
-      "moe: Mixture-of-Experts layers on LibTorch. Subcommands prepare data; see `moe "
-      "<subcommand> --help`."};
+      "moe: Mixture-of-Experts layers on LibTorch. Train, evaluate and report on MoE models; "
+      "see `moe <subcommand> --help` and docs/cli.md."};
   app.require_subcommand(1);
   int threads = 0;
   app.add_option("--threads", threads, "intra-op threads (default: all cores, or $MOE_NUM_THREADS)")
       ->check(CLI::NonNegativeNumber);
+
+  std::string train_config, train_out, train_resume;
+  std::vector<std::string> train_sets;
+  int64_t train_stop_at = 0;
+  auto* train = app.add_subcommand(
+      "train",
+      "train a model: `moe train CONFIG.toml --out RUN_DIR` (a new run) or `moe train --resume "
+      "RUN_DIR` (continue one); see docs/cli.md for the configuration keys");
+  train->add_option("config", train_config, "run configuration (TOML), e.g. configs/kjv_moe.toml");
+  train->add_option("--out", train_out, "run folder for config.toml, metrics.jsonl, checkpoints");
+  train->add_option("--resume", train_resume, "continue the run in this folder from its checkpoint");
+  train->add_option("--set", train_sets,
+                    "override a configuration key, e.g. --set model.layers=2 --set "
+                    "moe.router=\"top_any\" (repeatable)");
+
+  std::string eval_run, eval_split = "valid";
+  train->add_option("--stop-at", train_stop_at,
+                    "end this session after step N with a checkpoint (continue with --resume)")
+      ->check(CLI::PositiveNumber);
+
+  auto* eval = app.add_subcommand("eval", "evaluate the checkpoint of a run on a data split");
+  eval->add_option("run", eval_run, "run folder")->required();
+  eval->add_option("--split", eval_split, "valid or test")
+      ->check(CLI::IsMember({"valid", "test"}))
+      ->capture_default_str();
+
+  std::string report_run, report_out;
+  std::vector<std::string> report_compare;
+  auto* report = app.add_subcommand(
+      "report", "write a run's self-contained HTML report (learning curves, expert load)");
+  report->add_option("run", report_run, "run folder (with metrics.jsonl)")->required();
+  report->add_option("--compare", report_compare,
+                     "other run folders whose evaluation curves are overlaid (repeatable)");
+  report->add_option("--out", report_out, "output file (default: RUN/report.html)");
 
   auto* data = app.add_subcommand("data", "prepare a data set");
   data->require_subcommand(1);
@@ -126,6 +218,13 @@ int main(int argc, char** argv) {
 #endif
   try {
     moe::runtime::configure_threads(threads);
+    if (train->parsed()) return run_train(train_config, train_out, train_resume, train_sets, train_stop_at);
+    if (eval->parsed()) return run_eval(eval_run, eval_split);
+    if (report->parsed()) {
+      const auto path = moe::report::write_report({report_run, report_compare, report_out});
+      std::printf("report: %s\n", path.c_str());
+      return 0;
+    }
     if (kjv->parsed()) return run_kjv(kjv_out, bible);
     if (fashion->parsed()) return run_fashion(fashion_dir);
     if (syn->parsed()) return run_synthetic(syn_out, correlation, samples, dim, seed);

@@ -4,6 +4,7 @@
 #include <toml++/toml.h>
 
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
@@ -11,6 +12,7 @@ namespace moe::cli {
 
 struct RunConfig::Impl {
   toml::table table;
+  std::set<std::string> read;  // keys asked for, found or not (get_* and has are const reads)
 };
 
 namespace {
@@ -129,9 +131,13 @@ void RunConfig::set(const std::string& assignment) {
   t->insert_or_assign(parts.back(), *parsed.get("v"));
 }
 
-bool RunConfig::has(const std::string& key) const { return find(impl_->table, key) != nullptr; }
+bool RunConfig::has(const std::string& key) const {
+  impl_->read.insert(key);
+  return find(impl_->table, key) != nullptr;
+}
 
 int64_t RunConfig::get_int(const std::string& key, int64_t fallback) const {
+  impl_->read.insert(key);
   const auto* n = find(impl_->table, key);
   if (n == nullptr) return fallback;
   if (!n->is_integer()) type_error(key, "an integer", *n);
@@ -139,6 +145,7 @@ int64_t RunConfig::get_int(const std::string& key, int64_t fallback) const {
 }
 
 double RunConfig::get_double(const std::string& key, double fallback) const {
+  impl_->read.insert(key);
   const auto* n = find(impl_->table, key);
   if (n == nullptr) return fallback;
   if (!n->is_number()) type_error(key, "a number", *n);
@@ -146,6 +153,7 @@ double RunConfig::get_double(const std::string& key, double fallback) const {
 }
 
 bool RunConfig::get_bool(const std::string& key, bool fallback) const {
+  impl_->read.insert(key);
   const auto* n = find(impl_->table, key);
   if (n == nullptr) return fallback;
   if (!n->is_boolean()) type_error(key, "true or false", *n);
@@ -153,6 +161,7 @@ bool RunConfig::get_bool(const std::string& key, bool fallback) const {
 }
 
 std::string RunConfig::get_string(const std::string& key, const std::string& fallback) const {
+  impl_->read.insert(key);
   const auto* n = find(impl_->table, key);
   if (n == nullptr) return fallback;
   if (!n->is_string()) type_error(key, "a string", *n);
@@ -161,6 +170,7 @@ std::string RunConfig::get_string(const std::string& key, const std::string& fal
 
 std::vector<int64_t> RunConfig::get_int_list(const std::string& key,
                                              const std::vector<int64_t>& fallback) const {
+  impl_->read.insert(key);
   const auto* n = find(impl_->table, key);
   if (n == nullptr) return fallback;
   const auto* a = n->as_array();
@@ -171,6 +181,28 @@ std::vector<int64_t> RunConfig::get_int_list(const std::string& key,
     out.push_back(*e.value<int64_t>());
   }
   return out;
+}
+
+namespace {
+
+void collect_leaves(const toml::table& t, const std::string& prefix, std::vector<std::string>* out) {
+  for (const auto& [k, v] : t) {
+    const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+    if (const auto* sub = v.as_table())
+      collect_leaves(*sub, key, out);
+    else
+      out->push_back(key);
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> RunConfig::unread_keys() const {
+  std::vector<std::string> leaves, unread;
+  collect_leaves(impl_->table, "", &leaves);
+  for (const auto& k : leaves)
+    if (impl_->read.count(k) == 0) unread.push_back(k);
+  return unread;
 }
 
 std::string RunConfig::to_toml() const {

@@ -37,6 +37,11 @@ class RunConfig {
   std::vector<int64_t> get_int_list(const std::string& key,
                                     const std::vector<int64_t>& fallback) const;
 
+  /// Every leaf key (dotted) present in the configuration that no get_* / has() call has asked
+  /// for: after a program has read everything it understands, these are typos or keys of another
+  /// task, and are reported as errors.
+  std::vector<std::string> unread_keys() const;
+
   /// The configuration as TOML text, and written to a file (the run folder's config.toml).
   std::string to_toml() const;
   void write(const std::string& path) const;

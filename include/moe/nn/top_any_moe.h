@@ -72,6 +72,9 @@ class TopAnyMoEImpl : public torch::nn::Cloneable<TopAnyMoEImpl> {
 
   /// Starts a recording window (clears the records).
   void begin_recording();
+  /// Re-opens a recording window with the records it had so far (a training program resuming
+  /// from a checkpoint taken inside a window; see records()). Checked as update_experts() checks.
+  void resume_recording(RoutingRecords records);
   /// Ends the window and returns its records.
   RoutingRecords finish_recording();
   bool recording() const { return recording_; }
@@ -98,7 +101,8 @@ class TopAnyMoEImpl : public torch::nn::Cloneable<TopAnyMoEImpl> {
   int64_t num_slots() const { return router->num_slots(); }
   int64_t num_active_experts() const { return router->num_active(); }
   /// Training forwards so far: the buffer `forward_count`, saved with checkpoints. (The records of
-  /// an open recording window are not saved: a run resumed inside a window restarts its records.)
+  /// an open recording window are not module state: a program that checkpoints inside a window
+  /// saves records() itself and calls resume_recording(), as `moe train` does.)
   int64_t forward_count() const { return forward_count_.item<int64_t>(); }
 
   TopAnyMoEOptions options;

@@ -1,0 +1,425 @@
+// `moe train` / `moe eval` (tools/train): configuration errors, every router kind and model family,
+// an end-to-end run through the real program whose loss decreases, and bit-exact resumption after
+// the process is killed with SIGKILL.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "cli/run_config.h"
+#include "support/test_util.h"
+#include "train/progress.h"
+#include "train/train_config.h"
+#include "train/trainer.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using moe::cli::RunConfig;
+using moe::testing::TempDir;
+
+// A learnable corpus: sentences from a small grammar (fixed seed), split 90/5/5 by lines.
+void write_corpus(const fs::path& dir) {
+  const std::vector<std::string> subjects = {"the king", "a shepherd", "his servant", "the people",
+                                             "my brother"},
+                                 verbs = {"went unto", "spake to", "looked upon", "gave bread to",
+                                          "blessed"},
+                                 objects = {"the city.", "the house of god.", "his father.",
+                                            "the children.", "the river."};
+  std::mt19937 rng(7);
+  std::string text;
+  while (text.size() < 80000) {
+    text += subjects[rng() % subjects.size()] + " " + verbs[rng() % verbs.size()] + " " +
+            objects[rng() % objects.size()] + "\n";
+  }
+  fs::create_directories(dir);
+  const size_t a = text.find('\n', text.size() * 9 / 10) + 1, b = text.find('\n', text.size() * 95 / 100) + 1;
+  std::ofstream(dir / "train.txt") << text.substr(0, a);
+  std::ofstream(dir / "valid.txt") << text.substr(a, b - a);
+  std::ofstream(dir / "test.txt") << text.substr(b);
+}
+
+std::string lm_config(const fs::path& corpus) {
+  return "[run]\ntask = \"lm\"\nsteps = 40\nbatch_size = 8\nlr = 3e-3\nwarmup_steps = 5\n"
+         "log_every = 5\neval_every = 20\neval_batches = 2\ncheckpoint_every = 10\n"
+         "[data]\ndir = \"" +
+         corpus.string() +
+         "\"\ncontext = 32\n"
+         "[model]\nd_model = 32\nlayers = 2\nheads = 2\nmoe_every = 1\n"
+         "[moe]\nrouter = \"noisy_topk\"\nnum_experts = 4\nhidden = 32\n";
+}
+
+std::vector<json> read_metrics(const fs::path& run) {
+  std::vector<json> out;
+  std::ifstream in(run / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(json::parse(line));
+  return out;
+}
+
+// The same while a process may be writing the file: a line cut short is skipped.
+std::vector<json> read_metrics_safely(const fs::path& run) {
+  std::vector<json> out;
+  std::ifstream in(run / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_discarded()) out.push_back(j);
+  }
+  return out;
+}
+
+std::vector<json> records(const std::vector<json>& all, const std::string& event) {
+  std::vector<json> out;
+  for (const auto& j : all)
+    if (j.at("event") == event) out.push_back(j);
+  return out;
+}
+
+moe::testing::CommandResult moe_cli(const std::string& args) {
+  return moe::testing::run_command(std::string("'") + MOE_CLI_PATH + "' " + args);
+}
+
+// Throws std::invalid_argument whose message contains every part.
+void expect_config_error(const std::string& toml, const std::vector<std::string>& parts) {
+  try {
+    moe::train::parse_train_config(RunConfig::from_string(toml));
+    ADD_FAILURE() << "no error for\n" << toml;
+  } catch (const std::invalid_argument& e) {
+    for (const auto& p : parts)
+      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << "\nmissing: " << p;
+  }
+}
+
+// ---- configuration -------------------------------------------------------------------------------
+
+TEST(TrainConfig, DefaultsAndTypedValues) {
+  const auto c = moe::train::parse_train_config(RunConfig::from_string(
+      "[run]\ntask = \"lm\"\n[moe]\nrouter = \"switch\"\nhidden = 64\n[model]\nmoe_every = 2\n"));
+  EXPECT_EQ(c.run.task, moe::train::Task::kLanguageModel);
+  EXPECT_EQ(c.moe.top_k, 1);  // switch routes to one expert
+  EXPECT_EQ(c.model.dense_hidden, 64);  // equal active compute: top_k · hidden
+  EXPECT_EQ(c.model.moe_every, 2);
+  const auto h = moe::train::parse_train_config(RunConfig::from_string(
+      "[run]\ntask = \"lm\"\n[moe]\nrouter = \"hierarchical\"\nnum_experts = 12\n"));
+  EXPECT_EQ(h.moe.groups, 3);  // the divisor of 12 closest to sqrt(12) from below
+}
+
+TEST(TrainConfig, BadValuesNameTheKeyAndTheValue) {
+  expect_config_error("[model]\nd_model = 8\n", {"run.task is missing", "lm", "classify"});
+  expect_config_error("[run]\ntask = \"speech\"\n", {"run.task", "'speech'", "lm, classify, multitask"});
+  expect_config_error("[run]\ntask = \"lm\"\n[moe]\nnum_experts = 4\ntop_k = 5\n",
+                      {"moe.top_k = 5", "at most moe.num_experts = 4"});
+  expect_config_error("[run]\ntask = \"lm\"\n[model]\nd_model = 30\nheads = 4\n",
+                      {"model.heads = 4", "divisor of model.d_model = 30"});
+  expect_config_error("[run]\ntask = \"lm\"\nsteps = 0\n", {"run.steps = 0", ">= 1"});
+  expect_config_error("[run]\ntask = \"lm\"\nlr = \"fast\"\n", {"run.lr", "a number", "'fast'"});
+  expect_config_error(
+      "[run]\ntask = \"lm\"\n[moe]\nrouter = \"top_any\"\nschedule = \"window\"\nrecord = 9\n"
+      "period = 9\n",
+      {"moe.record = 9", "less than moe.period = 9"});
+  expect_config_error("[run]\ntask = \"lm\"\n[moe]\nrouter = \"top_any\"\nnum_experts = 4\n"
+                      "initial_experts = 6\n",
+                      {"moe.initial_experts = 6", "at most moe.num_experts = 4"});
+  expect_config_error("[run]\ntask = \"lm\"\n[moe]\nrouter = \"hierarchical\"\nnum_experts = 12\n"
+                      "groups = 5\n",
+                      {"moe.groups = 5", "divisor of moe.num_experts = 12"});
+}
+
+TEST(TrainConfig, UnknownKeysAreErrors) {
+  // a typo, and a key of another router kind / task
+  expect_config_error("[run]\ntask = \"lm\"\n[moe]\nnum_expert = 4\n", {"unknown key", "moe.num_expert"});
+  expect_config_error("[run]\ntask = \"lm\"\n[moe]\nrouter = \"softmax_topk\"\nrecord = 3\n",
+                      {"unknown key", "moe.record", "softmax_topk"});
+  expect_config_error("[run]\ntask = \"classify\"\n[model]\nheads = 4\n", {"model.heads"});
+  expect_config_error("[run]\ntask = \"multitask\"\n[moe]\nrouter = \"switch\"\n", {"moe.router"});
+}
+
+// ---- every model trains --------------------------------------------------------------------------
+
+struct Variant {
+  const char* name;
+  std::vector<std::string> sets;
+  size_t probes;  // MoE layers (2 blocks)
+};
+
+void PrintTo(const Variant& v, std::ostream* os) { *os << v.name; }
+
+class EveryRouterKind : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(EveryRouterKind, TrainsAndLogsItsLayers) {
+  TempDir dir;
+  write_corpus(dir.path / "corpus");
+  auto config = RunConfig::from_string(lm_config(dir.path / "corpus"));
+  config.set("run.steps=6");
+  config.set("run.log_every=3");
+  config.set("run.eval_every=3");
+  for (const auto& s : GetParam().sets) config.set(s);
+  const auto summary = moe::train::run_training(config, (dir.path / "run").string(), false);
+  EXPECT_EQ(summary.last_step, 6);
+  EXPECT_TRUE(std::isfinite(summary.valid.at("bpc")));
+  EXPECT_EQ(summary.load.size(), GetParam().probes);
+  const auto train = records(read_metrics(dir.path / "run"), "train");
+  ASSERT_EQ(train.size(), 2u);
+  for (const auto& t : train) {
+    EXPECT_TRUE(std::isfinite(t.at("loss").get<double>()));
+    EXPECT_EQ(t.contains("moe") ? t.at("moe").size() : 0u, GetParam().probes);
+    if (!t.contains("moe")) continue;
+    for (const auto& l : t.at("moe")) {
+      double total = 0;
+      for (const auto& s : l.at("share")) total += s.get<double>();
+      EXPECT_NEAR(total, 1.0, 1e-9) << l.dump();
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Lm, EveryRouterKind,
+    ::testing::Values(
+        Variant{"dense", {"model.moe_every=0"}, 0},
+        Variant{"every_other", {"model.moe_every=2"}, 1},
+        Variant{"softmax_topk", {"moe.router=\"softmax_topk\"", "moe.capacity_factor=1.0"}, 2},
+        Variant{"noisy_topk", {}, 2}, Variant{"switch", {"moe.router=\"switch\""}, 2},
+        Variant{"hierarchical",
+                {"moe.router=\"hierarchical\"", "moe.groups=2", "moe.top_k=1",
+                 "moe.secondary_top_k=1"},
+                2},
+        Variant{"top_any",
+                {"moe.router=\"top_any\"", "moe.schedule=\"every_step\"", "moe.storage=\"resize\""},
+                2},
+        Variant{"hyper", {"moe.router=\"hyper\"", "moe.hyper_hidden=16"}, 2},
+        Variant{"smoe_dropout", {"moe.router=\"smoe_dropout\"", "moe.k_schedule=\"linear_increase\""}, 2}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Train, MultiTaskModelsTrainOnGeneratedData) {
+  for (const char* kind : {"shared_bottom", "omoe", "mmoe", "cgc", "ple"}) {
+    TempDir dir;
+    auto config = RunConfig::from_string(
+        "[run]\ntask = \"multitask\"\nsteps = 40\nbatch_size = 32\nlr = 1e-2\nlog_every = 10\n"
+        "eval_every = 20\n[data]\nsamples = 2000\ndim = 16\n[model]\nkind = \"" +
+        std::string(kind) + "\"\n");
+    const auto summary = moe::train::run_training(config, (dir.path / "run").string(), false);
+    const auto train = records(read_metrics(dir.path / "run"), "train");
+    ASSERT_EQ(train.size(), 4u) << kind;
+    EXPECT_LT(train.back().at("task_loss").get<double>(), train.front().at("task_loss").get<double>())
+        << kind;
+    EXPECT_TRUE(summary.valid.count("mse0") && summary.valid.count("mse1")) << kind;
+    // gates are logged for the MoE models, none for the shared bottom
+    EXPECT_EQ(train.back().contains("moe"), std::string(kind) != "shared_bottom") << kind;
+  }
+}
+
+TEST(Train, ClassifierOnFashionMnist) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "dataset-fashion-mnist is not installed (make deps)";
+  TempDir dir;
+  auto config = RunConfig::from_string(
+      "[run]\ntask = \"classify\"\nsteps = 60\nbatch_size = 64\nlog_every = 20\neval_every = 60\n"
+      "[model]\nd_model = 32\n[moe]\nnum_experts = 4\nhidden = 32\n");
+  const auto summary = moe::train::run_training(config, (dir.path / "run").string(), false);
+  EXPECT_GT(summary.valid.at("accuracy"), 0.5);  // 10 classes: chance is 0.1
+  ASSERT_EQ(summary.load.size(), 1u);
+  EXPECT_EQ(summary.load[0].share.size(), 4u);
+}
+
+// ---- the real program ------------------------------------------------------------------------------
+
+TEST(TrainCli, EndToEndLossDecreasesAndEvalReadsTheCheckpoint) {
+  TempDir dir;
+  write_corpus(dir.path / "corpus");
+  std::ofstream(dir.path / "lm.toml") << lm_config(dir.path / "corpus");
+  const auto run = dir.path / "run";
+  auto r = moe_cli("--threads 2 train " + (dir.path / "lm.toml").string() + " --out " +
+                   run.string() + " --set run.steps=80 --set run.eval_every=40");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("validation (whole split)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("blocks.0.ffn"), std::string::npos) << r.output;
+  // plain progress lines (stdout is a pipe, not a terminal)
+  EXPECT_NE(r.output.find("step 80/80"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find('\r'), std::string::npos);
+
+  const auto all = read_metrics(run);
+  ASSERT_FALSE(all.empty());
+  EXPECT_EQ(all.front().at("event"), "start");
+  EXPECT_EQ(all.back().at("event"), "end");
+  const auto train = records(all, "train");
+  ASSERT_EQ(train.size(), 16u);
+  // from ~ln(alphabet) towards the grammar's entropy
+  const double first = train.front().at("task_loss"), last = train.back().at("task_loss");
+  EXPECT_LT(last, first - 0.8) << first << " -> " << last;
+  const auto evals = records(all, "eval");
+  ASSERT_EQ(evals.size(), 2u);  // step 40 and the whole split at the end
+  EXPECT_EQ(evals.back().at("step"), 80);
+  EXPECT_NEAR(evals.back().at("bpc").get<double>(), evals.back().at("loss").get<double>() / std::log(2.0),
+              1e-12);
+  // the effective configuration has the override
+  EXPECT_EQ(RunConfig::from_file((run / "config.toml").string()).get_int("run.steps", 0), 80);
+
+  r = moe_cli("eval " + run.string() + " --split valid");
+  ASSERT_EQ(r.status, 0) << r.output;
+  char expected[64];
+  std::snprintf(expected, sizeof expected, "bpc %.4f", evals.back().at("bpc").get<double>());
+  EXPECT_NE(r.output.find(expected), std::string::npos) << r.output << "\nexpected " << expected;
+}
+
+TEST(TrainCli, ErrorsAreClearAndLoseNothing) {
+  TempDir dir;
+  write_corpus(dir.path / "corpus");
+  const auto cfg = (dir.path / "lm.toml").string();
+  std::ofstream(cfg) << lm_config(dir.path / "corpus");
+  auto r = moe_cli("train");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("--resume"), std::string::npos) << r.output;
+  r = moe_cli("train " + cfg);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("--out"), std::string::npos) << r.output;
+  r = moe_cli("train " + cfg + " --out " + (dir.path / "x").string() + " --set moe.num_expert=3");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("moe.num_expert"), std::string::npos) << r.output;
+  std::ofstream(dir.path / "broken.toml") << "[run]\ntask = \"lm\"\nsteps = = 3\n";
+  r = moe_cli("train " + (dir.path / "broken.toml").string() + " --out " + (dir.path / "y").string());
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("broken.toml:3:"), std::string::npos) << r.output;  // file:line:column
+  r = moe_cli("train --resume " + (dir.path / "nothing").string());
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("does not exist"), std::string::npos) << r.output;
+  r = moe_cli("train " + cfg + " --out " + (dir.path / "z").string() +
+              " --set data.dir=/nonexistent/corpus");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("/nonexistent/corpus"), std::string::npos) << r.output;
+
+  // a finished run is never overwritten by a new one
+  const auto run = dir.path / "run";
+  ASSERT_EQ(moe_cli("train " + cfg + " --out " + run.string() + " --set run.steps=5").status, 0);
+  const auto before = fs::last_write_time(run / "checkpoint.safetensors");
+  r = moe_cli("train " + cfg + " --out " + run.string());
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("already holds a run"), std::string::npos) << r.output;
+  EXPECT_EQ(fs::last_write_time(run / "checkpoint.safetensors"), before);
+  r = moe_cli("eval " + run.string() + " --split train");
+  EXPECT_NE(r.status, 0);
+}
+
+// The train records that both runs wrote, compared field by field (bitwise: JSON keeps every digit).
+void expect_same_training(const std::vector<json>& a, const std::vector<json>& b) {
+  const auto ta = records(a, "train"), tb = records(b, "train");
+  ASSERT_EQ(ta.size(), tb.size());
+  for (size_t i = 0; i < ta.size(); ++i) {
+    SCOPED_TRACE("step " + ta[i].at("step").dump());
+    EXPECT_EQ(ta[i].at("step"), tb[i].at("step"));
+    for (const char* k : {"loss", "task_loss", "aux_loss", "lr", "bpc"})
+      EXPECT_EQ(ta[i].at(k).get<double>(), tb[i].at(k).get<double>()) << k;
+    if (ta[i].contains("moe")) {
+      EXPECT_EQ(ta[i].at("moe"), tb[i].at("moe"));
+    }
+  }
+  const auto ea = records(a, "eval"), eb = records(b, "eval");
+  ASSERT_EQ(ea.size(), eb.size());
+  for (size_t i = 0; i < ea.size(); ++i) EXPECT_EQ(ea[i].at("bpc").get<double>(), eb[i].at("bpc").get<double>());
+}
+
+class ResumeAfterKill : public ::testing::TestWithParam<Variant> {};
+
+// Run A trains uninterrupted. Run B is killed (SIGKILL) at some point after its second checkpoint,
+// then resumed from whatever checkpoint survived: its records must equal A's bit for bit.
+TEST_P(ResumeAfterKill, ReproducesTheUninterruptedRun) {
+  TempDir dir;
+  write_corpus(dir.path / "corpus");
+  const auto cfg = (dir.path / "lm.toml").string();
+  std::ofstream(cfg) << lm_config(dir.path / "corpus");
+  std::vector<std::string> sets = {"run.steps=150", "run.checkpoint_every=5", "run.eval_every=25"};
+  for (const auto& x : GetParam().sets) sets.push_back(x);
+  std::string shell_sets;
+  for (const auto& x : sets) shell_sets += " --set '" + x + "'";
+  const auto a = dir.path / "a", b = dir.path / "b";
+  auto r = moe_cli("train " + cfg + " --out " + a.string() + shell_sets);
+  ASSERT_EQ(r.status, 0) << r.output;
+
+  std::vector<std::string> args = {MOE_CLI_PATH, "train", cfg, "--out", b.string()};
+  for (const auto& x : sets) {
+    args.push_back("--set");
+    args.push_back(x);
+  }
+  std::vector<char*> argv;
+  for (auto& x : args) argv.push_back(x.data());
+  argv.push_back(nullptr);
+  const std::string log = (dir.path / "b.log").string();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::freopen(log.c_str(), "w", stdout);
+    std::freopen(log.c_str(), "a", stderr);
+    ::execv(MOE_CLI_PATH, argv.data());
+    std::_Exit(127);
+  }
+  // kill it once it has logged step 10 (a checkpoint or two written; top_any still adds experts
+  // after each window, so a resume that lost a window's records would diverge)
+  bool killed = false;
+  for (int i = 0; i < 6000 && !killed; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    for (const auto& j : records(read_metrics_safely(b), "train"))
+      if (j.at("step").get<int>() >= 10) killed = true;
+  }
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(killed) << "run B never reached step 10";
+  ASSERT_TRUE(WIFSIGNALED(status)) << "run B finished before it was killed; make it longer";
+
+  r = moe_cli("train --resume " + b.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming"), std::string::npos) << r.output;
+  for (const auto& e : fs::directory_iterator(b))  // no temporary file left behind
+    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
+  expect_same_training(read_metrics(a), read_metrics(b));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Lm, ResumeAfterKill,
+    ::testing::Values(
+        Variant{"noisy_topk", {}, 2},
+        // recording windows [3..6], [8..11], [13..16], ...: every checkpoint (a multiple of 5)
+        // falls inside an open window, whose records must survive the restart
+        Variant{"top_any_resize",
+                {"moe.router=\"top_any\"", "moe.storage=\"resize\"", "moe.record=3",
+                 "moe.period=5", "moe.initial_experts=1"},
+                2},
+        Variant{"smoe_dropout", {"moe.router=\"smoe_dropout\"", "moe.k_min=1", "moe.k_max=4"}, 2}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+// ---- progress display ---------------------------------------------------------------------------
+
+TEST(Progress, LinesAndDurations) {
+  EXPECT_EQ(moe::train::format_duration(42.4), "42s");
+  EXPECT_EQ(moe::train::format_duration(185), "3m05s");
+  EXPECT_EQ(moe::train::format_duration(3720), "1h02m");
+  EXPECT_EQ(moe::train::format_duration(NAN), "?");
+  std::FILE* f = std::tmpfile();
+  // resumed at step 100 of 300: 50 steps in 10 s = 5 steps/s, 150 left = 30 s
+  moe::train::Progress p(300, 100, f, /*interactive=*/0, /*plain_interval_s=*/0);
+  const auto line = p.line(150, 1.5, 2000, 10);
+  EXPECT_NE(line.find("step 150/300"), std::string::npos) << line;
+  EXPECT_NE(line.find("5.00 steps/s"), std::string::npos) << line;
+  EXPECT_NE(line.find("ETA 30s"), std::string::npos) << line;
+  EXPECT_NE(line.find("loss 1.5000"), std::string::npos) << line;
+  p.update(150, 1.5, 2000, 10);
+  p.note("eval");
+  p.finish();
+  std::rewind(f);
+  char buf[512] = {};
+  const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  const std::string text(buf, n);
+  EXPECT_EQ(text, line + "\neval\n");  // plain lines only, no carriage returns or escapes
+}
+
+}  // namespace

@@ -1,0 +1,382 @@
+// The models of `moe train` (tools/train/models.h).
+#include "train/models.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "moe/moe.h"
+
+namespace moe::train {
+namespace {
+
+Activation activation_of(const std::string& s) {
+  if (s == "gelu") return Activation::kGELU;
+  if (s == "silu") return Activation::kSiLU;
+  if (s == "swiglu") return Activation::kSwiGLU;
+  if (s == "geglu") return Activation::kGEGLU;
+  return Activation::kReLU;
+}
+
+TopKSchedule::Mode schedule_mode(const std::string& s) {
+  using M = TopKSchedule::Mode;
+  if (s == "linear_increase") return M::kLinearIncrease;
+  if (s == "linear_decrease") return M::kLinearDecrease;
+  if (s == "cosine_increase") return M::kCosineIncrease;
+  if (s == "cosine_decrease") return M::kCosineDecrease;
+  if (s == "exp_increase") return M::kExpIncrease;
+  if (s == "multistep_increase") return M::kMultiStepIncrease;
+  if (s == "multistep_decrease") return M::kMultiStepDecrease;
+  return M::kConstant;
+}
+
+c10::optional<double> optional_coef(double c) {
+  return c < 0 ? c10::nullopt : c10::optional<double>(c);
+}
+
+// The feed-forward slot of a block: a dense MLP or one MoE layer of the configured router. The
+// submodule is registered as "dense" or "moe", so parameter names read block.N.ffn.moe.experts.w1.
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  FeedForwardImpl(const MoESection& m, int64_t d, bool sparse, int64_t dense_hidden,
+                  int64_t total_steps)
+      : sparse_(sparse) {
+    if (!sparse) {
+      dense = register_module("dense", torch::nn::Sequential(torch::nn::Linear(d, dense_hidden),
+                                                             torch::nn::ReLU(),
+                                                             torch::nn::Linear(dense_hidden, d)));
+      return;
+    }
+    const Activation act = activation_of(m.activation);
+    if (m.router == "top_any") {
+      auto o = nn::TopAnyMoEOptions(d, m.num_experts)
+                   .initial_experts(m.initial_experts)
+                   .hidden_size(m.hidden)
+                   .activation(act)
+                   .aux_loss_coef(m.top_any_aux_coef)
+                   .storage(m.storage == "resize" ? nn::ExpertStorage::kResize
+                                                  : nn::ExpertStorage::kPoolMask)
+                   .temperature(m.temperature == "trainable" ? TopAnyTemperature::kTrainable
+                                : m.temperature == "none"    ? TopAnyTemperature::kNone
+                                                             : TopAnyTemperature::kFrozen);
+      if (m.schedule == "window")
+        o.schedule(nn::ExpertSchedule::window(m.record, m.period));
+      else if (m.schedule == "every_step")
+        o.schedule(nn::ExpertSchedule::every_step());
+      any = register_module("moe", nn::TopAnyMoE(o));
+    } else if (m.router == "hierarchical") {
+      auto o = nn::HierarchicalMoEOptions(d, m.groups, m.num_experts / m.groups)
+                   .hidden_size(m.hidden)
+                   .activation(act)
+                   .noise_epsilon(m.noise_epsilon);
+      o.primary_top_k(m.top_k).secondary_top_k(m.secondary_top_k);
+      if (m.importance_coef >= 0) o.importance_coef(m.importance_coef);
+      if (m.load_coef >= 0) o.load_coef(m.load_coef);
+      hier = register_module("moe", nn::HierarchicalMoE(o));
+    } else if (m.router == "hyper" || m.router == "smoe_dropout") {
+      auto o = nn::HyperRouterMoEOptions(d, m.num_experts)
+                   .hidden_size(m.hidden)
+                   .router(m.router == "hyper" ? nn::HyperRouterKind::kHyper
+                                               : nn::HyperRouterKind::kFrozenRandom)
+                   .top_k(m.top_k)
+                   .activation(act)
+                   .hyper_hidden(m.hyper_hidden)
+                   .balance_coef(std::max(0.0, m.balance_coef))
+                   .z_loss_coef(std::max(0.0, m.z_loss_coef));
+      if (m.k_schedule != "constant")
+        o.k_schedule(TopKSchedule(schedule_mode(m.k_schedule), m.k_min, m.k_max, total_steps));
+      hyper = register_module("moe", nn::HyperRouterMoE(o));
+    } else {
+      const RouterKind kind = m.router == "softmax_topk" ? RouterKind::kSoftmaxTopK
+                              : m.router == "switch"     ? RouterKind::kSwitch
+                                                         : RouterKind::kNoisyTopK;
+      topk = register_module("moe", nn::SparseMoE(nn::SparseMoEOptions(d, m.num_experts)
+                                                      .hidden_size(m.hidden)
+                                                      .top_k(m.top_k)
+                                                      .router(kind)
+                                                      .activation(act)
+                                                      .capacity_factor(m.capacity_factor)
+                                                      .noise_epsilon(m.noise_epsilon)
+                                                      .importance_coef(optional_coef(m.importance_coef))
+                                                      .load_coef(optional_coef(m.load_coef))
+                                                      .balance_coef(optional_coef(m.balance_coef))
+                                                      .z_loss_coef(optional_coef(m.z_loss_coef))));
+    }
+  }
+
+  // x: [..., d]. Adds the aux loss to *aux and appends the layer's statistics to *probes.
+  torch::Tensor forward(const torch::Tensor& x, const std::string& name, torch::Tensor* aux,
+                        std::vector<LayerProbe>* probes) {
+    if (!sparse_) return dense->forward(x);
+    MoEOutput r = any    ? any->forward(x)
+                  : hier  ? hier->forward(x)
+                  : hyper ? hyper->forward(x)
+                          : topk->forward(x);
+    *aux = *aux + r.aux_loss;
+    probes->push_back({name, std::move(r.stats), {}});
+    return r.output;
+  }
+
+  bool sparse() const { return sparse_; }
+
+  torch::nn::Sequential dense{nullptr};
+  nn::SparseMoE topk{nullptr};
+  nn::HierarchicalMoE hier{nullptr};
+  nn::TopAnyMoE any{nullptr};
+  nn::HyperRouterMoE hyper{nullptr};
+
+ private:
+  bool sparse_;
+};
+TORCH_MODULE(FeedForward);
+
+bool block_is_sparse(const ModelSection& m, int64_t block) {
+  // moe_every = 2: blocks 1, 3, 5, ... (the second of every pair, as in GShard and Switch)
+  return m.moe_every > 0 && (block + 1) % m.moe_every == 0;
+}
+
+// ---- the language model ------------------------------------------------------------------------
+
+// Pre-norm decoder block: x + attn(ln1(x)), then x + ffn(ln2(x)), causal multi-head attention.
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const TrainConfig& c, int64_t index)
+      : heads_(c.model.heads), dropout_(c.model.dropout), name_("blocks." + std::to_string(index) + ".ffn") {
+    const int64_t d = c.model.d_model;
+    ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+    ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+    qkv = register_module("qkv", torch::nn::Linear(d, 3 * d));
+    proj = register_module("proj", torch::nn::Linear(d, d));
+    ffn = register_module("ffn", FeedForward(c.moe, d, block_is_sparse(c.model, index),
+                                             c.model.dense_hidden, c.run.steps));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x, torch::Tensor* aux, std::vector<LayerProbe>* probes) {
+    const int64_t B = x.size(0), L = x.size(1), d = x.size(2), dh = d / heads_;
+    auto qkv_ = qkv(ln1(x)).view({B, L, 3, heads_, dh}).permute({2, 0, 3, 1, 4});
+    const auto q = qkv_[0], k = qkv_[1], v = qkv_[2];  // [B, H, L, dh]
+    auto att = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(dh)));
+    const auto future = torch::ones({L, L}, torch::TensorOptions().dtype(torch::kBool)).triu(1);
+    att = torch::softmax(att.masked_fill(future, -std::numeric_limits<float>::infinity()), -1);
+    att = torch::dropout(att, dropout_, is_training());
+    auto y = torch::matmul(att, v).transpose(1, 2).reshape({B, L, d});
+    auto h = x + torch::dropout(proj(y), dropout_, is_training());
+    const auto f = ffn->forward(ln2(h).reshape({B * L, d}), name_, aux, probes).view({B, L, d});
+    return h + torch::dropout(f, dropout_, is_training());
+  }
+
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  torch::nn::Linear qkv{nullptr}, proj{nullptr};
+  FeedForward ffn{nullptr};
+
+ private:
+  int64_t heads_;
+  double dropout_;
+  std::string name_;
+};
+TORCH_MODULE(Block);
+
+class TransformerLMImpl : public torch::nn::Module {
+ public:
+  TransformerLMImpl(const TrainConfig& c, int64_t vocab) {
+    const int64_t d = c.model.d_model;
+    token = register_module("token_embedding", torch::nn::Embedding(vocab, d));
+    position = register_module("position_embedding", torch::nn::Embedding(c.data.context, d));
+    blocks = register_module("blocks", torch::nn::ModuleList());
+    for (int64_t i = 0; i < c.model.layers; ++i) blocks->push_back(Block(c, i));
+    ln = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+    head = register_module("head", torch::nn::Linear(d, vocab));
+    // GPT-2's initialisation: N(0, 0.02) for embeddings and attention/dense weights, residual
+    // projections scaled by 1/sqrt(2·layers); the MoE layers keep their own initialisers.
+    torch::NoGradGuard no_grad;
+    const double std = 0.02, proj_std = 0.02 / std::sqrt(2.0 * c.model.layers);
+    token->weight.normal_(0, std);
+    position->weight.normal_(0, std);
+    for (const auto& b : *blocks) {
+      auto& blk = *b->as<BlockImpl>();
+      blk.qkv->weight.normal_(0, std);
+      blk.qkv->bias.zero_();
+      blk.proj->weight.normal_(0, proj_std);
+      blk.proj->bias.zero_();
+      if (blk.ffn->dense) {
+        auto l1 = blk.ffn->dense[0]->as<torch::nn::LinearImpl>();
+        auto l2 = blk.ffn->dense[2]->as<torch::nn::LinearImpl>();
+        l1->weight.normal_(0, std);
+        l1->bias.zero_();
+        l2->weight.normal_(0, proj_std);
+        l2->bias.zero_();
+      }
+    }
+    head->weight.normal_(0, std);
+    head->bias.zero_();
+  }
+
+  ModelOutput forward(const torch::Tensor& idx) {
+    const int64_t L = idx.size(1);
+    ModelOutput out;
+    out.aux_loss = torch::zeros({});
+    auto x = token(idx) + position(torch::arange(L, idx.options()));
+    for (const auto& b : *blocks) x = b->as<BlockImpl>()->forward(x, &out.aux_loss, &out.probes);
+    out.logits = head(ln(x));
+    return out;
+  }
+
+  torch::nn::Embedding token{nullptr}, position{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::LayerNorm ln{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(TransformerLM);
+
+// ---- the classifier ----------------------------------------------------------------------------
+
+// 784 → Linear → ReLU → [h + ffn_i(h)]_i → Linear → 10: the Fashion-MNIST demo's network with
+// `layers` residual feed-forward blocks.
+class ClassifierImpl : public torch::nn::Module {
+ public:
+  explicit ClassifierImpl(const TrainConfig& c) {
+    const int64_t d = c.model.d_model;
+    in = register_module("in", torch::nn::Linear(784, d));
+    blocks = register_module("blocks", torch::nn::ModuleList());
+    for (int64_t i = 0; i < c.model.layers; ++i)
+      blocks->push_back(FeedForward(c.moe, d, block_is_sparse(c.model, i), c.model.dense_hidden,
+                                    c.run.steps));
+    out = register_module("out", torch::nn::Linear(d, 10));
+  }
+
+  ModelOutput forward(const torch::Tensor& x) {
+    ModelOutput r;
+    r.aux_loss = torch::zeros({});
+    auto h = torch::relu(in(x.view({x.size(0), -1})));
+    int64_t i = 0;
+    for (const auto& b : *blocks)
+      h = h + b->as<FeedForwardImpl>()->forward(h, "blocks." + std::to_string(i++), &r.aux_loss,
+                                                &r.probes);
+    r.logits = out(h);
+    return r;
+  }
+
+  torch::nn::Linear in{nullptr}, out{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+};
+TORCH_MODULE(Classifier);
+
+// ---- the wrappers ------------------------------------------------------------------------------
+
+template <typename Holder>
+class SingleTaskModel : public Model {
+ public:
+  SingleTaskModel(Holder m, std::string description)
+      : m_(std::move(m)), description_(std::move(description)) {}
+  ModelOutput forward(const torch::Tensor& input) override { return m_->forward(input); }
+  torch::nn::Module& module() override { return *m_; }
+  std::string description() const override { return description_; }
+
+ private:
+  Holder m_;
+  std::string description_;
+};
+
+template <typename Holder>
+class MultiTaskModel : public Model {
+ public:
+  MultiTaskModel(Holder m, std::string kind, std::vector<std::vector<std::string>> gate_names)
+      : m_(std::move(m)), kind_(std::move(kind)), gate_names_(std::move(gate_names)) {}
+  ModelOutput forward(const torch::Tensor& input) override {
+    MultiTaskOutput o = m_->forward(input);
+    ModelOutput r;
+    r.outputs = std::move(o.outputs);
+    r.aux_loss = o.aux_loss.defined() ? o.aux_loss : torch::zeros({});
+    for (size_t l = 0; l < o.gate_mass.size(); ++l)
+      for (size_t g = 0; g < o.gate_mass[l].size(); ++g)
+        r.probes.push_back({gate_names_[l][g], {}, o.gate_mass[l][g].detach()});
+    return r;
+  }
+  torch::nn::Module& module() override { return *m_; }
+  std::string description() const override { return kind_; }
+
+ private:
+  Holder m_;
+  std::string kind_;
+  std::vector<std::vector<std::string>> gate_names_;
+};
+
+std::vector<std::vector<std::string>> gate_names(int64_t levels, int64_t tasks, bool shared_gate,
+                                                 bool one_gate) {
+  std::vector<std::vector<std::string>> names(levels);
+  for (int64_t l = 0; l < levels; ++l) {
+    const std::string prefix = levels > 1 ? "level" + std::to_string(l) + "." : "";
+    if (one_gate) {
+      names[l].push_back(prefix + "gate");
+      continue;
+    }
+    for (int64_t k = 0; k < tasks; ++k) names[l].push_back(prefix + "task" + std::to_string(k) + "_gate");
+    if (shared_gate && l + 1 < levels) names[l].push_back(prefix + "shared_gate");
+  }
+  return names;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> build_model(const TrainConfig& c, int64_t vocab_size, int64_t input_dim) {
+  switch (c.run.task) {
+    case Task::kLanguageModel:
+      return std::make_unique<SingleTaskModel<TransformerLM>>(
+          TransformerLM(c, vocab_size), c.model.moe_every > 0 ? "moe" : "dense");
+    case Task::kClassify:
+      return std::make_unique<SingleTaskModel<Classifier>>(Classifier(c),
+                                                           c.model.moe_every > 0 ? "moe" : "dense");
+    case Task::kMultiTask:
+      break;
+  }
+  const ModelSection& m = c.model;
+  const int64_t tasks = 2;
+  nn::TaskGateOptions gate;
+  gate.top_k(m.gate_top_k);
+  if (m.kind == "shared_bottom")
+    return std::make_unique<MultiTaskModel<nn::SharedBottom>>(
+        nn::SharedBottom(nn::SharedBottomOptions(input_dim, tasks)
+                             .bottom_hidden(m.bottom_hidden)
+                             .tower_hidden(m.tower_hidden)),
+        m.kind, std::vector<std::vector<std::string>>{});
+  if (m.kind == "mmoe" || m.kind == "omoe")
+    return std::make_unique<MultiTaskModel<nn::MMoE>>(
+        nn::MMoE(nn::MMoEOptions(input_dim, m.num_experts, tasks)
+                     .expert_hidden(m.expert_hidden)
+                     .tower_hidden(m.tower_hidden)
+                     .one_gate(m.kind == "omoe")
+                     .gate(gate)),
+        m.kind, gate_names(1, tasks, false, m.kind == "omoe"));
+  return std::make_unique<MultiTaskModel<nn::PLE>>(
+      nn::PLE(nn::PLEOptions(input_dim, tasks)
+                  .levels(m.levels)
+                  .specific_experts(m.specific_experts)
+                  .shared_experts(m.shared_experts)
+                  .expert_hidden(m.expert_hidden)
+                  .tower_hidden(m.tower_hidden)
+                  .gate(gate)),
+      m.kind, gate_names(m.levels, tasks, true, false));
+}
+
+ParameterCount count_parameters(const TrainConfig& c, Model& model) {
+  ParameterCount n;
+  double inactive = 0;
+  for (const auto& p : model.module().named_parameters()) {
+    n.total += p.value().numel();
+    // expert weights of MoE layers: a token uses k of E (top_any: counted as one)
+    const auto& name = p.key();
+    if (c.run.task == Task::kMultiTask || name.find(".moe.experts.") == std::string::npos)
+      continue;
+    const int64_t E = p.value().size(0);
+    const int64_t k = c.moe.router == "top_any" ? 1
+                      : c.moe.router == "hierarchical"
+                          ? c.moe.top_k * c.moe.secondary_top_k
+                          : std::max(c.moe.top_k, c.moe.k_max);
+    inactive += static_cast<double>(p.value().numel()) * (1.0 - static_cast<double>(std::min(k, E)) / E);
+  }
+  n.active = n.total - static_cast<int64_t>(inactive);
+  return n;
+}
+
+}  // namespace moe::train

@@ -1,0 +1,42 @@
+// The progress display of long work: on a terminal one line redrawn in place (step, steps/s,
+// tokens/s, loss, ETA); otherwise a plain line per update, so that logs and CI output stay
+// readable.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace moe::train {
+
+/// "1h02m", "3m05s", "42s".
+std::string format_duration(double seconds);
+
+class Progress {
+ public:
+  /// total: the last step; first: the step the work starts after (a resumed run's checkpoint).
+  /// `out` defaults to stdout; `interactive` to whether it is a terminal. Plain lines come at most
+  /// every `plain_interval_s` seconds (and at the last step).
+  Progress(int64_t total, int64_t first, std::FILE* out = stdout, int interactive = -1,
+           double plain_interval_s = 5.0);
+  /// After `step` at `elapsed` seconds since the start, with the latest loss and tokens/s.
+  void update(int64_t step, double loss, double tokens_per_s, double elapsed);
+  /// A message on its own line (the live line is redrawn below it).
+  void note(const std::string& message);
+  /// Ends the live line.
+  void finish();
+
+  /// The text of one update (without the carriage return), for tests.
+  std::string line(int64_t step, double loss, double tokens_per_s, double elapsed) const;
+
+ private:
+  int64_t total_, first_;
+  std::FILE* out_;
+  bool interactive_;
+  double plain_interval_s_;
+  double last_plain_ = -1e300;
+  bool live_ = false;  // a live line is on screen
+  std::string last_;
+};
+
+}  // namespace moe::train

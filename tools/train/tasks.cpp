@@ -1,0 +1,237 @@
+// The tasks of `moe train` (tools/train/tasks.h).
+#include "train/tasks.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "moe/data/char_corpus.h"
+#include "moe/data/fashion_mnist.h"
+#include "moe/data/mmoe_synthetic.h"
+#include "moe/io/safetensors.h"
+#include "moe/multitask_loss.h"
+
+namespace moe::train {
+namespace {
+
+const double kLn2 = std::log(2.0);
+
+// ---- lm ----------------------------------------------------------------------------------------
+
+class CharLM : public TaskData {
+ public:
+  CharLM(const TrainConfig& c) : context_(c.data.context), corpus_(data::load_char_corpus(c.data.dir)) {
+    for (const auto* s : {&corpus_.train, &corpus_.valid, &corpus_.test})
+      TORCH_CHECK_VALUE(s->numel() > context_, "data: ", c.data.dir, " has a split of ", s->numel(),
+                        " characters, too short for data.context = ", context_,
+                        "; lower data.context or use a larger corpus");
+  }
+
+  Batch train_batch(int64_t batch_size) override {
+    // random windows [s, s + L] of the training text: input s..s+L-1, target s+1..s+L
+    const int64_t n = corpus_.train.numel();
+    const auto starts = torch::randint(n - context_, {batch_size, 1}, torch::kLong);
+    const auto idx = starts + torch::arange(context_ + 1, torch::kLong);
+    const auto w = corpus_.train.index({idx});
+    return {w.slice(1, 0, context_), w.slice(1, 1), batch_size * context_};
+  }
+
+  torch::Tensor loss(const ModelOutput& out, const Batch& b, Metrics* m) override {
+    auto l = torch::nn::functional::cross_entropy(out.logits.reshape({-1, out.logits.size(-1)}),
+                                                  b.target.reshape({-1}));
+    (*m)["bpc"] = l.item<double>() / kLn2;
+    return l;
+  }
+
+  Metrics evaluate(Model& model, const std::string& split, int64_t batch_size,
+                   int64_t max_batches) override {
+    // Consecutive windows of L + 1 characters overlapping by one: every character after the
+    // first is predicted exactly once (the first of each window with no context, as in training).
+    const auto& text = split == "test" ? corpus_.test : corpus_.valid;
+    const int64_t windows = (text.numel() - 1) / context_;
+    double nats = 0;
+    int64_t chars = 0;
+    for (int64_t w0 = 0, batch = 0; w0 < windows && (max_batches == 0 || batch < max_batches);
+         w0 += batch_size, ++batch) {
+      const int64_t nw = std::min(batch_size, windows - w0);
+      const auto idx = (torch::arange(w0, w0 + nw, torch::kLong) * context_).unsqueeze(1) +
+                       torch::arange(context_ + 1, torch::kLong);
+      const auto w = text.index({idx});
+      const auto out = model.forward(w.slice(1, 0, context_));
+      nats += torch::nn::functional::cross_entropy(
+                  out.logits.reshape({-1, out.logits.size(-1)}), w.slice(1, 1).reshape({-1}),
+                  torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                  .item<double>();
+      chars += nw * context_;
+    }
+    return {{"loss", nats / chars}, {"bpc", nats / chars / kLn2}, {"tokens", double(chars)}};
+  }
+
+  int64_t vocab_size() const override { return static_cast<int64_t>(corpus_.vocab.size()); }
+  std::string describe() const override {
+    std::ostringstream s;
+    s << "character corpus: " << corpus_.train.numel() << " / " << corpus_.valid.numel() << " / "
+      << corpus_.test.numel() << " train / valid / test characters, " << corpus_.vocab.size()
+      << " symbols, context " << context_;
+    return s.str();
+  }
+
+ private:
+  int64_t context_;
+  data::CharCorpus corpus_;
+};
+
+// ---- classify ----------------------------------------------------------------------------------
+
+class FashionMnist : public TaskData {
+ public:
+  static constexpr int64_t kValid = 5000;
+
+  explicit FashionMnist(const TrainConfig& c) {
+    auto train = data::load_fashion_mnist(c.data.dir, true);
+    const int64_t n = train.x.size(0) - kValid;
+    train_ = {train.x.slice(0, 0, n), train.y.slice(0, 0, n)};
+    valid_ = {train.x.slice(0, n), train.y.slice(0, n)};
+    test_ = data::load_fashion_mnist(c.data.dir, false);
+  }
+
+  Batch train_batch(int64_t batch_size) override {
+    const auto idx = torch::randint(train_.x.size(0), {batch_size}, torch::kLong);
+    return {train_.x.index_select(0, idx), train_.y.index_select(0, idx), batch_size};
+  }
+
+  torch::Tensor loss(const ModelOutput& out, const Batch& b, Metrics* m) override {
+    (*m)["accuracy"] = out.logits.argmax(1).eq(b.target).to(torch::kDouble).mean().item<double>();
+    return torch::nn::functional::cross_entropy(out.logits, b.target);
+  }
+
+  Metrics evaluate(Model& model, const std::string& split, int64_t batch_size,
+                   int64_t max_batches) override {
+    const auto& s = split == "test" ? test_ : valid_;
+    const int64_t n = s.x.size(0);
+    double nats = 0, correct = 0;
+    int64_t seen = 0;
+    for (int64_t i = 0, batch = 0; i < n && (max_batches == 0 || batch < max_batches);
+         i += batch_size, ++batch) {
+      const auto x = s.x.slice(0, i, i + batch_size), y = s.y.slice(0, i, i + batch_size);
+      const auto out = model.forward(x);
+      nats += torch::nn::functional::cross_entropy(
+                  out.logits, y,
+                  torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                  .item<double>();
+      correct += out.logits.argmax(1).eq(y).sum().item<double>();
+      seen += x.size(0);
+    }
+    return {{"loss", nats / seen}, {"accuracy", correct / seen}, {"tokens", double(seen)}};
+  }
+
+  std::string describe() const override {
+    std::ostringstream s;
+    s << "Fashion-MNIST: " << train_.x.size(0) << " / " << valid_.x.size(0) << " / "
+      << test_.x.size(0) << " train / valid / test images";
+    return s.str();
+  }
+
+ private:
+  data::LabeledImages train_, valid_, test_;
+};
+
+// ---- multitask ---------------------------------------------------------------------------------
+
+class SyntheticMultiTask : public TaskData {
+ public:
+  explicit SyntheticMultiTask(const TrainConfig& c)
+      : loss_({{TaskType::kRegression, TaskType::kRegression}, {}, {}}) {
+    torch::Tensor x, y;
+    if (!c.data.file.empty()) {
+      const auto f = io::load_safetensors(c.data.file);
+      x = f.find("x");
+      y = f.find("y");
+      TORCH_CHECK_VALUE(x.defined() && y.defined() && x.dim() == 2 && y.dim() == 2 &&
+                            y.size(1) == 2 && x.size(0) == y.size(0) && x.size(0) >= 10,
+                        "data.file = ", c.data.file,
+                        ": expected tensors x [N, d] and y [N, 2] with N >= 10 (the output of "
+                        "`moe data synthetic`)");
+      source_ = c.data.file;
+    } else {
+      const data::MMoESynthetic gen(data::MMoESyntheticOptions()
+                                        .dim(c.data.dim)
+                                        .correlation(c.data.correlation)
+                                        .seed(c.data.data_seed));
+      const auto b = gen.sample(c.data.samples, c.data.data_seed + 1);
+      x = b.x;
+      y = b.y;
+      std::ostringstream s;
+      s << "generated, correlation " << c.data.correlation << ", seed " << c.data.data_seed;
+      source_ = s.str();
+    }
+    x = x.to(torch::kFloat);
+    y = y.to(torch::kFloat);
+    const int64_t n = x.size(0), n_train = n * 8 / 10, n_valid = n / 10;
+    train_ = {x.slice(0, 0, n_train), y.slice(0, 0, n_train)};
+    valid_ = {x.slice(0, n_train, n_train + n_valid), y.slice(0, n_train, n_train + n_valid)};
+    test_ = {x.slice(0, n_train + n_valid), y.slice(0, n_train + n_valid)};
+  }
+
+  Batch train_batch(int64_t batch_size) override {
+    const auto idx = torch::randint(train_.first.size(0), {batch_size}, torch::kLong);
+    return {train_.first.index_select(0, idx), train_.second.index_select(0, idx), batch_size};
+  }
+
+  torch::Tensor loss(const ModelOutput& out, const Batch& b, Metrics* m) override {
+    std::vector<torch::Tensor> per_task;
+    auto l = loss_(out.outputs, b.target, {}, 0, &per_task);
+    for (size_t k = 0; k < per_task.size(); ++k)
+      (*m)["mse" + std::to_string(k)] = per_task[k].item<double>();
+    return l;
+  }
+
+  Metrics evaluate(Model& model, const std::string& split, int64_t batch_size,
+                   int64_t max_batches) override {
+    const auto& s = split == "test" ? test_ : valid_;
+    const int64_t n = max_batches == 0 ? s.first.size(0)
+                                       : std::min(s.first.size(0), batch_size * max_batches);
+    const auto out = model.forward(s.first.slice(0, 0, n));
+    Metrics m;
+    double total = 0;
+    for (int k = 0; k < 2; ++k) {
+      const double mse = masked_mse(out.outputs[k], s.second.slice(0, 0, n).select(1, k));
+      m["mse" + std::to_string(k)] = mse;
+      total += mse;
+    }
+    m["loss"] = total;
+    m["tokens"] = double(n);
+    return m;
+  }
+
+  int64_t input_dim() const override { return train_.first.size(1); }
+  std::string describe() const override {
+    std::ostringstream s;
+    s << "MMoE synthetic (" << source_ << "): " << train_.first.size(0) << " / "
+      << valid_.first.size(0) << " / " << test_.first.size(0) << " train / valid / test samples of dim "
+      << input_dim();
+    return s.str();
+  }
+
+ private:
+  MultiTaskLoss loss_;
+  std::string source_;
+  std::pair<torch::Tensor, torch::Tensor> train_, valid_, test_;
+};
+
+}  // namespace
+
+std::unique_ptr<TaskData> load_task_data(const TrainConfig& c) {
+  switch (c.run.task) {
+    case Task::kLanguageModel:
+      return std::make_unique<CharLM>(c);
+    case Task::kClassify:
+      return std::make_unique<FashionMnist>(c);
+    case Task::kMultiTask:
+      return std::make_unique<SyntheticMultiTask>(c);
+  }
+  return nullptr;
+}
+
+}  // namespace moe::train

@@ -1,0 +1,451 @@
+// The training loop of `moe train` (tools/train/trainer.h).
+#include "train/trainer.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/run_config.h"
+#include "moe/io/atomic_file.h"
+#include "moe/io/training_state.h"
+#include "moe/nn/top_any_moe.h"
+#include "train/progress.h"
+
+namespace moe::train {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kConfigFile = "config.toml";
+constexpr const char* kMetricsFile = "metrics.jsonl";
+constexpr const char* kCheckpointFile = "checkpoint.safetensors";
+
+std::string iso_time_now() {
+  const auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const RunSection& r, torch::nn::Module& m) {
+  auto params = m.parameters();
+  if (r.optimizer == "sgd")
+    return std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(r.lr).momentum(r.momentum).weight_decay(r.weight_decay));
+  if (r.optimizer == "adam")
+    return std::make_unique<torch::optim::Adam>(
+        params, torch::optim::AdamOptions(r.lr).weight_decay(r.weight_decay));
+  return std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(r.lr).weight_decay(r.weight_decay));
+}
+
+// Linear warm-up to lr, then a cosine from lr down to lr·min_lr_fraction at the last step.
+double learning_rate(const RunSection& r, int64_t step) {
+  if (step <= r.warmup_steps) return r.lr * step / std::max<int64_t>(r.warmup_steps, 1);
+  const double span = std::max<int64_t>(r.steps - r.warmup_steps, 1);
+  const double progress = std::min(1.0, (step - r.warmup_steps) / span);
+  const double floor = r.lr * r.min_lr_fraction;
+  return floor + (r.lr - floor) * 0.5 * (1 + std::cos(M_PI * progress));
+}
+
+void set_learning_rate(torch::optim::Optimizer& opt, double lr) {
+  for (auto& g : opt.param_groups()) g.options().set_lr(lr);
+}
+
+// The TopAnyMoE layers of a model, by name.
+std::vector<std::pair<std::string, nn::TopAnyMoEImpl*>> top_any_layers(torch::nn::Module& m) {
+  std::vector<std::pair<std::string, nn::TopAnyMoEImpl*>> out;
+  for (const auto& item : m.named_modules())
+    if (auto* t = item.value()->as<nn::TopAnyMoEImpl>()) out.emplace_back(item.key(), t);
+  return out;
+}
+
+// ---- per-layer statistics over a logging interval ------------------------------------------------
+
+struct LayerAccumulator {
+  explicit LayerAccumulator(std::string layer = {}) : name(std::move(layer)) {}
+  std::string name;
+  torch::Tensor counts;  // [E] double: assignments (sparse layers) or summed gate mass (gates)
+  double cv = 0, dropped = 0, mean_k = 0, unrouted_tokens = 0, tokens = 0;
+  int64_t forwards = 0, active = 0;
+  bool sparse = true;
+
+  void add(const LayerProbe& p, int64_t batch_tokens) {
+    const auto c = (p.gate_mass.defined() ? p.gate_mass : p.stats.tokens_per_expert)
+                       .to(torch::kDouble)
+                       .reshape({-1});
+    sparse = !p.gate_mass.defined();
+    // DynMoE's resize mode changes E: start over, the old indices mean other experts now
+    if (!counts.defined() || counts.numel() != c.numel()) {
+      *this = LayerAccumulator(name);
+      counts = torch::zeros_like(c);
+    }
+    counts += c;
+    ++forwards;
+    tokens += batch_tokens;
+    if (sparse) {
+      cv += p.stats.cv_load;
+      dropped += p.stats.dropped_fraction;
+      mean_k += p.stats.experts_per_token_mean;
+      unrouted_tokens += p.stats.tokens_without_expert;
+      active = p.stats.active_experts;
+    }
+  }
+
+  json record() const {
+    json j = {{"name", name}};
+    const double total = counts.sum().item<double>();
+    std::vector<double> share(counts.data_ptr<double>(), counts.data_ptr<double>() + counts.numel());
+    for (auto& s : share) s = total > 0 ? s / total : 0;
+    j["share"] = share;
+    if (sparse && forwards > 0) {
+      j["cv"] = cv / forwards;
+      j["dropped"] = dropped / forwards;
+      j["mean_k"] = mean_k / forwards;
+      j["active_experts"] = active;
+      j["unrouted"] = tokens > 0 ? unrouted_tokens / tokens : 0.0;
+    } else if (forwards > 0) {  // gates: the CV of the mean gate mass
+      const auto m = counts / forwards;
+      j["cv"] = (m.std(/*unbiased=*/false) / m.mean().clamp_min(1e-12)).item<double>();
+    }
+    return j;
+  }
+};
+
+class IntervalStats {
+ public:
+  void add(const ModelOutput& out, const Metrics& batch_metrics, double task_loss, double aux_loss,
+           int64_t tokens) {
+    for (size_t i = 0; i < out.probes.size(); ++i) {
+      if (layers_.size() <= i) layers_.push_back(LayerAccumulator(out.probes[i].name));
+      layers_[i].add(out.probes[i], tokens);
+      if (run_.size() <= i) run_.push_back(LayerAccumulator(out.probes[i].name));
+      run_[i].add(out.probes[i], tokens);
+    }
+    for (const auto& [k, v] : batch_metrics) metrics_[k] += v;
+    task_loss_ += task_loss;
+    aux_loss_ += aux_loss;
+    tokens_ += tokens;
+    ++steps_;
+  }
+
+  bool empty() const { return steps_ == 0; }
+
+  // The train record of the interval, then a fresh interval.
+  json flush(int64_t step, double elapsed, double interval_seconds, double lr) {
+    json j = {{"event", "train"},
+              {"step", step},
+              {"elapsed_s", elapsed},
+              {"loss", (task_loss_ + aux_loss_) / steps_},
+              {"task_loss", task_loss_ / steps_},
+              {"aux_loss", aux_loss_ / steps_},
+              {"lr", lr},
+              {"tokens_per_s", interval_seconds > 0 ? tokens_ / interval_seconds : 0.0}};
+    for (const auto& [k, v] : metrics_) j[k] = v / steps_;
+    json layers = json::array();
+    for (auto& l : layers_) {
+      layers.push_back(l.record());
+      l = LayerAccumulator(l.name);
+    }
+    if (!layers.empty()) j["moe"] = layers;
+    metrics_.clear();
+    task_loss_ = aux_loss_ = 0;
+    tokens_ = steps_ = 0;
+    return j;
+  }
+
+  // Load over the whole run (since the start or the resume).
+  std::vector<LayerLoad> run_load() const {
+    std::vector<LayerLoad> out;
+    for (const auto& l : run_) {
+      LayerLoad ld{l.name, {}, 0};
+      const auto share = l.counts / l.counts.sum().clamp_min(1e-12);
+      ld.share.assign(share.data_ptr<double>(), share.data_ptr<double>() + share.numel());
+      ld.cv = (share.std(false) / share.mean().clamp_min(1e-12)).item<double>();
+      out.push_back(std::move(ld));
+    }
+    return out;
+  }
+
+ private:
+  std::vector<LayerAccumulator> layers_, run_;
+  std::map<std::string, double> metrics_;
+  double task_loss_ = 0, aux_loss_ = 0;
+  int64_t tokens_ = 0, steps_ = 0;
+};
+
+// ---- the run folder ------------------------------------------------------------------------------
+
+class MetricsLog {
+ public:
+  explicit MetricsLog(const fs::path& path) : path_(path) {}
+
+  // A resumed run drops the records after the checkpoint's step: they will be written again.
+  void truncate_after(int64_t step) {
+    std::ifstream in(path_);
+    std::string line, kept;
+    for (int64_t n = 1; std::getline(in, line); ++n) {
+      if (line.empty()) continue;
+      json j;
+      try {
+        j = json::parse(line);
+      } catch (const json::exception&) {  // e.g. a line cut short by a kill: dropped
+        spdlog::warn("{}:{}: not JSON, dropped", path_.string(), n);
+        continue;
+      }
+      if (j.value("step", int64_t{0}) <= step) kept += line + "\n";
+    }
+    io::write_file_atomically(path_.string(), kept, "moe train");
+  }
+
+  void append(const json& j) {
+    std::ofstream out(path_, std::ios::app);
+    out << j.dump() << "\n";
+    out.flush();
+    if (!out) throw std::runtime_error("moe train: cannot append to " + path_.string());
+  }
+
+ private:
+  fs::path path_;
+};
+
+json metrics_json(const Metrics& m) {
+  json j = json::object();
+  std::vector<double> mse;
+  for (const auto& [k, v] : m) {
+    if (k.rfind("mse", 0) == 0)
+      mse.push_back(v);
+    else if (k != "tokens")
+      j[k] = v;
+  }
+  if (!mse.empty()) j["mse"] = mse;
+  return j;
+}
+
+// The open DynMoE recording windows, in checkpoint metadata (they are not module state).
+void save_open_records(torch::nn::Module& m, std::map<std::string, std::string>* meta) {
+  for (const auto& [name, layer] : top_any_layers(m)) {
+    if (!layer->recording()) continue;
+    const auto& r = layer->records();
+    const auto counts = r.expert_counts.to(torch::kLong).contiguous();
+    const auto sum = r.unrouted_sum.to(torch::kDouble).contiguous();
+    json j = {{"expert_counts", std::vector<int64_t>(counts.data_ptr<int64_t>(),
+                                                     counts.data_ptr<int64_t>() + counts.numel())},
+              {"unrouted_sum", std::vector<double>(sum.data_ptr<double>(),
+                                                   sum.data_ptr<double>() + sum.numel())},
+              {"tokens", r.tokens},
+              {"unrouted_tokens", r.unrouted_tokens}};
+    (*meta)["top_any_records." + name] = j.dump();
+  }
+}
+
+void restore_open_records(torch::nn::Module& m, const std::map<std::string, std::string>& meta) {
+  for (const auto& [name, layer] : top_any_layers(m)) {
+    const auto it = meta.find("top_any_records." + name);
+    if (it == meta.end()) continue;
+    const json j = json::parse(it->second);
+    nn::RoutingRecords r;
+    r.expert_counts = torch::tensor(j.at("expert_counts").get<std::vector<int64_t>>(), torch::kLong);
+    r.unrouted_sum = torch::tensor(j.at("unrouted_sum").get<std::vector<double>>(), torch::kDouble);
+    r.tokens = j.at("tokens").get<int64_t>();
+    r.unrouted_tokens = j.at("unrouted_tokens").get<int64_t>();
+    layer->resume_recording(std::move(r));
+  }
+}
+
+TrainConfig read_config(const cli::RunConfig& config) { return parse_train_config(config); }
+
+std::string fixed(double v, int digits) {
+  std::ostringstream s;
+  s.setf(std::ios::fixed);
+  s.precision(digits);
+  s << v;
+  return s.str();
+}
+
+}  // namespace
+
+TrainSummary run_training(const cli::RunConfig& config, const std::string& run_dir, bool resume,
+                          int64_t stop_at) {
+  const TrainConfig c = read_config(config);
+  const fs::path dir(run_dir), checkpoint = dir / kCheckpointFile;
+  if (resume) {
+    if (!fs::exists(checkpoint))
+      throw std::invalid_argument("moe train --resume: " + checkpoint.string() +
+                                  " does not exist; start a new run with --out " + run_dir);
+  } else if (fs::exists(checkpoint)) {
+    throw std::invalid_argument("moe train: " + run_dir +
+                                " already holds a run (checkpoint.safetensors); continue it with "
+                                "--resume " + run_dir + " or choose another --out folder");
+  }
+  fs::create_directories(dir);
+
+  torch::manual_seed(c.run.seed);
+  auto data = load_task_data(c);
+  spdlog::info("data: {}", data->describe());
+  auto model = build_model(c, data->vocab_size(), data->input_dim());
+  torch::nn::Module& module = model->module();
+  auto opt = make_optimizer(c.run, module);
+
+  TrainSummary summary;
+  summary.parameters = count_parameters(c, *model);
+  MetricsLog log(dir / kMetricsFile);
+  int64_t step = 0;
+  if (resume) {
+    const auto meta = io::load_checkpoint(module, *opt, checkpoint.string());
+    step = std::stoll(meta.at("step"));
+    restore_open_records(module, meta);
+    log.truncate_after(step);
+    // temporary files of writes that a killed session never finished
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().filename().string().find(".tmp.") != std::string::npos) fs::remove(e.path());
+    spdlog::info("resuming {} from step {}", run_dir, step);
+    if (step >= c.run.steps)
+      spdlog::warn("the checkpoint is at step {} and run.steps = {}: nothing to train (raise it "
+                   "with --set run.steps=N)",
+                   step, c.run.steps);
+  } else {
+    std::ofstream(dir / kMetricsFile, std::ios::trunc);
+  }
+  io::write_file_atomically((dir / kConfigFile).string(), config.to_toml(), "moe train");
+  summary.first_step = step;
+
+  json start = {{"event", "start"},
+                {"task", to_string(c.run.task)},
+                {"model", model->description()},
+                {"router", c.run.task == Task::kMultiTask || c.model.moe_every == 0 ? "none"
+                                                                                    : c.moe.router},
+                {"steps", c.run.steps},
+                {"parameters", summary.parameters.total},
+                {"active_parameters", summary.parameters.active},
+                {"threads", at::get_num_threads()},
+                {"resumed_from", resume ? json(step) : json(nullptr)},
+                {"time", iso_time_now()}};
+  if (c.run.task != Task::kMultiTask && c.model.moe_every > 0) {
+    start["num_experts"] = c.moe.num_experts;
+    if (c.moe.router != "top_any") start["top_k"] = c.moe.top_k;
+  }
+  log.append(start);
+  spdlog::info("model: {} ({} parameters, {} active per token), {} steps of batch {}",
+               model->description(), summary.parameters.total, summary.parameters.active,
+               c.run.steps, c.run.batch_size);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  double last_flush = 0;
+  IntervalStats interval;
+  const int64_t end = stop_at > 0 ? std::min(stop_at, c.run.steps) : c.run.steps;
+  Progress progress(end, step);
+  auto evaluate = [&](const std::string& split, int64_t max_batches) {
+    torch::NoGradGuard no_grad;
+    module.eval();
+    auto m = data->evaluate(*model, split, c.run.batch_size, max_batches);
+    module.train();
+    return m;
+  };
+
+  module.train();
+  while (step < end) {
+    ++step;
+    const double lr = learning_rate(c.run, step);
+    set_learning_rate(*opt, lr);
+    const Batch batch = data->train_batch(c.run.batch_size);
+    ModelOutput out = model->forward(batch.input);
+    Metrics batch_metrics;
+    const auto task_loss = data->loss(out, batch, &batch_metrics);
+    const auto loss = task_loss + out.aux_loss;
+    const double task_value = task_loss.item<double>(), aux_value = out.aux_loss.item<double>();
+    if (!std::isfinite(task_value) || !std::isfinite(aux_value))
+      throw std::runtime_error("moe train: the loss is not finite at step " + std::to_string(step) +
+                               " (task " + std::to_string(task_value) + ", aux " +
+                               std::to_string(aux_value) +
+                               "); the last checkpoint is kept; lower run.lr or set run.grad_clip");
+    opt->zero_grad();
+    loss.backward();
+    if (c.run.grad_clip > 0) torch::nn::utils::clip_grad_norm_(module.parameters(), c.run.grad_clip);
+    opt->step();
+    for (const auto& u : nn::apply_expert_updates(module, opt.get()))
+      if (u.changed())
+        spdlog::info("step {}: experts {} -> {} (removed {}, added {})", step, u.active_before,
+                     u.active_after, u.removed.size(), u.added >= 0 ? 1 : 0);
+    interval.add(out, batch_metrics, task_value, aux_value, batch.tokens);
+
+    const bool last = step == c.run.steps;
+    const bool checkpoint_due = step % c.run.checkpoint_every == 0 || step == end;
+    // A train record at every checkpoint too, so that a resumed run's intervals match.
+    if (step % c.run.log_every == 0 || checkpoint_due) {
+      const double now = seconds();
+      const json rec = interval.flush(step, now, now - last_flush, lr);
+      last_flush = now;
+      log.append(rec);
+      progress.update(step, rec.value("loss", 0.0), rec.value("tokens_per_s", 0.0), now);
+    }
+    if (step % c.run.eval_every == 0 && !last) {
+      json e = metrics_json(evaluate("valid", c.run.eval_batches));
+      e["event"] = "eval";
+      e["step"] = step;
+      e["split"] = "valid";
+      log.append(e);
+      progress.note("step " + std::to_string(step) + ": valid loss " + fixed(e.value("loss", 0.0), 4) +
+                    (e.contains("bpc") ? ", bpc " + fixed(e.value("bpc", 0.0), 4) : "") +
+                    (e.contains("accuracy") ? ", accuracy " + fixed(e.value("accuracy", 0.0), 4) : ""));
+    }
+    if (last) {
+      summary.valid = evaluate("valid", 0);
+      json e = metrics_json(summary.valid);
+      e["event"] = "eval";
+      e["step"] = step;
+      e["split"] = "valid";
+      e["full_split"] = true;
+      log.append(e);
+    }
+    if (checkpoint_due) {
+      std::map<std::string, std::string> meta{{"step", std::to_string(step)},
+                                              {"config", config.to_toml()},
+                                              {"task", to_string(c.run.task)}};
+      save_open_records(module, &meta);
+      io::save_checkpoint(module, *opt, checkpoint.string(), meta);
+    }
+  }
+  progress.finish();
+  summary.last_step = step;
+  summary.seconds = seconds();
+  summary.load = interval.run_load();
+  if (step == c.run.steps)
+    log.append({{"event", "end"}, {"step", step}, {"elapsed_s", summary.seconds}});
+  else
+    spdlog::info("stopped at step {} of {}; continue with: moe train --resume {}", step,
+                 c.run.steps, run_dir);
+  return summary;
+}
+
+Metrics run_evaluation(const std::string& run_dir, const std::string& split) {
+  if (split != "valid" && split != "test")
+    throw std::invalid_argument("moe eval: --split " + split + ": expected valid or test");
+  const fs::path dir(run_dir), checkpoint = dir / kCheckpointFile;
+  if (!fs::exists(checkpoint))
+    throw std::invalid_argument("moe eval: " + checkpoint.string() +
+                                " does not exist (train first: moe train CONFIG --out " + run_dir +
+                                ")");
+  const auto config = cli::RunConfig::from_file((dir / kConfigFile).string());
+  const TrainConfig c = read_config(config);
+  auto data = load_task_data(c);
+  auto model = build_model(c, data->vocab_size(), data->input_dim());
+  auto opt = make_optimizer(c.run, model->module());
+  io::load_checkpoint(model->module(), *opt, checkpoint.string());
+  torch::NoGradGuard no_grad;
+  model->module().eval();
+  return data->evaluate(*model, split, c.run.batch_size, 0);
+}
+
+}  // namespace moe::train
