@@ -4,7 +4,7 @@
 #   make deps    install the Debian packages below (only the missing ones)
 #   make build   configure + build (Release, Ninja, ccache when present)
 #   make test    build and run the whole test suite (ctest)
-#   make demo    build and run the Fashion-MNIST demo
+#   make demo    build, then train an MoE and a dense transformer on the KJV text and write the report
 #   make bench   build and run the CPU benchmark suite (docs/benchmarks.md); BENCH_ARGS to change it
 #
 # Variables: BUILD (build folder, default build), JOBS (parallel compile jobs, default 2: each
@@ -55,7 +55,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j 2
 
 demo: build
-	$(BUILD)/examples/fashion_mnist_demo
+	tools/demo/kjv_demo.sh $(BUILD)
 
 bench: build
 	$(BUILD)/bench/moe_bench $(BENCH_ARGS)
