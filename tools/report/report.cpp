@@ -875,15 +875,11 @@ void add_eval_series(std::vector<Series>& to, const Run& run, const std::string&
     for (const auto& r : run.eval) {
       if (r.split != split) continue;
       x.push_back(static_cast<double>(r.step));
-      std::vector<double> vals;
-      if (metric == "loss")
-        vals = {r.loss};
-      else if (metric == "bpc")
-        vals = {r.bpc};
-      else if (metric == "accuracy")
-        vals = {r.accuracy};
-      else
-        vals = metric == "auc" ? r.auc : r.mse;
+      const std::vector<double> vals = metric == "loss"       ? std::vector<double>(1, r.loss)
+                                       : metric == "bpc"      ? std::vector<double>(1, r.bpc)
+                                       : metric == "accuracy" ? std::vector<double>(1, r.accuracy)
+                                       : metric == "auc"      ? r.auc
+                                                              : r.mse;
       if (ys.size() < vals.size())
         ys.resize(vals.size(), std::vector<double>(x.size() - 1, kMissing));
       for (size_t t = 0; t < ys.size(); ++t) ys[t].push_back(t < vals.size() ? vals[t] : kMissing);
