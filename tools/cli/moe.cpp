@@ -10,6 +10,7 @@
 //                                                MMoE's two-task synthetic data as safetensors
 //   moe bench [harness options]                  the CPU benchmark (docs/benchmarks.md), e.g.
 //   --quick
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -74,7 +75,10 @@ std::string percent_list(const std::vector<double>& share) {
 }
 
 int run_train(const std::string& config_path, const std::string& out, const std::string& resume,
-              const std::vector<std::string>& sets, int64_t stop_at) {
+              const std::vector<std::string>& sets, int64_t stop_at, bool dry_run) {
+  if (!resume.empty() && !out.empty())
+    throw std::invalid_argument("moe train: --resume RUN_DIR continues that run; --out " + out +
+                                " cannot be used with it");
   if (config_path.empty() == resume.empty())
     throw std::invalid_argument(
         "moe train: give either a configuration file and --out RUN_DIR (a new run) or --resume "
@@ -88,7 +92,13 @@ int run_train(const std::string& config_path, const std::string& out, const std:
   auto config = moe::cli::RunConfig::from_file(resume.empty() ? config_path
                                                               : run_dir + "/config.toml");
   for (const auto& s : sets) config.set(s);
+  if (dry_run) {  // validate every key, print the effective configuration, train nothing
+    moe::train::parse_train_config(config);
+    std::printf("%s", config.to_toml().c_str());
+    return 0;
+  }
   const auto r = moe::train::run_training(config, run_dir, !resume.empty(), stop_at);
+  if (r.interrupted) return 130;
   std::printf("\n%s: steps %lld..%lld in %.1f s, %lld parameters (%lld active per token)\n",
               run_dir.c_str(), static_cast<long long>(r.first_step),
               static_cast<long long>(r.last_step), r.seconds,
@@ -119,10 +129,13 @@ int run_eval(const std::string& run_dir, const std::string& split) {
 
 int main(int argc, char** argv) {
   moe::runtime::ensure_passive_omp_wait(argv);
+  // Log lines (and errors) on stderr; results, tables and plain progress lines on stdout.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("moe"));
   CLI::App app{
       "moe: Mixture-of-Experts layers on LibTorch. Train, evaluate and report on MoE models; "
       "see `moe <subcommand> --help` and docs/cli.md."};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("moe ") + MOE_VERSION);
   int threads = 0;
   app.add_option("--threads", threads, "intra-op threads (default: all cores, or $MOE_NUM_THREADS)")
       ->check(CLI::NonNegativeNumber);
@@ -130,6 +143,7 @@ int main(int argc, char** argv) {
   std::string train_config, train_out, train_resume;
   std::vector<std::string> train_sets;
   int64_t train_stop_at = 0;
+  bool train_dry_run = false;
   auto* train = app.add_subcommand(
       "train",
       "train a model: `moe train CONFIG.toml --out RUN_DIR` (a new run) or `moe train --resume "
@@ -145,6 +159,8 @@ int main(int argc, char** argv) {
   train->add_option("--stop-at", train_stop_at,
                     "end this session after step N with a checkpoint (continue with --resume)")
       ->check(CLI::PositiveNumber);
+  train->add_flag("--dry-run", train_dry_run,
+                  "check the configuration and print it with the overrides applied; train nothing");
 
   auto* eval = app.add_subcommand("eval", "evaluate the checkpoint of a run on a data split");
   eval->add_option("run", eval_run, "run folder")->required();
@@ -201,7 +217,12 @@ int main(int argc, char** argv) {
   bench->set_help_flag();   // so that `moe bench --help` reaches the harness
 #endif
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints help / version / the error
+    return rc == 0 ? 0 : 2;      // exit codes: 0 ok, 1 runtime error, 2 usage or config error
+  }
 #ifdef MOE_CLI_HAS_BENCH
   if (bench->parsed()) {
     std::vector<std::string> args{"moe bench"};
@@ -218,7 +239,8 @@ int main(int argc, char** argv) {
 #endif
   try {
     moe::runtime::configure_threads(threads);
-    if (train->parsed()) return run_train(train_config, train_out, train_resume, train_sets, train_stop_at);
+    if (train->parsed()) return run_train(train_config, train_out, train_resume, train_sets, train_stop_at,
+                                          train_dry_run);
     if (eval->parsed()) return run_eval(eval_run, eval_split);
     if (report->parsed()) {
       const auto path = moe::report::write_report({report_run, report_compare, report_out});
@@ -228,6 +250,9 @@ int main(int argc, char** argv) {
     if (kjv->parsed()) return run_kjv(kjv_out, bible);
     if (fashion->parsed()) return run_fashion(fashion_dir);
     if (syn->parsed()) return run_synthetic(syn_out, correlation, samples, dim, seed);
+  } catch (const std::invalid_argument& e) {  // usage and configuration errors
+    spdlog::error("{}", e.what());
+    return 2;
   } catch (const c10::Error& e) {
     spdlog::error("{}", e.what_without_backtrace());
     return 1;

@@ -185,22 +185,31 @@ std::vector<int64_t> RunConfig::get_int_list(const std::string& key,
 
 namespace {
 
-void collect_leaves(const toml::table& t, const std::string& prefix, std::vector<std::string>* out) {
+void collect_leaves(const toml::table& t, const std::string& prefix,
+                    std::map<std::string, std::string>* out) {
   for (const auto& [k, v] : t) {
     const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
-    if (const auto* sub = v.as_table())
+    if (const auto* sub = v.as_table()) {
       collect_leaves(*sub, key, out);
-    else
-      out->push_back(key);
+    } else {
+      std::ostringstream s;
+      v.visit([&](const auto& node) { s << node; });
+      (*out)[key] = s.str();
+    }
   }
 }
 
 }  // namespace
 
+std::map<std::string, std::string> RunConfig::leaves() const {
+  std::map<std::string, std::string> out;
+  collect_leaves(impl_->table, "", &out);
+  return out;
+}
+
 std::vector<std::string> RunConfig::unread_keys() const {
-  std::vector<std::string> leaves, unread;
-  collect_leaves(impl_->table, "", &leaves);
-  for (const auto& k : leaves)
+  std::vector<std::string> unread;
+  for (const auto& [k, v] : leaves())
     if (impl_->read.count(k) == 0) unread.push_back(k);
   return unread;
 }

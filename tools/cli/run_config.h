@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,6 +42,9 @@ class RunConfig {
   /// for: after a program has read everything it understands, these are typos or keys of another
   /// task, and are reported as errors.
   std::vector<std::string> unread_keys() const;
+
+  /// Every leaf key (dotted) with its value as TOML text, e.g. {"run.lr": "0.002"}.
+  std::map<std::string, std::string> leaves() const;
 
   /// The configuration as TOML text, and written to a file (the run folder's config.toml).
   std::string to_toml() const;

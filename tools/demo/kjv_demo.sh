@@ -7,6 +7,7 @@
 # The runs go to RUNS_DIR/demo-moe and RUNS_DIR/demo-dense (default RUNS_DIR: runs); earlier demo
 # runs there are replaced. Each model trains for a few minutes on 2 cores.
 set -euo pipefail
+export LC_ALL=C  # printf's number format
 build=${1:?usage: kjv_demo.sh BUILD_DIR [RUNS_DIR]}
 runs=${2:-runs}
 moe="$build/moe"
@@ -17,7 +18,7 @@ if [ ! -s data/kjv/train.txt ]; then
 fi
 rm -rf "$runs/demo-moe" "$runs/demo-dense"
 start=$(date +%s)
-echo "== 1/2: MoE transformer ($config: noisy top-k, 8 experts, k = 2, every other block)"
+echo "== 1/2: MoE transformer ($config: noisy top-k, 8 experts per block, k = 2)"
 "$moe" train "$config" --out "$runs/demo-moe"
 echo
 echo "== 2/2: dense baseline (same model, dense FFN of width top_k x expert hidden)"
@@ -25,7 +26,9 @@ echo "== 2/2: dense baseline (same model, dense FFN of width top_k x expert hidd
 "$moe" report "$runs/demo-moe" --compare "$runs/demo-dense"
 
 # The whole-split validation BPC is on the last eval record of each run.
-final_bpc() { grep '"full_split":true' "$1/metrics.jsonl" | tail -1 | grep -o '"bpc":[0-9.]*' | cut -d: -f2; }
+final_bpc() {
+  grep '"full_split":true' "$1/metrics.jsonl" | tail -1 | grep -o '"bpc":[0-9.e+-]*' | cut -d: -f2 || echo nan
+}
 echo
 echo "== validation bits per character (whole split, lower is better)"
 printf '  MoE   (%s)  %.4f\n' "$runs/demo-moe" "$(final_bpc "$runs/demo-moe")"

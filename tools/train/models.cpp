@@ -35,6 +35,45 @@ c10::optional<double> optional_coef(double c) {
   return c < 0 ? c10::nullopt : c10::optional<double>(c);
 }
 
+// A dense feed-forward layer with the experts' activation: w2·act(w1·x) or, gated,
+// w2·(act(w1·x) * w3·x). Width k·h has the active compute of an MoE layer of k experts of width h.
+class DenseFFNImpl : public torch::nn::Module {
+ public:
+  DenseFFNImpl(int64_t d, int64_t hidden, Activation act) : act_(act) {
+    w1 = register_module("w1", torch::nn::Linear(d, hidden));
+    w2 = register_module("w2", torch::nn::Linear(hidden, d));
+    if (is_gated(act)) w3 = register_module("w3", torch::nn::Linear(d, hidden));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto h = w1(x);
+    switch (act_) {
+      case Activation::kReLU:
+        h = torch::relu(h);
+        break;
+      case Activation::kGELU:
+        h = torch::gelu(h);
+        break;
+      case Activation::kSiLU:
+        h = torch::silu(h);
+        break;
+      case Activation::kSwiGLU:
+        h = torch::silu(h) * w3(x);
+        break;
+      case Activation::kGEGLU:
+        h = torch::gelu(h) * w3(x);
+        break;
+    }
+    return w2(h);
+  }
+
+  torch::nn::Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
+
+ private:
+  Activation act_;
+};
+TORCH_MODULE(DenseFFN);
+
 // The feed-forward slot of a block: a dense MLP or one MoE layer of the configured router. The
 // submodule is registered as "dense" or "moe", so parameter names read block.N.ffn.moe.experts.w1.
 class FeedForwardImpl : public torch::nn::Module {
@@ -42,13 +81,11 @@ class FeedForwardImpl : public torch::nn::Module {
   FeedForwardImpl(const MoESection& m, int64_t d, bool sparse, int64_t dense_hidden,
                   int64_t total_steps)
       : sparse_(sparse) {
+    const Activation act = activation_of(m.activation);
     if (!sparse) {
-      dense = register_module("dense", torch::nn::Sequential(torch::nn::Linear(d, dense_hidden),
-                                                             torch::nn::ReLU(),
-                                                             torch::nn::Linear(dense_hidden, d)));
+      dense = register_module("dense", DenseFFN(d, dense_hidden, act));
       return;
     }
-    const Activation act = activation_of(m.activation);
     if (m.router == "top_any") {
       auto o = nn::TopAnyMoEOptions(d, m.num_experts)
                    .initial_experts(m.initial_experts)
@@ -120,7 +157,7 @@ class FeedForwardImpl : public torch::nn::Module {
 
   bool sparse() const { return sparse_; }
 
-  torch::nn::Sequential dense{nullptr};
+  DenseFFN dense{nullptr};
   nn::SparseMoE topk{nullptr};
   nn::HierarchicalMoE hier{nullptr};
   nn::TopAnyMoE any{nullptr};
@@ -199,13 +236,14 @@ class TransformerLMImpl : public torch::nn::Module {
       blk.qkv->bias.zero_();
       blk.proj->weight.normal_(0, proj_std);
       blk.proj->bias.zero_();
-      if (blk.ffn->dense) {
-        auto l1 = blk.ffn->dense[0]->as<torch::nn::LinearImpl>();
-        auto l2 = blk.ffn->dense[2]->as<torch::nn::LinearImpl>();
-        l1->weight.normal_(0, std);
-        l1->bias.zero_();
-        l2->weight.normal_(0, proj_std);
-        l2->bias.zero_();
+      if (auto& f = blk.ffn->dense) {
+        for (auto* l : {&f->w1, &f->w3}) {
+          if (!*l) continue;
+          (*l)->weight.normal_(0, std);
+          (*l)->bias.zero_();
+        }
+        f->w2->weight.normal_(0, proj_std);
+        f->w2->bias.zero_();
       }
     }
     head->weight.normal_(0, std);

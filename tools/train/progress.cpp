@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 namespace moe::train {
 
@@ -27,9 +28,11 @@ Progress::Progress(int64_t total, int64_t first, std::FILE* out, int interactive
                    double plain_interval_s)
     : total_(total),
       first_(first),
-      out_(out),
-      interactive_(interactive < 0 ? ::isatty(::fileno(out)) != 0 : interactive != 0),
-      plain_interval_s_(plain_interval_s) {}
+      interactive_(interactive < 0 ? ::isatty(STDERR_FILENO) != 0 && std::getenv("CI") == nullptr
+                                   : interactive != 0),
+      plain_interval_s_(plain_interval_s) {
+  out_ = out != nullptr ? out : interactive_ ? stderr : stdout;
+}
 
 std::string Progress::line(int64_t step, double loss, double tokens_per_s, double elapsed) const {
   const int64_t done = step - first_;
@@ -61,7 +64,8 @@ void Progress::update(int64_t step, double loss, double tokens_per_s, double ela
 
 void Progress::note(const std::string& message) {
   if (live_) std::fprintf(out_, "\r\033[K");
-  std::fprintf(out_, "%s\n", message.c_str());
+  std::fprintf(stdout, "%s\n", message.c_str());  // messages are output, the live line is not
+  std::fflush(stdout);
   if (live_) std::fprintf(out_, "%s", last_.c_str());
   std::fflush(out_);
 }

@@ -1,6 +1,6 @@
-// The progress display of long work: on a terminal one line redrawn in place (step, steps/s,
-// tokens/s, loss, ETA); otherwise a plain line per update, so that logs and CI output stay
-// readable.
+// The progress display of long work: on a terminal (stderr is a tty and $CI is unset) one line
+// redrawn in place on stderr (step, steps/s, tokens/s, loss, ETA); otherwise plain periodic lines
+// on stdout, so that logs and CI output stay readable.
 #pragma once
 
 #include <cstdint>
@@ -15,9 +15,10 @@ std::string format_duration(double seconds);
 class Progress {
  public:
   /// total: the last step; first: the step the work starts after (a resumed run's checkpoint).
-  /// `out` defaults to stdout; `interactive` to whether it is a terminal. Plain lines come at most
-  /// every `plain_interval_s` seconds (and at the last step).
-  Progress(int64_t total, int64_t first, std::FILE* out = stdout, int interactive = -1,
+  /// `out` null: stderr when interactive, else stdout; `interactive` -1: whether stderr is a
+  /// terminal and $CI is unset. Plain lines come at most every `plain_interval_s` seconds (and at
+  /// the last step).
+  Progress(int64_t total, int64_t first, std::FILE* out = nullptr, int interactive = -1,
            double plain_interval_s = 5.0);
   /// After `step` at `elapsed` seconds since the start, with the latest loss and tokens/s.
   void update(int64_t step, double loss, double tokens_per_s, double elapsed);

@@ -13,6 +13,12 @@ namespace {
 
 using moe::cli::RunConfig;
 
+std::string number(double v) {
+  std::ostringstream s;
+  s << v;  // 6 significant digits: 1e-15 stays 1e-15, 0.002 stays 0.002
+  return s.str();
+}
+
 [[noreturn]] void bad(const std::string& key, const std::string& value, const std::string& expected) {
   throw std::invalid_argument("config: " + key + " = " + value + ": expected " + expected);
 }
@@ -28,7 +34,7 @@ double number_in(const RunConfig& c, const std::string& key, double fallback, do
   if (!std::isfinite(v) || v < lo || v > hi) {
     std::ostringstream s;
     s << "a number in [" << lo << ", " << hi << "]";
-    bad(key, std::to_string(v), s.str());
+    bad(key, number(v), s.str());
   }
   return v;
 }
@@ -106,10 +112,9 @@ MoESection parse_moe(const RunConfig& c) {
     return m;
   }
   const int64_t default_k = m.router == "switch" ? 1 : 2;
-  m.top_k = int_at_least(c, "moe.top_k", std::min(default_k, m.num_experts), 1);
   if (m.router == "hierarchical") {
     m.groups = int_at_least(c, "moe.groups", 0, 0);
-    if (m.groups == 0) {  // the divisor of E closest to sqrt(E)
+    if (m.groups == 0) {  // the largest divisor of E not above sqrt(E)
       int64_t g = static_cast<int64_t>(std::sqrt(static_cast<double>(m.num_experts)));
       while (m.num_experts % g != 0) --g;
       m.groups = g;
@@ -117,6 +122,7 @@ MoESection parse_moe(const RunConfig& c) {
     if (m.num_experts % m.groups != 0)
       bad("moe.groups", std::to_string(m.groups),
           "a divisor of moe.num_experts = " + std::to_string(m.num_experts));
+    m.top_k = int_at_least(c, "moe.top_k", std::min(default_k, m.groups), 1);
     if (m.top_k > m.groups)
       bad("moe.top_k", std::to_string(m.top_k),
           "at most moe.groups = " + std::to_string(m.groups) + " (the primary gate's k)");
@@ -129,6 +135,7 @@ MoESection parse_moe(const RunConfig& c) {
     m.noise_epsilon = number_in(c, "moe.noise_epsilon", m.noise_epsilon, 0, 1e3);
     return m;
   }
+  m.top_k = int_at_least(c, "moe.top_k", std::min(default_k, m.num_experts), 1);
   if (m.top_k > m.num_experts)
     bad("moe.top_k", std::to_string(m.top_k),
         "at most moe.num_experts = " + std::to_string(m.num_experts));
@@ -223,7 +230,7 @@ TrainConfig parse_train_config(const RunConfig& c) {
       bad("model.heads", std::to_string(m.heads),
           "a divisor of model.d_model = " + std::to_string(m.d_model));
     m.moe_every = int_at_least(c, "model.moe_every", m.moe_every, 0);
-    m.dropout = number_in(c, "model.dropout", m.dropout, 0, 0.99);
+    if (kind == Task::kLanguageModel) m.dropout = number_in(c, "model.dropout", m.dropout, 0, 0.99);
     if (m.moe_every > m.layers)
       bad("model.moe_every", std::to_string(m.moe_every),
           "0 (dense) or at most model.layers = " + std::to_string(m.layers));

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +16,7 @@
 
 #include "cli/run_config.h"
 #include "moe/io/atomic_file.h"
+#include "moe/io/safetensors.h"
 #include "moe/io/training_state.h"
 #include "moe/nn/top_any_moe.h"
 #include "train/progress.h"
@@ -189,7 +192,9 @@ class MetricsLog {
   explicit MetricsLog(const fs::path& path) : path_(path) {}
 
   // A resumed run drops the records after the checkpoint's step: they will be written again.
-  void truncate_after(int64_t step) {
+  // Returns the records kept.
+  std::vector<json> truncate_after(int64_t step) {
+    std::vector<json> records;
     std::ifstream in(path_);
     std::string line, kept;
     for (int64_t n = 1; std::getline(in, line); ++n) {
@@ -201,9 +206,14 @@ class MetricsLog {
         spdlog::warn("{}:{}: not JSON, dropped", path_.string(), n);
         continue;
       }
-      if (j.value("step", int64_t{0}) <= step) kept += line + "\n";
+      // an "end" record at or before the step belongs to a session that finished earlier
+      if (j.value("step", int64_t{0}) <= step && j.value("event", "") != "end") {
+        kept += line + "\n";
+        records.push_back(std::move(j));
+      }
     }
     io::write_file_atomically(path_.string(), kept, "moe train");
+    return records;
   }
 
   void append(const json& j) {
@@ -211,6 +221,13 @@ class MetricsLog {
     out << j.dump() << "\n";
     out.flush();
     if (!out) throw std::runtime_error("moe train: cannot append to " + path_.string());
+  }
+
+  // Before a checkpoint: the records up to its step must survive whatever survives it.
+  void sync() const {
+    std::FILE* f = std::fopen(path_.c_str(), "a");
+    if (f == nullptr || ::fsync(::fileno(f)) != 0 || std::fclose(f) != 0)
+      throw std::runtime_error("moe train: cannot sync " + path_.string());
   }
 
  private:
@@ -263,6 +280,62 @@ void restore_open_records(torch::nn::Module& m, const std::map<std::string, std:
 
 TrainConfig read_config(const cli::RunConfig& config) { return parse_train_config(config); }
 
+// SIGINT / SIGTERM: finish the current step, write a checkpoint, stop.
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+struct StopSignals {
+  StopSignals() {
+    g_stop_signal = 0;
+    prev_int_ = std::signal(SIGINT, on_stop_signal);
+    prev_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, prev_int_);
+    std::signal(SIGTERM, prev_term_);
+  }
+  void (*prev_int_)(int);
+  void (*prev_term_)(int);
+};
+
+// Keys a resumed run may change: logging, evaluation, checkpoints, where the data is, and the
+// length of the run (which stretches the learning-rate and k schedules from the next step on).
+bool may_change_on_resume(const std::string& key) {
+  static const char* kKeys[] = {"run.steps",          "run.log_every", "run.eval_every",
+                                "run.eval_batches",   "run.checkpoint_every", "data.dir",
+                                "data.file"};
+  for (const char* k : kKeys)
+    if (key == k) return true;
+  return false;
+}
+
+// A resumed run trains the model it started: any other change is an error naming the key.
+void check_resume_config(const cli::RunConfig& now, const std::string& saved_text,
+                         const std::string& checkpoint) {
+  const auto before = cli::RunConfig::from_string(saved_text, checkpoint + " (metadata)").leaves();
+  const auto after = now.leaves();
+  std::string changes;
+  auto note = [&](const std::string& key, const std::string& a, const std::string& b) {
+    if (!may_change_on_resume(key)) changes += "\n  " + key + ": " + a + " -> " + b;
+  };
+  for (const auto& [k, v] : before) {
+    const auto it = after.find(k);
+    if (it == after.end())
+      note(k, v, "(unset)");
+    else if (it->second != v)
+      note(k, v, it->second);
+  }
+  for (const auto& [k, v] : after)
+    if (before.count(k) == 0) note(k, "(unset)", v);
+  if (!changes.empty())
+    throw std::invalid_argument(
+        "moe train --resume: the configuration differs from the one the checkpoint was trained "
+        "with:" + changes +
+        "\nA resumed run may change only run.steps, run.log_every, run.eval_every, "
+        "run.eval_batches, run.checkpoint_every, data.dir and data.file; start a new run "
+        "(--out) for anything else");
+}
+
 std::string fixed(double v, int digits) {
   std::ostringstream s;
   s.setf(std::ios::fixed);
@@ -287,6 +360,10 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
                                 "--resume " + run_dir + " or choose another --out folder");
   }
   fs::create_directories(dir);
+  if (resume) {  // before anything is built: a changed model would fail later with a shape error
+    const auto meta = io::load_safetensors(checkpoint.string()).metadata;
+    if (meta.count("config")) check_resume_config(config, meta.at("config"), checkpoint.string());
+  }
 
   torch::manual_seed(c.run.seed);
   auto data = load_task_data(c);
@@ -296,14 +373,14 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   auto opt = make_optimizer(c.run, module);
 
   TrainSummary summary;
-  summary.parameters = count_parameters(c, *model);
   MetricsLog log(dir / kMetricsFile);
   int64_t step = 0;
+  std::vector<json> kept;  // a resumed run's records up to its checkpoint
   if (resume) {
     const auto meta = io::load_checkpoint(module, *opt, checkpoint.string());
     step = std::stoll(meta.at("step"));
     restore_open_records(module, meta);
-    log.truncate_after(step);
+    kept = log.truncate_after(step);
     // temporary files of writes that a killed session never finished
     for (const auto& e : fs::directory_iterator(dir))
       if (e.path().filename().string().find(".tmp.") != std::string::npos) fs::remove(e.path());
@@ -317,6 +394,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   }
   io::write_file_atomically((dir / kConfigFile).string(), config.to_toml(), "moe train");
   summary.first_step = step;
+  summary.parameters = count_parameters(c, *model);  // after a resize-mode checkpoint is loaded
 
   json start = {{"event", "start"},
                 {"task", to_string(c.run.task)},
@@ -346,13 +424,64 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   IntervalStats interval;
   const int64_t end = stop_at > 0 ? std::min(stop_at, c.run.steps) : c.run.steps;
   Progress progress(end, step);
+  // Evaluation must not change training: DynMoE layers record in any mode while a window is open,
+  // so their records are put back as they were.
   auto evaluate = [&](const std::string& split, int64_t max_batches) {
+    std::vector<std::pair<nn::TopAnyMoEImpl*, nn::RoutingRecords>> open;
+    for (const auto& [name, layer] : top_any_layers(module))
+      if (layer->recording()) {
+        auto r = layer->records();
+        r.expert_counts = r.expert_counts.clone();
+        r.unrouted_sum = r.unrouted_sum.clone();
+        open.emplace_back(layer, std::move(r));
+      }
     torch::NoGradGuard no_grad;
     module.eval();
     auto m = data->evaluate(*model, split, c.run.batch_size, max_batches);
     module.train();
+    for (auto& [layer, r] : open) layer->resume_recording(std::move(r));
     return m;
   };
+  auto save = [&] {
+    std::map<std::string, std::string> meta{{"step", std::to_string(step)},
+                                            {"config", config.to_toml()},
+                                            {"task", to_string(c.run.task)}};
+    save_open_records(module, &meta);
+    log.sync();
+    io::save_checkpoint(module, *opt, checkpoint.string(), meta);
+  };
+  auto log_eval = [&] {
+    json e = metrics_json(evaluate("valid", c.run.eval_batches));
+    e["event"] = "eval";
+    e["step"] = step;
+    e["split"] = "valid";
+    log.append(e);
+    progress.note("step " + std::to_string(step) + ": valid loss " + fixed(e.value("loss", 0.0), 4) +
+                  (e.contains("bpc") ? ", bpc " + fixed(e.value("bpc", 0.0), 4) : "") +
+                  (e.contains("accuracy") ? ", accuracy " + fixed(e.value("accuracy", 0.0), 4) : ""));
+  };
+  auto log_final_eval = [&] {
+    summary.valid = evaluate("valid", 0);
+    json e = metrics_json(summary.valid);
+    e["event"] = "eval";
+    e["step"] = step;
+    e["split"] = "valid";
+    e["full_split"] = true;
+    log.append(e);
+  };
+  // The checkpoint is written before the evaluations of its step: a session killed during them
+  // resumes by running them (evaluation changes nothing, so this is exact).
+  if (resume) {
+    bool eval_done = false, final_done = false;
+    for (const auto& r : kept)
+      if (r.value("event", "") == "eval" && r.value("step", int64_t{-1}) == step) {
+        eval_done = true;
+        final_done = final_done || r.value("full_split", false);
+      }
+    if (step < c.run.steps && step % c.run.eval_every == 0 && !eval_done) log_eval();
+    if (step == c.run.steps && !final_done) log_final_eval();
+  }
+  StopSignals signals;
 
   module.train();
   while (step < end) {
@@ -372,60 +501,54 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
                                "); the last checkpoint is kept; lower run.lr or set run.grad_clip");
     opt->zero_grad();
     loss.backward();
-    if (c.run.grad_clip > 0) torch::nn::utils::clip_grad_norm_(module.parameters(), c.run.grad_clip);
+    // The global gradient norm, clipped when run.grad_clip > 0; a non-finite one stops the run
+    // before the optimizer writes it into the parameters.
+    const double grad_norm = torch::nn::utils::clip_grad_norm_(
+        module.parameters(), c.run.grad_clip > 0 ? c.run.grad_clip : INFINITY);
+    if (!std::isfinite(grad_norm))
+      throw std::runtime_error("moe train: the gradient norm is not finite at step " +
+                               std::to_string(step) +
+                               "; the parameters were not updated and the last checkpoint is "
+                               "kept; lower run.lr or set run.grad_clip");
+    batch_metrics["grad_norm"] = grad_norm;
     opt->step();
     for (const auto& u : nn::apply_expert_updates(module, opt.get()))
       if (u.changed())
-        spdlog::info("step {}: experts {} -> {} (removed {}, added {})", step, u.active_before,
-                     u.active_after, u.removed.size(), u.added >= 0 ? 1 : 0);
+        progress.note("step " + std::to_string(step) + ": experts " +
+                      std::to_string(u.active_before) + " -> " + std::to_string(u.active_after) +
+                      " (removed " + std::to_string(u.removed.size()) + ", added " +
+                      std::to_string(u.added >= 0 ? 1 : 0) + ")");
     interval.add(out, batch_metrics, task_value, aux_value, batch.tokens);
 
     const bool last = step == c.run.steps;
-    const bool checkpoint_due = step % c.run.checkpoint_every == 0 || step == end;
+    const bool stopping = step == end || g_stop_signal != 0;
+    const bool checkpoint_due = step % c.run.checkpoint_every == 0 || stopping;
     // A train record at every checkpoint too, so that a resumed run's intervals match.
     if (step % c.run.log_every == 0 || checkpoint_due) {
       const double now = seconds();
       const json rec = interval.flush(step, now, now - last_flush, lr);
-      last_flush = now;
       log.append(rec);
       progress.update(step, rec.value("loss", 0.0), rec.value("tokens_per_s", 0.0), now);
     }
-    if (step % c.run.eval_every == 0 && !last) {
-      json e = metrics_json(evaluate("valid", c.run.eval_batches));
-      e["event"] = "eval";
-      e["step"] = step;
-      e["split"] = "valid";
-      log.append(e);
-      progress.note("step " + std::to_string(step) + ": valid loss " + fixed(e.value("loss", 0.0), 4) +
-                    (e.contains("bpc") ? ", bpc " + fixed(e.value("bpc", 0.0), 4) : "") +
-                    (e.contains("accuracy") ? ", accuracy " + fixed(e.value("accuracy", 0.0), 4) : ""));
-    }
-    if (last) {
-      summary.valid = evaluate("valid", 0);
-      json e = metrics_json(summary.valid);
-      e["event"] = "eval";
-      e["step"] = step;
-      e["split"] = "valid";
-      e["full_split"] = true;
-      log.append(e);
-    }
-    if (checkpoint_due) {
-      std::map<std::string, std::string> meta{{"step", std::to_string(step)},
-                                              {"config", config.to_toml()},
-                                              {"task", to_string(c.run.task)}};
-      save_open_records(module, &meta);
-      io::save_checkpoint(module, *opt, checkpoint.string(), meta);
+    if (checkpoint_due) save();  // before the final evaluation: a kill during it loses nothing
+    if (step % c.run.eval_every == 0 && !last) log_eval();
+    if (last) log_final_eval();
+    // tokens/s of the next interval: training time only
+    if (step % c.run.log_every == 0 || checkpoint_due) last_flush = seconds();
+    if (g_stop_signal != 0) {
+      summary.interrupted = true;
+      break;
     }
   }
   progress.finish();
   summary.last_step = step;
   summary.seconds = seconds();
   summary.load = interval.run_load();
-  if (step == c.run.steps)
+  if (step == c.run.steps && step > summary.first_step)
     log.append({{"event", "end"}, {"step", step}, {"elapsed_s", summary.seconds}});
-  else
-    spdlog::info("stopped at step {} of {}; continue with: moe train --resume {}", step,
-                 c.run.steps, run_dir);
+  else if (step < c.run.steps)
+    spdlog::info("{} at step {} of {} with a checkpoint; continue with: moe train --resume {}",
+                 summary.interrupted ? "interrupted" : "stopped", step, c.run.steps, run_dir);
   return summary;
 }
 

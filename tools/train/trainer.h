@@ -32,6 +32,7 @@ struct LayerLoad {
 struct TrainSummary {
   int64_t first_step = 0;  ///< 0 for a new run, the checkpoint's step for a resumed one
   int64_t last_step = 0;
+  bool interrupted = false;  ///< stopped by SIGINT/SIGTERM (after a checkpoint)
   double seconds = 0;
   ParameterCount parameters;
   Metrics valid;  ///< the final evaluation on the whole validation split
@@ -42,7 +43,10 @@ struct TrainSummary {
 /// created if missing); `resume` continues the run in `run_dir` from its checkpoint. `stop_at` > 0
 /// ends this session after that step with a checkpoint (the run continues with `resume`; the
 /// learning-rate schedule still spans run.steps). Errors (std::invalid_argument,
-/// std::runtime_error, c10::Error) leave the last checkpoint intact.
+/// std::runtime_error, c10::Error) leave the last checkpoint intact. SIGINT and SIGTERM end the
+/// current step, write a checkpoint and return (`interrupted`). A resumed run may change only the
+/// keys that do not change the model or its training (logging, evaluation, checkpoints, data
+/// location, run.steps); other differences from the checkpoint's configuration are errors.
 TrainSummary run_training(const moe::cli::RunConfig& config, const std::string& run_dir,
                           bool resume, int64_t stop_at = 0);
 
