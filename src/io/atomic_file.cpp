@@ -47,8 +47,7 @@ void write_file_atomically(const std::string& path,
   std::string tmp = path + ".tmp.XXXXXX";
   Fd f;
   f.fd = ::mkstemp(tmp.data());
-  TORCH_CHECK(f.fd >= 0, who, ": cannot create a temporary file next to ", path, ": ",
-              os_error());
+  TORCH_CHECK(f.fd >= 0, who, ": cannot create a temporary file next to ", path, ": ", os_error());
   try {
     for (const auto& [data, n] : chunks) write_all(f.fd, data, n, tmp, who);
     TORCH_CHECK(::fsync(f.fd) == 0, who, ": fsync of ", tmp, " failed: ", os_error());

@@ -1,8 +1,6 @@
 // safetensors reader and atomic writer (include/moe/io/safetensors.h).
 #include "moe/io/safetensors.h"
 
-#include "moe/io/atomic_file.h"
-
 #include <ATen/ATen.h>
 #include <sys/stat.h>
 
@@ -14,6 +12,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+
+#include "moe/io/atomic_file.h"
 
 namespace moe::io {
 namespace {

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -44,7 +45,8 @@ void write_corpus(const fs::path& dir) {
             objects[rng() % objects.size()] + "\n";
   }
   fs::create_directories(dir);
-  const size_t a = text.find('\n', text.size() * 9 / 10) + 1, b = text.find('\n', text.size() * 95 / 100) + 1;
+  const size_t a = text.find('\n', text.size() * 9 / 10) + 1,
+               b = text.find('\n', text.size() * 95 / 100) + 1;
   std::ofstream(dir / "train.txt") << text.substr(0, a);
   std::ofstream(dir / "valid.txt") << text.substr(a, b - a);
   std::ofstream(dir / "test.txt") << text.substr(b);
@@ -90,6 +92,37 @@ moe::testing::CommandResult moe_cli(const std::string& args) {
   return moe::testing::run_command(std::string("'") + MOE_CLI_PATH + "' " + args);
 }
 
+// Starts `moe ARGS...` as a child process (output to `log`) and returns its pid.
+pid_t spawn_moe(std::vector<std::string> args, const std::string& log) {
+  args.insert(args.begin(), MOE_CLI_PATH);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::freopen(log.c_str(), "w", stdout);
+    std::freopen(log.c_str(), "a", stderr);
+    ::execv(MOE_CLI_PATH, argv.data());
+    std::_Exit(127);
+  }
+  return pid;
+}
+
+// Sends `sig` to the training process `pid` once its run folder has logged step `step` (or gives up
+// after 30 s); waits for it to end. Returns whether the signal was sent, and its wait status.
+bool signal_at_step(pid_t pid, const fs::path& run, int step, int sig, int* status) {
+  bool sent = false;
+  for (int i = 0; i < 6000 && !sent; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    for (const auto& j : read_metrics_safely(run))
+      if (!sent && j.at("event") == "train" && j.at("step").get<int>() >= step)
+        sent = ::kill(pid, sig) == 0;
+  }
+  if (!sent) ::kill(pid, SIGKILL);
+  ::waitpid(pid, status, 0);
+  return sent;
+}
+
 // Throws std::invalid_argument whose message contains every part.
 void expect_config_error(const std::string& toml, const std::vector<std::string>& parts) {
   try {
@@ -101,13 +134,14 @@ void expect_config_error(const std::string& toml, const std::vector<std::string>
   }
 }
 
-// ---- configuration -------------------------------------------------------------------------------
+// ---- configuration
+// -------------------------------------------------------------------------------
 
 TEST(TrainConfig, DefaultsAndTypedValues) {
   const auto c = moe::train::parse_train_config(RunConfig::from_string(
       "[run]\ntask = \"lm\"\n[moe]\nrouter = \"switch\"\nhidden = 64\n[model]\nmoe_every = 2\n"));
   EXPECT_EQ(c.run.task, moe::train::Task::kLanguageModel);
-  EXPECT_EQ(c.moe.top_k, 1);  // switch routes to one expert
+  EXPECT_EQ(c.moe.top_k, 1);            // switch routes to one expert
   EXPECT_EQ(c.model.dense_hidden, 64);  // equal active compute: top_k · hidden
   EXPECT_EQ(c.model.moe_every, 2);
   const auto h = moe::train::parse_train_config(RunConfig::from_string(
@@ -117,7 +151,8 @@ TEST(TrainConfig, DefaultsAndTypedValues) {
 
 TEST(TrainConfig, BadValuesNameTheKeyAndTheValue) {
   expect_config_error("[model]\nd_model = 8\n", {"run.task is missing", "lm", "classify"});
-  expect_config_error("[run]\ntask = \"speech\"\n", {"run.task", "'speech'", "lm, classify, multitask"});
+  expect_config_error("[run]\ntask = \"speech\"\n",
+                      {"run.task", "'speech'", "lm, classify, multitask"});
   expect_config_error("[run]\ntask = \"lm\"\n[moe]\nnum_experts = 4\ntop_k = 5\n",
                       {"moe.top_k = 5", "at most moe.num_experts = 4"});
   expect_config_error("[run]\ntask = \"lm\"\n[model]\nd_model = 30\nheads = 4\n",
@@ -128,24 +163,28 @@ TEST(TrainConfig, BadValuesNameTheKeyAndTheValue) {
       "[run]\ntask = \"lm\"\n[moe]\nrouter = \"top_any\"\nschedule = \"window\"\nrecord = 9\n"
       "period = 9\n",
       {"moe.record = 9", "less than moe.period = 9"});
-  expect_config_error("[run]\ntask = \"lm\"\n[moe]\nrouter = \"top_any\"\nnum_experts = 4\n"
-                      "initial_experts = 6\n",
-                      {"moe.initial_experts = 6", "at most moe.num_experts = 4"});
-  expect_config_error("[run]\ntask = \"lm\"\n[moe]\nrouter = \"hierarchical\"\nnum_experts = 12\n"
-                      "groups = 5\n",
-                      {"moe.groups = 5", "divisor of moe.num_experts = 12"});
+  expect_config_error(
+      "[run]\ntask = \"lm\"\n[moe]\nrouter = \"top_any\"\nnum_experts = 4\n"
+      "initial_experts = 6\n",
+      {"moe.initial_experts = 6", "at most moe.num_experts = 4"});
+  expect_config_error(
+      "[run]\ntask = \"lm\"\n[moe]\nrouter = \"hierarchical\"\nnum_experts = 12\n"
+      "groups = 5\n",
+      {"moe.groups = 5", "divisor of moe.num_experts = 12"});
 }
 
 TEST(TrainConfig, UnknownKeysAreErrors) {
   // a typo, and a key of another router kind / task
-  expect_config_error("[run]\ntask = \"lm\"\n[moe]\nnum_expert = 4\n", {"unknown key", "moe.num_expert"});
+  expect_config_error("[run]\ntask = \"lm\"\n[moe]\nnum_expert = 4\n",
+                      {"unknown key", "moe.num_expert"});
   expect_config_error("[run]\ntask = \"lm\"\n[moe]\nrouter = \"softmax_topk\"\nrecord = 3\n",
                       {"unknown key", "moe.record", "softmax_topk"});
   expect_config_error("[run]\ntask = \"classify\"\n[model]\nheads = 4\n", {"model.heads"});
   expect_config_error("[run]\ntask = \"multitask\"\n[moe]\nrouter = \"switch\"\n", {"moe.router"});
 }
 
-// ---- every model trains --------------------------------------------------------------------------
+// ---- every model trains
+// --------------------------------------------------------------------------
 
 struct Variant {
   const char* name;
@@ -190,15 +229,17 @@ INSTANTIATE_TEST_SUITE_P(
         Variant{"every_other", {"model.moe_every=2"}, 1},
         Variant{"softmax_topk", {"moe.router=\"softmax_topk\"", "moe.capacity_factor=1.0"}, 2},
         Variant{"noisy_topk", {}, 2}, Variant{"switch", {"moe.router=\"switch\""}, 2},
-        Variant{"hierarchical",
-                {"moe.router=\"hierarchical\"", "moe.groups=2", "moe.top_k=1",
-                 "moe.secondary_top_k=1"},
-                2},
+        Variant{
+            "hierarchical",
+            {"moe.router=\"hierarchical\"", "moe.groups=2", "moe.top_k=1", "moe.secondary_top_k=1"},
+            2},
         Variant{"top_any",
                 {"moe.router=\"top_any\"", "moe.schedule=\"every_step\"", "moe.storage=\"resize\""},
                 2},
         Variant{"hyper", {"moe.router=\"hyper\"", "moe.hyper_hidden=16"}, 2},
-        Variant{"smoe_dropout", {"moe.router=\"smoe_dropout\"", "moe.k_schedule=\"linear_increase\""}, 2}),
+        Variant{"smoe_dropout",
+                {"moe.router=\"smoe_dropout\"", "moe.k_schedule=\"linear_increase\""},
+                2}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(Train, MultiTaskModelsTrainOnGeneratedData) {
@@ -211,7 +252,8 @@ TEST(Train, MultiTaskModelsTrainOnGeneratedData) {
     const auto summary = moe::train::run_training(config, (dir.path / "run").string(), false);
     const auto train = records(read_metrics(dir.path / "run"), "train");
     ASSERT_EQ(train.size(), 4u) << kind;
-    EXPECT_LT(train.back().at("task_loss").get<double>(), train.front().at("task_loss").get<double>())
+    EXPECT_LT(train.back().at("task_loss").get<double>(),
+              train.front().at("task_loss").get<double>())
         << kind;
     EXPECT_TRUE(summary.valid.count("mse0") && summary.valid.count("mse1")) << kind;
     // gates are logged for the MoE models, none for the shared bottom
@@ -232,7 +274,8 @@ TEST(Train, ClassifierOnFashionMnist) {
   EXPECT_EQ(summary.load[0].share.size(), 4u);
 }
 
-// ---- the real program ------------------------------------------------------------------------------
+// ---- the real program
+// ------------------------------------------------------------------------------
 
 TEST(TrainCli, EndToEndLossDecreasesAndEvalReadsTheCheckpoint) {
   TempDir dir;
@@ -260,10 +303,23 @@ TEST(TrainCli, EndToEndLossDecreasesAndEvalReadsTheCheckpoint) {
   const auto evals = records(all, "eval");
   ASSERT_EQ(evals.size(), 2u);  // step 40 and the whole split at the end
   EXPECT_EQ(evals.back().at("step"), 80);
-  EXPECT_NEAR(evals.back().at("bpc").get<double>(), evals.back().at("loss").get<double>() / std::log(2.0),
-              1e-12);
+  EXPECT_NEAR(evals.back().at("bpc").get<double>(),
+              evals.back().at("loss").get<double>() / std::log(2.0), 1e-12);
   // the effective configuration has the override
   EXPECT_EQ(RunConfig::from_file((run / "config.toml").string()).get_int("run.steps", 0), 80);
+
+  // the report of this real run: one heat map per MoE layer, curves, nothing external
+  r = moe_cli("report " + run.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::ifstream page_file(run / "report.html");
+  const std::string page((std::istreambuf_iterator<char>(page_file)), {});
+  size_t heatmaps = 0;
+  for (size_t at = page.find("class=\"heatmap\""); at != std::string::npos;
+       at = page.find("class=\"heatmap\"", at + 1))
+    ++heatmaps;
+  EXPECT_EQ(heatmaps, 2u);  // blocks.0.ffn and blocks.1.ffn
+  EXPECT_NE(page.find("blocks.1.ffn"), std::string::npos);
+  EXPECT_EQ(page.find("http"), std::string::npos);
 
   r = moe_cli("eval " + run.string() + " --split valid");
   ASSERT_EQ(r.status, 0) << r.output;
@@ -288,7 +344,8 @@ TEST(TrainCli, ErrorsAreClearAndLoseNothing) {
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.output.find("moe.num_expert"), std::string::npos) << r.output;
   std::ofstream(dir.path / "broken.toml") << "[run]\ntask = \"lm\"\nsteps = = 3\n";
-  r = moe_cli("train " + (dir.path / "broken.toml").string() + " --out " + (dir.path / "y").string());
+  r = moe_cli("train " + (dir.path / "broken.toml").string() + " --out " +
+              (dir.path / "y").string());
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.output.find("broken.toml:3:"), std::string::npos) << r.output;  // file:line:column
   r = moe_cli("train --resume " + (dir.path / "nothing").string());
@@ -330,7 +387,8 @@ TEST(TrainCli, ErrorsAreClearAndLoseNothing) {
   EXPECT_EQ(r.output.rfind("moe ", 0), 0u) << r.output;
 }
 
-// The train records that both runs wrote, compared field by field (bitwise: JSON keeps every digit).
+// The train records that both runs wrote, compared field by field (bitwise: JSON keeps every
+// digit).
 void expect_same_training(const std::vector<json>& a, const std::vector<json>& b) {
   const auto ta = records(a, "train"), tb = records(b, "train");
   ASSERT_EQ(ta.size(), tb.size());
@@ -345,7 +403,8 @@ void expect_same_training(const std::vector<json>& a, const std::vector<json>& b
   }
   const auto ea = records(a, "eval"), eb = records(b, "eval");
   ASSERT_EQ(ea.size(), eb.size());
-  for (size_t i = 0; i < ea.size(); ++i) EXPECT_EQ(ea[i].at("bpc").get<double>(), eb[i].at("bpc").get<double>());
+  for (size_t i = 0; i < ea.size(); ++i)
+    EXPECT_EQ(ea[i].at("bpc").get<double>(), eb[i].at("bpc").get<double>());
 }
 
 class ResumeAfterKill : public ::testing::TestWithParam<Variant> {};
@@ -365,42 +424,25 @@ TEST_P(ResumeAfterKill, ReproducesTheUninterruptedRun) {
   auto r = moe_cli("train " + cfg + " --out " + a.string() + shell_sets);
   ASSERT_EQ(r.status, 0) << r.output;
 
-  std::vector<std::string> args = {MOE_CLI_PATH, "train", cfg, "--out", b.string()};
+  std::vector<std::string> args = {"train", cfg, "--out", b.string()};
   for (const auto& x : sets) {
     args.push_back("--set");
     args.push_back(x);
   }
-  std::vector<char*> argv;
-  for (auto& x : args) argv.push_back(x.data());
-  argv.push_back(nullptr);
-  const std::string log = (dir.path / "b.log").string();
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    std::freopen(log.c_str(), "w", stdout);
-    std::freopen(log.c_str(), "a", stderr);
-    ::execv(MOE_CLI_PATH, argv.data());
-    std::_Exit(127);
-  }
   // kill it once it has logged step 10 (a checkpoint or two written; top_any still adds experts
   // after each window, so a resume that lost a window's records would diverge)
-  bool killed = false;
-  for (int i = 0; i < 6000 && !killed; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    for (const auto& j : records(read_metrics_safely(b), "train"))
-      if (j.at("step").get<int>() >= 10) killed = true;
-  }
-  ::kill(pid, SIGKILL);
+  const pid_t pid = spawn_moe(args, (dir.path / "b.log").string());
+  ASSERT_GE(pid, 0);
   int status = 0;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(killed) << "run B never reached step 10";
+  ASSERT_TRUE(signal_at_step(pid, b, 10, SIGKILL, &status)) << "run B never reached step 10";
   ASSERT_TRUE(WIFSIGNALED(status)) << "run B finished before it was killed; make it longer";
 
   if (std::string(GetParam().name).rfind("top_any", 0) == 0) {
     // the runs must really add experts after step 10, or losing a window would go unnoticed
     std::set<int64_t> counts;
     for (const auto& t : records(read_metrics(a), "train"))
-      if (t.at("step").get<int>() > 10) counts.insert(t.at("moe")[0].at("active_experts").get<int64_t>());
+      if (t.at("step").get<int>() > 10)
+        counts.insert(t.at("moe")[0].at("active_experts").get<int64_t>());
     EXPECT_GT(counts.size(), 1u) << "no expert was added after step 10";
   }
 
@@ -419,8 +461,8 @@ INSTANTIATE_TEST_SUITE_P(
         // recording windows [3..6], [8..11], [13..16], ...: every checkpoint (a multiple of 5)
         // falls inside an open window, whose records must survive the restart
         Variant{"top_any_resize",
-                {"moe.router=\"top_any\"", "moe.storage=\"resize\"", "moe.record=3",
-                 "moe.period=5", "moe.initial_experts=1"},
+                {"moe.router=\"top_any\"", "moe.storage=\"resize\"", "moe.record=3", "moe.period=5",
+                 "moe.initial_experts=1"},
                 2},
         Variant{"smoe_dropout", {"moe.router=\"smoe_dropout\"", "moe.k_min=1", "moe.k_max=4"}, 2}),
     [](const auto& info) { return std::string(info.param.name); });
@@ -443,26 +485,12 @@ TEST(TrainCli, StopAtAndSigtermResumeExactly) {
   ASSERT_EQ(moe_cli("train --resume " + b.string()).status, 0);
   expect_same_training(read_metrics(a), read_metrics(b));
 
-  const std::string log = (dir.path / "c.log").string();
-  const pid_t pid = ::fork();
+  const pid_t pid = spawn_moe({"train", cfg, "--out", c.string(), "--set", "run.steps=120", "--set",
+                               "run.checkpoint_every=50"},
+                              (dir.path / "c.log").string());
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    std::freopen(log.c_str(), "w", stdout);
-    std::freopen(log.c_str(), "a", stderr);
-    const std::string out = c.string();
-    ::execl(MOE_CLI_PATH, MOE_CLI_PATH, "train", cfg.c_str(), "--out", out.c_str(), "--set",
-            "run.steps=120", "--set", "run.checkpoint_every=50", static_cast<char*>(nullptr));
-    std::_Exit(127);
-  }
-  bool sent = false;
-  for (int i = 0; i < 6000 && !sent; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    for (const auto& j : records(read_metrics_safely(c), "train"))
-      if (j.at("step").get<int>() >= 10 && !sent) sent = ::kill(pid, SIGTERM) == 0;
-  }
   int status = 0;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(sent);
+  ASSERT_TRUE(signal_at_step(pid, c, 10, SIGTERM, &status));
   ASSERT_TRUE(WIFEXITED(status)) << "moe train did not exit by itself after SIGTERM";
   EXPECT_EQ(WEXITSTATUS(status), 130);
   const auto interrupted = records(read_metrics(c), "train");

@@ -7,9 +7,9 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <stdexcept>
 #include <cstring>
 #include <sstream>
+#include <stdexcept>
 
 namespace moe::testing {
 

@@ -19,12 +19,12 @@
 #include <string>
 #include <vector>
 
+#include "cli/run_config.h"
 #include "moe/data/char_corpus.h"
 #include "moe/data/fashion_mnist.h"
 #include "moe/data/mmoe_synthetic.h"
 #include "moe/io/safetensors.h"
 #include "moe/runtime.h"
-#include "cli/run_config.h"
 #include "report/report.h"
 #include "train/trainer.h"
 
@@ -89,8 +89,8 @@ int run_train(const std::string& config_path, const std::string& out, const std:
   if (!resume.empty() && !std::filesystem::exists(run_dir + "/config.toml"))
     throw std::invalid_argument("moe train --resume: " + run_dir +
                                 "/config.toml does not exist: not a run folder of `moe train`");
-  auto config = moe::cli::RunConfig::from_file(resume.empty() ? config_path
-                                                              : run_dir + "/config.toml");
+  auto config =
+      moe::cli::RunConfig::from_file(resume.empty() ? config_path : run_dir + "/config.toml");
   for (const auto& s : sets) config.set(s);
   if (dry_run) {  // validate every key, print the effective configuration, train nothing
     moe::train::parse_train_config(config);
@@ -150,14 +150,16 @@ int main(int argc, char** argv) {
       "RUN_DIR` (continue one); see docs/cli.md for the configuration keys");
   train->add_option("config", train_config, "run configuration (TOML), e.g. configs/kjv_moe.toml");
   train->add_option("--out", train_out, "run folder for config.toml, metrics.jsonl, checkpoints");
-  train->add_option("--resume", train_resume, "continue the run in this folder from its checkpoint");
+  train->add_option("--resume", train_resume,
+                    "continue the run in this folder from its checkpoint");
   train->add_option("--set", train_sets,
                     "override a configuration key, e.g. --set model.layers=2 --set "
                     "moe.router=\"top_any\" (repeatable)");
 
   std::string eval_run, eval_split = "valid";
-  train->add_option("--stop-at", train_stop_at,
-                    "end this session after step N with a checkpoint (continue with --resume)")
+  train
+      ->add_option("--stop-at", train_stop_at,
+                   "end this session after step N with a checkpoint (continue with --resume)")
       ->check(CLI::PositiveNumber);
   train->add_flag("--dry-run", train_dry_run,
                   "check the configuration and print it with the overrides applied; train nothing");
@@ -239,8 +241,9 @@ int main(int argc, char** argv) {
 #endif
   try {
     moe::runtime::configure_threads(threads);
-    if (train->parsed()) return run_train(train_config, train_out, train_resume, train_sets, train_stop_at,
-                                          train_dry_run);
+    if (train->parsed())
+      return run_train(train_config, train_out, train_resume, train_sets, train_stop_at,
+                       train_dry_run);
     if (eval->parsed()) return run_eval(eval_run, eval_split);
     if (report->parsed()) {
       const auto path = moe::report::write_report({report_run, report_compare, report_out});

@@ -188,7 +188,8 @@ namespace {
 void collect_leaves(const toml::table& t, const std::string& prefix,
                     std::map<std::string, std::string>* out) {
   for (const auto& [k, v] : t) {
-    const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+    const std::string key =
+        prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
     if (const auto* sub = v.as_table()) {
       collect_leaves(*sub, key, out);
     } else {

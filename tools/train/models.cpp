@@ -128,17 +128,18 @@ class FeedForwardImpl : public torch::nn::Module {
       const RouterKind kind = m.router == "softmax_topk" ? RouterKind::kSoftmaxTopK
                               : m.router == "switch"     ? RouterKind::kSwitch
                                                          : RouterKind::kNoisyTopK;
-      topk = register_module("moe", nn::SparseMoE(nn::SparseMoEOptions(d, m.num_experts)
-                                                      .hidden_size(m.hidden)
-                                                      .top_k(m.top_k)
-                                                      .router(kind)
-                                                      .activation(act)
-                                                      .capacity_factor(m.capacity_factor)
-                                                      .noise_epsilon(m.noise_epsilon)
-                                                      .importance_coef(optional_coef(m.importance_coef))
-                                                      .load_coef(optional_coef(m.load_coef))
-                                                      .balance_coef(optional_coef(m.balance_coef))
-                                                      .z_loss_coef(optional_coef(m.z_loss_coef))));
+      topk = register_module("moe",
+                             nn::SparseMoE(nn::SparseMoEOptions(d, m.num_experts)
+                                               .hidden_size(m.hidden)
+                                               .top_k(m.top_k)
+                                               .router(kind)
+                                               .activation(act)
+                                               .capacity_factor(m.capacity_factor)
+                                               .noise_epsilon(m.noise_epsilon)
+                                               .importance_coef(optional_coef(m.importance_coef))
+                                               .load_coef(optional_coef(m.load_coef))
+                                               .balance_coef(optional_coef(m.balance_coef))
+                                               .z_loss_coef(optional_coef(m.z_loss_coef))));
     }
   }
 
@@ -146,7 +147,7 @@ class FeedForwardImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const std::string& name, torch::Tensor* aux,
                         std::vector<LayerProbe>* probes) {
     if (!sparse_) return dense->forward(x);
-    MoEOutput r = any    ? any->forward(x)
+    MoEOutput r = any     ? any->forward(x)
                   : hier  ? hier->forward(x)
                   : hyper ? hyper->forward(x)
                           : topk->forward(x);
@@ -179,7 +180,9 @@ bool block_is_sparse(const ModelSection& m, int64_t block) {
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const TrainConfig& c, int64_t index)
-      : heads_(c.model.heads), dropout_(c.model.dropout), name_("blocks." + std::to_string(index) + ".ffn") {
+      : heads_(c.model.heads),
+        dropout_(c.model.dropout),
+        name_("blocks." + std::to_string(index) + ".ffn") {
     const int64_t d = c.model.d_model;
     ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
     ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
@@ -189,7 +192,8 @@ class BlockImpl : public torch::nn::Module {
                                              c.model.dense_hidden, c.run.steps));
   }
 
-  torch::Tensor forward(const torch::Tensor& x, torch::Tensor* aux, std::vector<LayerProbe>* probes) {
+  torch::Tensor forward(const torch::Tensor& x, torch::Tensor* aux,
+                        std::vector<LayerProbe>* probes) {
     const int64_t B = x.size(0), L = x.size(1), d = x.size(2), dh = d / heads_;
     auto qkv_ = qkv(ln1(x)).view({B, L, 3, heads_, dh}).permute({2, 0, 3, 1, 4});
     const auto q = qkv_[0], k = qkv_[1], v = qkv_[2];  // [B, H, L, dh]
@@ -278,8 +282,8 @@ class ClassifierImpl : public torch::nn::Module {
     in = register_module("in", torch::nn::Linear(784, d));
     blocks = register_module("blocks", torch::nn::ModuleList());
     for (int64_t i = 0; i < c.model.layers; ++i)
-      blocks->push_back(FeedForward(c.moe, d, block_is_sparse(c.model, i), c.model.dense_hidden,
-                                    c.run.steps));
+      blocks->push_back(
+          FeedForward(c.moe, d, block_is_sparse(c.model, i), c.model.dense_hidden, c.run.steps));
     out = register_module("out", torch::nn::Linear(d, 10));
   }
 
@@ -349,7 +353,8 @@ std::vector<std::vector<std::string>> gate_names(int64_t levels, int64_t tasks, 
       names[l].push_back(prefix + "gate");
       continue;
     }
-    for (int64_t k = 0; k < tasks; ++k) names[l].push_back(prefix + "task" + std::to_string(k) + "_gate");
+    for (int64_t k = 0; k < tasks; ++k)
+      names[l].push_back(prefix + "task" + std::to_string(k) + "_gate");
     if (shared_gate && l + 1 < levels) names[l].push_back(prefix + "shared_gate");
   }
   return names;
@@ -386,15 +391,15 @@ std::unique_ptr<Model> build_model(const TrainConfig& c, int64_t vocab_size, int
                      .one_gate(m.kind == "omoe")
                      .gate(gate)),
         m.kind, gate_names(1, tasks, false, m.kind == "omoe"));
-  return std::make_unique<MultiTaskModel<nn::PLE>>(
-      nn::PLE(nn::PLEOptions(input_dim, tasks)
-                  .levels(m.levels)
-                  .specific_experts(m.specific_experts)
-                  .shared_experts(m.shared_experts)
-                  .expert_hidden(m.expert_hidden)
-                  .tower_hidden(m.tower_hidden)
-                  .gate(gate)),
-      m.kind, gate_names(m.levels, tasks, true, false));
+  return std::make_unique<MultiTaskModel<nn::PLE>>(nn::PLE(nn::PLEOptions(input_dim, tasks)
+                                                               .levels(m.levels)
+                                                               .specific_experts(m.specific_experts)
+                                                               .shared_experts(m.shared_experts)
+                                                               .expert_hidden(m.expert_hidden)
+                                                               .tower_hidden(m.tower_hidden)
+                                                               .gate(gate)),
+                                                   m.kind,
+                                                   gate_names(m.levels, tasks, true, false));
 }
 
 ParameterCount count_parameters(const TrainConfig& c, Model& model) {
@@ -404,14 +409,13 @@ ParameterCount count_parameters(const TrainConfig& c, Model& model) {
     n.total += p.value().numel();
     // expert weights of MoE layers: a token uses k of E (top_any: counted as one)
     const auto& name = p.key();
-    if (c.run.task == Task::kMultiTask || name.find(".moe.experts.") == std::string::npos)
-      continue;
+    if (c.run.task == Task::kMultiTask || name.find(".moe.experts.") == std::string::npos) continue;
     const int64_t E = p.value().size(0);
-    const int64_t k = c.moe.router == "top_any" ? 1
-                      : c.moe.router == "hierarchical"
-                          ? c.moe.top_k * c.moe.secondary_top_k
-                          : std::max(c.moe.top_k, c.moe.k_max);
-    inactive += static_cast<double>(p.value().numel()) * (1.0 - static_cast<double>(std::min(k, E)) / E);
+    const int64_t k = c.moe.router == "top_any"        ? 1
+                      : c.moe.router == "hierarchical" ? c.moe.top_k * c.moe.secondary_top_k
+                                                       : std::max(c.moe.top_k, c.moe.k_max);
+    inactive +=
+        static_cast<double>(p.value().numel()) * (1.0 - static_cast<double>(std::min(k, E)) / E);
   }
   n.active = n.total - static_cast<int64_t>(inactive);
   return n;

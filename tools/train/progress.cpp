@@ -39,7 +39,8 @@ std::string Progress::line(int64_t step, double loss, double tokens_per_s, doubl
   const double rate = elapsed > 0 ? done / elapsed : 0;
   const double eta = rate > 0 ? (total_ - step) / rate : NAN;
   const int width = 24;
-  const int fill = total_ > 0 ? static_cast<int>(width * std::min<int64_t>(step, total_) / total_) : 0;
+  const int fill =
+      total_ > 0 ? static_cast<int>(width * std::min<int64_t>(step, total_) / total_) : 0;
   char buf[256];
   std::snprintf(buf, sizeof buf,
                 "step %lld/%lld [%s%s] %5.1f%%  %.2f steps/s  %.0f tokens/s  loss %.4f  ETA %s",

@@ -21,7 +21,8 @@ const double kLn2 = std::log(2.0);
 
 class CharLM : public TaskData {
  public:
-  CharLM(const TrainConfig& c) : context_(c.data.context), corpus_(data::load_char_corpus(c.data.dir)) {
+  CharLM(const TrainConfig& c)
+      : context_(c.data.context), corpus_(data::load_char_corpus(c.data.dir)) {
     for (const auto* s : {&corpus_.train, &corpus_.valid, &corpus_.test})
       TORCH_CHECK_VALUE(s->numel() > context_, "data: ", c.data.dir, " has a split of ", s->numel(),
                         " characters, too short for data.context = ", context_,
@@ -190,8 +191,8 @@ class SyntheticMultiTask : public TaskData {
   Metrics evaluate(Model& model, const std::string& split, int64_t batch_size,
                    int64_t max_batches) override {
     const auto& s = split == "test" ? test_ : valid_;
-    const int64_t n = max_batches == 0 ? s.first.size(0)
-                                       : std::min(s.first.size(0), batch_size * max_batches);
+    const int64_t n =
+        max_batches == 0 ? s.first.size(0) : std::min(s.first.size(0), batch_size * max_batches);
     const auto out = model.forward(s.first.slice(0, 0, n));
     Metrics m;
     double total = 0;
@@ -209,8 +210,8 @@ class SyntheticMultiTask : public TaskData {
   std::string describe() const override {
     std::ostringstream s;
     s << "MMoE synthetic (" << source_ << "): " << train_.first.size(0) << " / "
-      << valid_.first.size(0) << " / " << test_.first.size(0) << " train / valid / test samples of dim "
-      << input_dim();
+      << valid_.first.size(0) << " / " << test_.first.size(0)
+      << " train / valid / test samples of dim " << input_dim();
     return s.str();
   }
 

@@ -19,7 +19,8 @@ std::string number(double v) {
   return s.str();
 }
 
-[[noreturn]] void bad(const std::string& key, const std::string& value, const std::string& expected) {
+[[noreturn]] void bad(const std::string& key, const std::string& value,
+                      const std::string& expected) {
   throw std::invalid_argument("config: " + key + " = " + value + ": expected " + expected);
 }
 
@@ -29,7 +30,8 @@ int64_t int_at_least(const RunConfig& c, const std::string& key, int64_t fallbac
   return v;
 }
 
-double number_in(const RunConfig& c, const std::string& key, double fallback, double lo, double hi) {
+double number_in(const RunConfig& c, const std::string& key, double fallback, double lo,
+                 double hi) {
   const double v = c.get_double(key, fallback);
   if (!std::isfinite(v) || v < lo || v > hi) {
     std::ostringstream s;
@@ -86,14 +88,16 @@ RunSection parse_run(const RunConfig& c, Task task) {
 
 MoESection parse_moe(const RunConfig& c) {
   MoESection m;
-  m.router = one_of(c, "moe.router", m.router,
-                    {"softmax_topk", "noisy_topk", "switch", "top_any", "hyper", "smoe_dropout",
-                     "hierarchical"});
+  m.router = one_of(
+      c, "moe.router", m.router,
+      {"softmax_topk", "noisy_topk", "switch", "top_any", "hyper", "smoe_dropout", "hierarchical"});
   m.num_experts = int_at_least(c, "moe.num_experts", m.num_experts, 1);
   m.hidden = int_at_least(c, "moe.hidden", m.hidden, 1);
-  m.activation = one_of(c, "moe.activation", m.activation, {"relu", "gelu", "silu", "swiglu", "geglu"});
+  m.activation =
+      one_of(c, "moe.activation", m.activation, {"relu", "gelu", "silu", "swiglu", "geglu"});
   if (m.router == "top_any") {
-    m.initial_experts = int_at_least(c, "moe.initial_experts", std::max<int64_t>(1, m.num_experts / 2), 1);
+    m.initial_experts =
+        int_at_least(c, "moe.initial_experts", std::max<int64_t>(1, m.num_experts / 2), 1);
     if (m.initial_experts > m.num_experts)
       bad("moe.initial_experts", std::to_string(m.initial_experts),
           "at most moe.num_experts = " + std::to_string(m.num_experts) + " (the pool size E_max)");
@@ -126,7 +130,8 @@ MoESection parse_moe(const RunConfig& c) {
     if (m.top_k > m.groups)
       bad("moe.top_k", std::to_string(m.top_k),
           "at most moe.groups = " + std::to_string(m.groups) + " (the primary gate's k)");
-    m.secondary_top_k = int_at_least(c, "moe.secondary_top_k", std::min<int64_t>(2, m.num_experts / m.groups), 1);
+    m.secondary_top_k =
+        int_at_least(c, "moe.secondary_top_k", std::min<int64_t>(2, m.num_experts / m.groups), 1);
     if (m.secondary_top_k > m.num_experts / m.groups)
       bad("moe.secondary_top_k", std::to_string(m.secondary_top_k),
           "at most the experts per group, " + std::to_string(m.num_experts / m.groups));
@@ -140,10 +145,10 @@ MoESection parse_moe(const RunConfig& c) {
     bad("moe.top_k", std::to_string(m.top_k),
         "at most moe.num_experts = " + std::to_string(m.num_experts));
   if (m.router == "hyper" || m.router == "smoe_dropout") {
-    m.k_schedule = one_of(c, "moe.k_schedule", m.k_schedule,
-                          {"constant", "linear_increase", "linear_decrease", "cosine_increase",
-                           "cosine_decrease", "exp_increase", "multistep_increase",
-                           "multistep_decrease"});
+    m.k_schedule =
+        one_of(c, "moe.k_schedule", m.k_schedule,
+               {"constant", "linear_increase", "linear_decrease", "cosine_increase",
+                "cosine_decrease", "exp_increase", "multistep_increase", "multistep_decrease"});
     if (m.k_schedule != "constant") {
       m.k_min = int_at_least(c, "moe.k_min", m.top_k, 1);
       m.k_max = int_at_least(c, "moe.k_max", m.num_experts, 1);
@@ -151,7 +156,8 @@ MoESection parse_moe(const RunConfig& c) {
         bad("moe.k_min/k_max", std::to_string(m.k_min) + "/" + std::to_string(m.k_max),
             "1 <= k_min <= k_max <= moe.num_experts = " + std::to_string(m.num_experts));
     }
-    if (m.router == "hyper") m.hyper_hidden = int_at_least(c, "moe.hyper_hidden", m.hyper_hidden, 1);
+    if (m.router == "hyper")
+      m.hyper_hidden = int_at_least(c, "moe.hyper_hidden", m.hyper_hidden, 1);
     m.balance_coef = coef(c, "moe.balance_coef");
     m.z_loss_coef = coef(c, "moe.z_loss_coef");
     return m;
@@ -187,7 +193,7 @@ TrainConfig parse_train_config(const RunConfig& c) {
         "(Fashion-MNIST) or multitask (MMoE synthetic data)");
   const std::string task = one_of(c, "run.task", "lm", {"lm", "classify", "multitask"});
   TrainConfig t;
-  const Task kind = task == "lm" ? Task::kLanguageModel
+  const Task kind = task == "lm"         ? Task::kLanguageModel
                     : task == "classify" ? Task::kClassify
                                          : Task::kMultiTask;
   t.run = parse_run(c, kind);

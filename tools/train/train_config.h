@@ -26,7 +26,7 @@ struct RunSection {
   double min_lr_fraction = 0.1;  ///< cosine decay from lr to lr·min_lr_fraction after warm-up
   int64_t warmup_steps = 0;
   double weight_decay = 0.0;
-  double momentum = 0.9;  ///< sgd only
+  double momentum = 0.9;   ///< sgd only
   double grad_clip = 1.0;  ///< global gradient-norm clip; 0 = off
   int64_t log_every = 10;
   int64_t eval_every = 100;
@@ -35,7 +35,7 @@ struct RunSection {
 };
 
 struct DataSection {
-  std::string dir;       ///< lm: the corpus folder (moe data kjv); classify: Fashion-MNIST files
+  std::string dir;        ///< lm: the corpus folder (moe data kjv); classify: Fashion-MNIST files
   int64_t context = 128;  ///< lm: characters per sequence
   // multitask: a file from `moe data synthetic`, or generated here from these
   std::string file;
@@ -61,15 +61,15 @@ struct MoESection {
   int64_t groups = 0;  ///< 0 = floor(sqrt(num_experts)) rounded to a divisor
   int64_t secondary_top_k = 2;
   // top_any (DynMoE)
-  int64_t initial_experts = 0;  ///< 0 = num_experts / 2
-  std::string storage = "pool";      ///< pool | resize
-  std::string schedule = "window";   ///< window | every_step | manual
+  int64_t initial_experts = 0;      ///< 0 = num_experts / 2
+  std::string storage = "pool";     ///< pool | resize
+  std::string schedule = "window";  ///< window | every_step | manual
   int64_t record = 300, period = 900;
   std::string temperature = "frozen";  ///< frozen | trainable | none
   double top_any_aux_coef = 0.01;
   // hyper / smoe_dropout
   std::string k_schedule = "linear_increase";  ///< a TopKSchedule mode, or constant
-  int64_t k_min = 0, k_max = 0;  ///< 0 = top_k / num_experts
+  int64_t k_min = 0, k_max = 0;                ///< 0 = top_k / num_experts
   int64_t hyper_hidden = 256;
 };
 
@@ -77,8 +77,9 @@ struct ModelSection {
   // lm and classify
   int64_t d_model = 128;
   int64_t layers = 4;
-  int64_t heads = 4;        ///< lm
-  int64_t moe_every = 1;    ///< 1: every block's FFN is MoE, 2: every other (the 2nd, 4th, ...), 0: dense
+  int64_t heads = 4;  ///< lm
+  int64_t moe_every =
+      1;  ///< 1: every block's FFN is MoE, 2: every other (the 2nd, 4th, ...), 0: dense
   int64_t dense_hidden = 0;  ///< dense FFN width; 0 = top_k · moe.hidden (equal active compute)
   double dropout = 0.0;
   // multitask

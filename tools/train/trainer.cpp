@@ -6,9 +6,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -71,7 +71,8 @@ std::vector<std::pair<std::string, nn::TopAnyMoEImpl*>> top_any_layers(torch::nn
   return out;
 }
 
-// ---- per-layer statistics over a logging interval ------------------------------------------------
+// ---- per-layer statistics over a logging interval
+// ------------------------------------------------
 
 struct LayerAccumulator {
   explicit LayerAccumulator(std::string layer = {}) : name(std::move(layer)) {}
@@ -106,7 +107,8 @@ struct LayerAccumulator {
   json record() const {
     json j = {{"name", name}};
     const double total = counts.sum().item<double>();
-    std::vector<double> share(counts.data_ptr<double>(), counts.data_ptr<double>() + counts.numel());
+    std::vector<double> share(counts.data_ptr<double>(),
+                              counts.data_ptr<double>() + counts.numel());
     for (auto& s : share) s = total > 0 ? s / total : 0;
     j["share"] = share;
     if (sparse && forwards > 0) {
@@ -185,7 +187,8 @@ class IntervalStats {
   int64_t tokens_ = 0, steps_ = 0;
 };
 
-// ---- the run folder ------------------------------------------------------------------------------
+// ---- the run folder
+// ------------------------------------------------------------------------------
 
 class MetricsLog {
  public:
@@ -256,8 +259,8 @@ void save_open_records(torch::nn::Module& m, std::map<std::string, std::string>*
     const auto sum = r.unrouted_sum.to(torch::kDouble).contiguous();
     json j = {{"expert_counts", std::vector<int64_t>(counts.data_ptr<int64_t>(),
                                                      counts.data_ptr<int64_t>() + counts.numel())},
-              {"unrouted_sum", std::vector<double>(sum.data_ptr<double>(),
-                                                   sum.data_ptr<double>() + sum.numel())},
+              {"unrouted_sum",
+               std::vector<double>(sum.data_ptr<double>(), sum.data_ptr<double>() + sum.numel())},
               {"tokens", r.tokens},
               {"unrouted_tokens", r.unrouted_tokens}};
     (*meta)["top_any_records." + name] = j.dump();
@@ -270,7 +273,8 @@ void restore_open_records(torch::nn::Module& m, const std::map<std::string, std:
     if (it == meta.end()) continue;
     const json j = json::parse(it->second);
     nn::RoutingRecords r;
-    r.expert_counts = torch::tensor(j.at("expert_counts").get<std::vector<int64_t>>(), torch::kLong);
+    r.expert_counts =
+        torch::tensor(j.at("expert_counts").get<std::vector<int64_t>>(), torch::kLong);
     r.unrouted_sum = torch::tensor(j.at("unrouted_sum").get<std::vector<double>>(), torch::kDouble);
     r.tokens = j.at("tokens").get<int64_t>();
     r.unrouted_tokens = j.at("unrouted_tokens").get<int64_t>();
@@ -301,8 +305,8 @@ struct StopSignals {
 // Keys a resumed run may change: logging, evaluation, checkpoints, where the data is, and the
 // length of the run (which stretches the learning-rate and k schedules from the next step on).
 bool may_change_on_resume(const std::string& key) {
-  static const char* kKeys[] = {"run.steps",          "run.log_every", "run.eval_every",
-                                "run.eval_batches",   "run.checkpoint_every", "data.dir",
+  static const char* kKeys[] = {"run.steps",        "run.log_every",        "run.eval_every",
+                                "run.eval_batches", "run.checkpoint_every", "data.dir",
                                 "data.file"};
   for (const char* k : kKeys)
     if (key == k) return true;
@@ -330,7 +334,8 @@ void check_resume_config(const cli::RunConfig& now, const std::string& saved_tex
   if (!changes.empty())
     throw std::invalid_argument(
         "moe train --resume: the configuration differs from the one the checkpoint was trained "
-        "with:" + changes +
+        "with:" +
+        changes +
         "\nA resumed run may change only run.steps, run.log_every, run.eval_every, "
         "run.eval_batches, run.checkpoint_every, data.dir and data.file; start a new run "
         "(--out) for anything else");
@@ -357,7 +362,8 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   } else if (fs::exists(checkpoint)) {
     throw std::invalid_argument("moe train: " + run_dir +
                                 " already holds a run (checkpoint.safetensors); continue it with "
-                                "--resume " + run_dir + " or choose another --out folder");
+                                "--resume " +
+                                run_dir + " or choose another --out folder");
   }
   fs::create_directories(dir);
   if (resume) {  // before anything is built: a changed model would fail later with a shape error
@@ -386,9 +392,10 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
       if (e.path().filename().string().find(".tmp.") != std::string::npos) fs::remove(e.path());
     spdlog::info("resuming {} from step {}", run_dir, step);
     if (step >= c.run.steps)
-      spdlog::warn("the checkpoint is at step {} and run.steps = {}: nothing to train (raise it "
-                   "with --set run.steps=N)",
-                   step, c.run.steps);
+      spdlog::warn(
+          "the checkpoint is at step {} and run.steps = {}: nothing to train (raise it "
+          "with --set run.steps=N)",
+          step, c.run.steps);
   } else {
     std::ofstream(dir / kMetricsFile, std::ios::trunc);
   }
@@ -396,17 +403,17 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   summary.first_step = step;
   summary.parameters = count_parameters(c, *model);  // after a resize-mode checkpoint is loaded
 
-  json start = {{"event", "start"},
-                {"task", to_string(c.run.task)},
-                {"model", model->description()},
-                {"router", c.run.task == Task::kMultiTask || c.model.moe_every == 0 ? "none"
-                                                                                    : c.moe.router},
-                {"steps", c.run.steps},
-                {"parameters", summary.parameters.total},
-                {"active_parameters", summary.parameters.active},
-                {"threads", at::get_num_threads()},
-                {"resumed_from", resume ? json(step) : json(nullptr)},
-                {"time", iso_time_now()}};
+  json start = {
+      {"event", "start"},
+      {"task", to_string(c.run.task)},
+      {"model", model->description()},
+      {"router", c.run.task == Task::kMultiTask || c.model.moe_every == 0 ? "none" : c.moe.router},
+      {"steps", c.run.steps},
+      {"parameters", summary.parameters.total},
+      {"active_parameters", summary.parameters.active},
+      {"threads", at::get_num_threads()},
+      {"resumed_from", resume ? json(step) : json(nullptr)},
+      {"time", iso_time_now()}};
   if (c.run.task != Task::kMultiTask && c.model.moe_every > 0) {
     start["num_experts"] = c.moe.num_experts;
     if (c.moe.router != "top_any") start["top_k"] = c.moe.top_k;
@@ -456,9 +463,10 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
     e["step"] = step;
     e["split"] = "valid";
     log.append(e);
-    progress.note("step " + std::to_string(step) + ": valid loss " + fixed(e.value("loss", 0.0), 4) +
-                  (e.contains("bpc") ? ", bpc " + fixed(e.value("bpc", 0.0), 4) : "") +
-                  (e.contains("accuracy") ? ", accuracy " + fixed(e.value("accuracy", 0.0), 4) : ""));
+    progress.note(
+        "step " + std::to_string(step) + ": valid loss " + fixed(e.value("loss", 0.0), 4) +
+        (e.contains("bpc") ? ", bpc " + fixed(e.value("bpc", 0.0), 4) : "") +
+        (e.contains("accuracy") ? ", accuracy " + fixed(e.value("accuracy", 0.0), 4) : ""));
   };
   auto log_final_eval = [&] {
     summary.valid = evaluate("valid", 0);
