@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace moe::io {
@@ -33,6 +34,24 @@ void write_all(int fd, const void* data, size_t n, const std::string& path, cons
   }
 }
 
+// The process umask without changing it (umask() can only be read by setting it, which races with
+// other threads creating files): Linux reports it in /proc/self/status; 022 if that is unreadable.
+mode_t process_umask() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  mode_t mask = 022;
+  if (f == nullptr) return mask;
+  char line[256];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned m = 0;
+    if (std::sscanf(line, "Umask: %o", &m) == 1) {
+      mask = static_cast<mode_t>(m);
+      break;
+    }
+  }
+  std::fclose(f);
+  return mask;
+}
+
 std::string parent_dir(const std::string& path) {
   const auto slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
@@ -51,7 +70,15 @@ void write_file_atomically(const std::string& path,
   try {
     for (const auto& [data, n] : chunks) write_all(f.fd, data, n, tmp, who);
     TORCH_CHECK(::fsync(f.fd) == 0, who, ": fsync of ", tmp, " failed: ", os_error());
-    TORCH_CHECK(::fchmod(f.fd, 0644) == 0, who, ": chmod of ", tmp, " failed: ", os_error());
+    // mkstemp creates 0600: give the file the mode it had, or what a new file would get
+    struct stat old;
+    mode_t mode;
+    if (::stat(path.c_str(), &old) == 0) {
+      mode = old.st_mode & 07777;
+    } else {
+      mode = 0666 & ~process_umask();
+    }
+    TORCH_CHECK(::fchmod(f.fd, mode) == 0, who, ": chmod of ", tmp, " failed: ", os_error());
     const int fd = f.fd;
     f.fd = -1;
     TORCH_CHECK(::close(fd) == 0, who, ": closing ", tmp, " failed: ", os_error());

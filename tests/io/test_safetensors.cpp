@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <random>
 #include <string>
 
+#include "moe/io/atomic_file.h"
 #include "moe/io/safetensors.h"
 #include "support/test_util.h"
 
@@ -229,6 +231,27 @@ TEST(Safetensors, WriterRejectsBadInput) {
 constexpr const char* kWriterEnv = "MOE_SAFETENSORS_WRITER_PATH";
 
 // Runs only as the child of the test below: rewrites the file forever, generation after generation.
+// The temporary file starts as 0600 (mkstemp); the result must have the mode the file had, or the
+// mode a new file gets under the process umask.
+TEST(AtomicFile, KeepsTheModeOrFollowsTheUmask) {
+  moe::testing::TempDir dir;
+  const auto path = (dir.path / "f.txt").string();
+  const mode_t old_mask = ::umask(027);
+  moe::io::write_file_atomically(path, std::string("one"));
+  ::umask(old_mask);
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  moe::io::write_file_atomically(path, std::string("two"));
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  std::ifstream f(path);
+  std::string text;
+  f >> text;
+  EXPECT_EQ(text, "two");
+}
+
 TEST(Safetensors, WriterChild) {
   const char* path = std::getenv(kWriterEnv);
   if (path == nullptr) GTEST_SKIP() << "runs as the child process of AKilledWriter...";

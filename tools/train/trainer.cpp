@@ -388,8 +388,11 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
     restore_open_records(module, meta);
     kept = log.truncate_after(step);
     // temporary files of writes that a killed session never finished
-    for (const auto& e : fs::directory_iterator(dir))
-      if (e.path().filename().string().find(".tmp.") != std::string::npos) fs::remove(e.path());
+    for (const auto& e : fs::directory_iterator(dir)) {
+      const std::string name = e.path().filename().string();
+      for (const char* f : {kCheckpointFile, kMetricsFile, kConfigFile})
+        if (name.rfind(std::string(f) + ".tmp.", 0) == 0) fs::remove(e.path());
+    }
     spdlog::info("resuming {} from step {}", run_dir, step);
     if (step >= c.run.steps)
       spdlog::warn(
