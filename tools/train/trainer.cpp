@@ -282,8 +282,6 @@ void restore_open_records(torch::nn::Module& m, const std::map<std::string, std:
   }
 }
 
-TrainConfig read_config(const cli::RunConfig& config) { return parse_train_config(config); }
-
 // SIGINT / SIGTERM: finish the current step, write a checkpoint, stop.
 volatile std::sig_atomic_t g_stop_signal = 0;
 extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
@@ -353,7 +351,7 @@ std::string fixed(double v, int digits) {
 
 TrainSummary run_training(const cli::RunConfig& config, const std::string& run_dir, bool resume,
                           int64_t stop_at) {
-  const TrainConfig c = read_config(config);
+  const TrainConfig c = parse_train_config(config);
   const fs::path dir(run_dir), checkpoint = dir / kCheckpointFile;
   if (resume) {
     if (!fs::exists(checkpoint))
@@ -534,19 +532,24 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
     const bool last = step == c.run.steps;
     const bool stopping = step == end || g_stop_signal != 0;
     const bool checkpoint_due = step % c.run.checkpoint_every == 0 || stopping;
-    // A train record at every checkpoint too, so that a resumed run's intervals match.
-    if (step % c.run.log_every == 0 || checkpoint_due) {
+    auto flush = [&] {
       const double now = seconds();
       const json rec = interval.flush(step, now, now - last_flush, lr);
       log.append(rec);
       progress.update(step, rec.value("loss", 0.0), rec.value("tokens_per_s", 0.0), now);
-    }
+    };
+    // A train record at every checkpoint too, so that a resumed run's intervals match.
+    if (step % c.run.log_every == 0 || checkpoint_due) flush();
     if (checkpoint_due) save();  // before the final evaluation: a kill during it loses nothing
     if (step % c.run.eval_every == 0 && !last) log_eval();
     if (last) log_final_eval();
     // tokens/s of the next interval: training time only
     if (step % c.run.log_every == 0 || checkpoint_due) last_flush = seconds();
-    if (g_stop_signal != 0) {
+    if (g_stop_signal != 0) {  // possibly raised during this step's evaluation
+      if (!checkpoint_due) {
+        if (!interval.empty()) flush();
+        save();
+      }
       summary.interrupted = true;
       break;
     }
@@ -572,7 +575,7 @@ Metrics run_evaluation(const std::string& run_dir, const std::string& split) {
                                 " does not exist (train first: moe train CONFIG --out " + run_dir +
                                 ")");
   const auto config = cli::RunConfig::from_file((dir / kConfigFile).string());
-  const TrainConfig c = read_config(config);
+  const TrainConfig c = parse_train_config(config);
   auto data = load_task_data(c);
   auto model = build_model(c, data->vocab_size(), data->input_dim());
   auto opt = make_optimizer(c.run, model->module());
