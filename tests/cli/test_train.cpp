@@ -242,6 +242,33 @@ INSTANTIATE_TEST_SUITE_P(
                 2}),
     [](const auto& info) { return std::string(info.param.name); });
 
+// Validation forwards inside an open DynMoE recording window must not change what training does:
+// the same run with and without frequent evaluations trains identically.
+TEST(Train, EvaluationDoesNotChangeDynMoETraining) {
+  TempDir dir;
+  write_corpus(dir.path / "corpus");
+  std::vector<std::vector<json>> runs;
+  for (const char* every : {"run.eval_every=2", "run.eval_every=1000"}) {
+    auto config = RunConfig::from_string(lm_config(dir.path / "corpus"));
+    for (const char* s : {"run.steps=40", "moe.router=\"top_any\"", "moe.storage=\"pool\"",
+                          "moe.record=3", "moe.period=5", "moe.initial_experts=1"})
+      config.set(s);
+    config.set(every);
+    const auto run = dir.path / (std::string("run") + std::to_string(runs.size()));
+    moe::train::run_training(config, run.string(), false);
+    runs.push_back(records(read_metrics(run), "train"));
+  }
+  ASSERT_EQ(runs[0].size(), runs[1].size());
+  std::set<int64_t> active;
+  for (size_t i = 0; i < runs[0].size(); ++i) {
+    EXPECT_EQ(runs[0][i].at("task_loss").get<double>(), runs[1][i].at("task_loss").get<double>())
+        << "step " << runs[0][i].at("step");
+    EXPECT_EQ(runs[0][i].at("moe"), runs[1][i].at("moe")) << "step " << runs[0][i].at("step");
+    active.insert(runs[0][i].at("moe")[0].at("active_experts").get<int64_t>());
+  }
+  EXPECT_GT(active.size(), 1u);  // experts were added: the windows mattered
+}
+
 TEST(Train, MultiTaskModelsTrainOnGeneratedData) {
   for (const char* kind : {"shared_bottom", "omoe", "mmoe", "cgc", "ple"}) {
     TempDir dir;
