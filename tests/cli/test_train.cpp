@@ -511,6 +511,14 @@ TEST(TrainCli, StopAtAndSigtermResumeExactly) {
   EXPECT_TRUE(records(read_metrics(b), "end").empty());
   ASSERT_EQ(moe_cli("train --resume " + b.string()).status, 0);
   expect_same_training(read_metrics(a), read_metrics(b));
+  // elapsed time continues across sessions
+  double at_stop = -1, after = -1;
+  for (const auto& t : records(read_metrics(b), "train")) {
+    if (t.at("step") == 35) at_stop = t.at("elapsed_s").get<double>();
+    if (t.at("step") == 40) after = t.at("elapsed_s").get<double>();
+  }
+  EXPECT_GT(at_stop, 0);
+  EXPECT_GT(after, at_stop);
 
   const pid_t pid = spawn_moe({"train", cfg, "--out", c.string(), "--set", "run.steps=120", "--set",
                                "run.checkpoint_every=50"},

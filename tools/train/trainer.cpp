@@ -379,10 +379,12 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   TrainSummary summary;
   MetricsLog log(dir / kMetricsFile);
   int64_t step = 0;
-  std::vector<json> kept;  // a resumed run's records up to its checkpoint
+  double earlier_seconds = 0;  // training time of the earlier sessions of a resumed run
+  std::vector<json> kept;      // a resumed run's records up to its checkpoint
   if (resume) {
     const auto meta = io::load_checkpoint(module, *opt, checkpoint.string());
     step = std::stoll(meta.at("step"));
+    if (meta.count("elapsed_s")) earlier_seconds = std::stod(meta.at("elapsed_s"));
     restore_open_records(module, meta);
     kept = log.truncate_after(step);
     // temporary files of writes that a killed session never finished
@@ -452,6 +454,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   };
   auto save = [&] {
     std::map<std::string, std::string> meta{{"step", std::to_string(step)},
+                                            {"elapsed_s", fixed(earlier_seconds + seconds(), 3)},
                                             {"config", config.to_toml()},
                                             {"task", to_string(c.run.task)}};
     save_open_records(module, &meta);
@@ -534,7 +537,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
     const bool checkpoint_due = step % c.run.checkpoint_every == 0 || stopping;
     auto flush = [&] {
       const double now = seconds();
-      const json rec = interval.flush(step, now, now - last_flush, lr);
+      const json rec = interval.flush(step, earlier_seconds + now, now - last_flush, lr);
       log.append(rec);
       progress.update(step, rec.value("loss", 0.0), rec.value("tokens_per_s", 0.0), now);
     };
@@ -559,7 +562,8 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   summary.seconds = seconds();
   summary.load = interval.run_load();
   if (step == c.run.steps && step > summary.first_step)
-    log.append({{"event", "end"}, {"step", step}, {"elapsed_s", summary.seconds}});
+    log.append(
+        {{"event", "end"}, {"step", step}, {"elapsed_s", earlier_seconds + summary.seconds}});
   else if (step < c.run.steps)
     spdlog::info("{} at step {} of {} with a checkpoint; continue with: moe train --resume {}",
                  summary.interrupted ? "interrupted" : "stopped", step, c.run.steps, run_dir);
