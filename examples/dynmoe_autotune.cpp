@@ -88,6 +88,10 @@ int main(int argc, char** argv) {
       "set, test MSE %.4f\n",
       static_cast<long long>(r.final_active), static_cast<long long>(c.task.clusters()),
       r.test_mean_k, r.test_mse);
+  std::printf(
+      "  test tokens that fired no expert: %.1f%% (given their argmax expert alone); test MSE "
+      "over the tokens that fired: %.4f\n",
+      100 * r.test_unrouted, r.test_mse_routed);
   for (int64_t E : {2, 4, 8, 16}) {
     if (!baselines) break;
     std::printf("top-2 SparseMoE, E = %2lld: test MSE %.4f\n", static_cast<long long>(E),

@@ -77,6 +77,14 @@ AutotuneResult train_dynmoe(const AutotuneConfig& c,
   auto out = layer->forward(test.x);
   r.test_mse = torch::mse_loss(out.output, test.y).item<double>();
   r.test_mean_k = out.stats.experts_per_token_mean;
+  // which test tokens fired an expert: the same forward without the inference fallback
+  const auto fallback = layer->router->options.fallback();
+  layer->router->options.fallback(TopAnyFallback::kZero);
+  const auto routed = (layer->forward(test.x).routing.expert_index >= 0).any(1);
+  layer->router->options.fallback(fallback);
+  r.test_unrouted = 1.0 - routed.to(torch::kDouble).mean().item<double>();
+  r.test_mse_routed =
+      (out.output - test.y).pow(2).mean(1).index({routed}).mean().item<double>();
   r.final_active = layer->num_active_experts();
   return r;
 }

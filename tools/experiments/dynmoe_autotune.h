@@ -57,6 +57,8 @@ struct AutotuneResult {
   std::vector<AutotunePoint> history;  ///< every step
   double test_mse = 0;                 ///< eval mode, on the held-out test set (all clusters)
   double test_mean_k = 0;
+  double test_unrouted = 0;    ///< fraction of test tokens that fired no expert (argmax fallback)
+  double test_mse_routed = 0;  ///< test MSE over the tokens that fired at least one expert
   int64_t final_active = 0;
 };
 
