@@ -570,6 +570,14 @@ TEST(Report, ErrorsNameTheFileTheLineAndTheProblem) {
              "\"train\",\"step\":2,\"loss\":}\n");
   expect_error([&] { render(bad); }, {(bad / "metrics.jsonl").string(), "line 3", "invalid JSON"});
 
+  // ... but a last line without its newline is a record being written by a running `moe train`:
+  // the page shows the complete records.
+  const fs::path running = tmp.path() / "running";
+  write_file(running / "metrics.jsonl",
+             "{\"event\":\"start\"}\n{\"event\":\"train\",\"step\":1,\"loss\":1}\n{\"event\":"
+             "\"train\",\"st");
+  EXPECT_NO_THROW(render(running));
+
   const fs::path no_event = tmp.path() / "no_event";
   write_file(no_event / "metrics.jsonl", "{\"event\":\"start\"}\n{\"step\":1,\"loss\":1}\n");
   expect_error([&] { render(no_event); },

@@ -269,6 +269,12 @@ Run load_run(const std::string& dir, bool require_train) {
     try {
       rec = Json::parse(line);
     } catch (const Json::parse_error& e) {
+      // A last line without its newline is a record that a running `moe train` is writing: the
+      // report of a run in progress shows what is complete.
+      if (file.eof()) {
+        --run.records;
+        break;
+      }
       // nlohmann numbers lines from 1 within the text it was given (one line here): keep only the
       // column and the reason.
       std::string why = e.what();
