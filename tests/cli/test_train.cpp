@@ -173,14 +173,23 @@ TEST(TrainConfig, BadValuesNameTheKeyAndTheValue) {
       {"moe.groups = 5", "divisor of moe.num_experts = 12"});
 }
 
-TEST(TrainConfig, UnknownKeysAreErrors) {
-  // a typo, and a key of another router kind / task
+TEST(TrainConfig, UnknownKeysAreErrorsKeysOfOtherRoutersAreIgnored) {
+  // typos
   expect_config_error("[run]\ntask = \"lm\"\n[moe]\nnum_expert = 4\n",
                       {"unknown key", "moe.num_expert"});
-  expect_config_error("[run]\ntask = \"lm\"\n[moe]\nrouter = \"softmax_topk\"\nrecord = 3\n",
-                      {"unknown key", "moe.record", "softmax_topk"});
-  expect_config_error("[run]\ntask = \"classify\"\n[model]\nheads = 4\n", {"model.heads"});
-  expect_config_error("[run]\ntask = \"multitask\"\n[moe]\nrouter = \"switch\"\n", {"moe.router"});
+  expect_config_error("[run]\ntask = \"lm\"\nstep = 4\n", {"unknown key", "run.step"});
+  // keys of another router or task: ignored and listed (the trainer warns), so that switching the
+  // router of a configuration file with --set works
+  auto c = RunConfig::from_string(
+      "[run]\ntask = \"lm\"\n[moe]\nrouter = \"top_any\"\ntop_k = 2\ncapacity_factor = 1.0\n");
+  auto t = moe::train::parse_train_config(c);
+  EXPECT_EQ(t.ignored_keys, (std::vector<std::string>{"moe.capacity_factor", "moe.top_k"}));
+  t = moe::train::parse_train_config(
+      RunConfig::from_string("[run]\ntask = \"classify\"\n[model]\nheads = 4\n"));
+  EXPECT_EQ(t.ignored_keys, (std::vector<std::string>{"model.heads"}));
+  t = moe::train::parse_train_config(
+      RunConfig::from_string("[run]\ntask = \"multitask\"\n[moe]\nrouter = \"switch\"\n"));
+  EXPECT_EQ(t.ignored_keys, (std::vector<std::string>{"moe.router"}));
 }
 
 // ---- every model trains

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
@@ -172,6 +173,72 @@ MoESection parse_moe(const RunConfig& c) {
   return m;
 }
 
+// Every key of docs/cli.md, for any task and router.
+bool is_known_key(const std::string& key) {
+  static const std::set<std::string> known = {"run.task",
+                                              "run.seed",
+                                              "run.steps",
+                                              "run.batch_size",
+                                              "run.optimizer",
+                                              "run.lr",
+                                              "run.min_lr_fraction",
+                                              "run.warmup_steps",
+                                              "run.weight_decay",
+                                              "run.momentum",
+                                              "run.grad_clip",
+                                              "run.log_every",
+                                              "run.eval_every",
+                                              "run.eval_batches",
+                                              "run.checkpoint_every",
+                                              "data.dir",
+                                              "data.context",
+                                              "data.file",
+                                              "data.correlation",
+                                              "data.samples",
+                                              "data.dim",
+                                              "data.seed",
+                                              "model.d_model",
+                                              "model.layers",
+                                              "model.heads",
+                                              "model.moe_every",
+                                              "model.dense_hidden",
+                                              "model.dropout",
+                                              "model.kind",
+                                              "model.num_experts",
+                                              "model.expert_hidden",
+                                              "model.tower_hidden",
+                                              "model.bottom_hidden",
+                                              "model.levels",
+                                              "model.specific_experts",
+                                              "model.shared_experts",
+                                              "model.gate_top_k",
+                                              "moe.router",
+                                              "moe.num_experts",
+                                              "moe.top_k",
+                                              "moe.hidden",
+                                              "moe.activation",
+                                              "moe.capacity_factor",
+                                              "moe.noise_epsilon",
+                                              "moe.importance_coef",
+                                              "moe.load_coef",
+                                              "moe.balance_coef",
+                                              "moe.z_loss_coef",
+                                              "moe.groups",
+                                              "moe.secondary_top_k",
+                                              "moe.initial_experts",
+                                              "moe.storage",
+                                              "moe.schedule",
+                                              "moe.record",
+                                              "moe.period",
+                                              "moe.temperature",
+                                              "moe.aux_coef",
+                                              "moe.k_schedule",
+                                              "moe.k_min",
+                                              "moe.k_max",
+                                              "moe.hyper_hidden"};
+  return known.count(key) > 0;
+}
+
 }  // namespace
 
 const char* to_string(Task t) {
@@ -246,14 +313,18 @@ TrainConfig parse_train_config(const RunConfig& c) {
     const int64_t k = t.moe.router == "top_any" ? 1 : t.moe.top_k;
     m.dense_hidden = int_at_least(c, "model.dense_hidden", k * t.moe.hidden, 1);
   }
-  const auto unread = c.unread_keys();
-  if (!unread.empty()) {
-    std::string list;
-    for (const auto& k : unread) list += (list.empty() ? "" : ", ") + k;
-    throw std::invalid_argument("config: unknown key(s) for task " + task + " with model " +
-                                (kind == Task::kMultiTask ? m.kind : t.moe.router) + ": " + list +
-                                " (docs/cli.md lists the keys)");
+  // A key no task or router knows is a typo: an error. A key of another router or task (e.g.
+  // moe.top_k after --set moe.router="top_any") is listed in `ignored_keys` for a warning.
+  std::string unknown;
+  for (const auto& k : c.unread_keys()) {
+    if (is_known_key(k))
+      t.ignored_keys.push_back(k);
+    else
+      unknown += (unknown.empty() ? "" : ", ") + k;
   }
+  if (!unknown.empty())
+    throw std::invalid_argument("config: unknown key(s): " + unknown +
+                                " (docs/cli.md lists the keys)");
   return t;
 }
 

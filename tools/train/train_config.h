@@ -1,7 +1,8 @@
 // The typed configuration of `moe train`: every key of a run's TOML file, its default and its
 // check. RunConfig (tools/cli/run_config.h) reads strings; this turns them into the structs the
 // trainer and the models take, and rejects unknown keys, so a typo never trains a different model
-// silently. docs/cli.md lists the keys.
+// silently; keys of another task or router are ignored with a warning, so that switching the
+// router with --set keeps working. docs/cli.md lists the keys.
 #pragma once
 
 #include <cstdint>
@@ -98,10 +99,13 @@ struct TrainConfig {
   DataSection data;
   ModelSection model;
   MoESection moe;
+  /// Keys of the file that this task and router do not use (keys of another router or task, e.g.
+  /// moe.top_k in a top_any run): ignored, and reported as a warning.
+  std::vector<std::string> ignored_keys;
 };
 
-/// Reads and checks every key; an out-of-range value or an unknown key raises
-/// std::invalid_argument naming the key, the value and what is expected.
+/// Reads and checks every key; an out-of-range value or a key no task or router knows (a typo)
+/// raises std::invalid_argument naming the key, the value and what is expected.
 TrainConfig parse_train_config(const moe::cli::RunConfig& config);
 
 const char* to_string(Task t);

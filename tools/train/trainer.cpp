@@ -352,6 +352,9 @@ std::string fixed(double v, int digits) {
 TrainSummary run_training(const cli::RunConfig& config, const std::string& run_dir, bool resume,
                           int64_t stop_at) {
   const TrainConfig c = parse_train_config(config);
+  for (const auto& k : c.ignored_keys)
+    spdlog::warn("config: {} is not used by task {} with this model; ignored", k,
+                 to_string(c.run.task));
   const fs::path dir(run_dir), checkpoint = dir / kCheckpointFile;
   if (resume) {
     if (!fs::exists(checkpoint))
@@ -494,6 +497,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
     if (step == c.run.steps && !final_done) log_final_eval();
   }
   StopSignals signals;
+  const auto dynmoe = top_any_layers(module);  // DynMoE layers, whose expert updates follow steps
 
   module.train();
   while (step < end) {
@@ -524,12 +528,15 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
                                "kept; lower run.lr or set run.grad_clip");
     batch_metrics["grad_norm"] = grad_norm;
     opt->step();
-    for (const auto& u : nn::apply_expert_updates(module, opt.get()))
+    for (const auto& [name, layer] : dynmoe) {  // what nn::apply_expert_updates does, by name
+      if (!layer->update_pending()) continue;
+      const auto u = layer->apply_pending_update(opt.get());
       if (u.changed())
-        progress.note("step " + std::to_string(step) + ": experts " +
+        progress.note("step " + std::to_string(step) + ": " + name + ": experts " +
                       std::to_string(u.active_before) + " -> " + std::to_string(u.active_after) +
                       " (removed " + std::to_string(u.removed.size()) + ", added " +
                       std::to_string(u.added >= 0 ? 1 : 0) + ")");
+    }
     interval.add(out, batch_metrics, task_value, aux_value, batch.tokens);
 
     const bool last = step == c.run.steps;
