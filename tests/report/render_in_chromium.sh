@@ -63,7 +63,8 @@ run_chromium() {
   local profile
   profile=$(mktemp -d "$work/profile.XXXXXX")
   local status=0
-  timeout 120 "$browser" --headless --no-sandbox --disable-gpu --user-data-dir="$profile" \
+  timeout 120 "$browser" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+    --user-data-dir="$profile" \
     --enable-logging=stderr --v=0 "$@" "$url" >"$work/$name.out" 2>"$work/$name.err" || status=$?
   if [[ $status -ne 0 ]]; then
     fail "chromium ($name) exited with status $status$([[ $status -eq 124 ]] && echo ' (timed out after 120 s)')"
