@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -20,6 +21,7 @@
 #include "cli/run_config.h"
 #include "support/test_util.h"
 #include "train/progress.h"
+#include "train/tensorboard.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 
@@ -134,8 +136,94 @@ void expect_config_error(const std::string& toml, const std::vector<std::string>
   }
 }
 
-// ---- configuration
-// -------------------------------------------------------------------------------
+// ---- a TensorBoard event file reader, written from the format description --------------------
+
+struct TbEvent {
+  int64_t step = 0;
+  std::string file_version;
+  std::map<std::string, float> values;
+};
+
+uint64_t read_varint(const std::string& b, size_t* i) {
+  uint64_t v = 0;
+  for (int shift = 0; *i < b.size(); shift += 7) {
+    const auto c = static_cast<unsigned char>(b[(*i)++]);
+    v |= static_cast<uint64_t>(c & 0x7f) << shift;
+    if (!(c & 0x80)) return v;
+  }
+  throw std::runtime_error("truncated varint");
+}
+
+// Fields of one message: field number -> payload (the bytes of a length-delimited field, 8 bytes of
+// a varint, or the 4/8 bytes of a fixed-width field).
+std::vector<std::pair<int, std::string>> read_fields(const std::string& b) {
+  std::vector<std::pair<int, std::string>> out;
+  for (size_t i = 0; i < b.size();) {
+    const uint64_t k = read_varint(b, &i);
+    const int field = static_cast<int>(k >> 3), type = static_cast<int>(k & 7);
+    std::string payload;
+    if (type == 0) {
+      const uint64_t v = read_varint(b, &i);
+      payload.assign(reinterpret_cast<const char*>(&v), sizeof v);
+    } else if (type == 1 || type == 5) {
+      const size_t n = type == 1 ? 8 : 4;
+      payload = b.substr(i, n);
+      i += n;
+    } else if (type == 2) {
+      const uint64_t n = read_varint(b, &i);
+      payload = b.substr(i, n);
+      i += n;
+    } else {
+      throw std::runtime_error("unexpected wire type");
+    }
+    out.emplace_back(field, payload);
+  }
+  return out;
+}
+
+// Reads every record, checking both CRCs, and decodes the events.
+std::vector<TbEvent> read_events(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  const std::string all((std::istreambuf_iterator<char>(in)), {});
+  std::vector<TbEvent> events;
+  for (size_t i = 0; i < all.size();) {
+    if (i + 12 > all.size()) throw std::runtime_error("truncated record header");
+    uint64_t n;
+    uint32_t len_crc, data_crc;
+    std::memcpy(&n, all.data() + i, 8);
+    std::memcpy(&len_crc, all.data() + i + 8, 4);
+    if (len_crc != moe::train::masked_crc32c(&n, 8)) throw std::runtime_error("length CRC");
+    if (i + 12 + n + 4 > all.size()) throw std::runtime_error("truncated record");
+    const std::string data = all.substr(i + 12, n);
+    std::memcpy(&data_crc, all.data() + i + 12 + n, 4);
+    if (data_crc != moe::train::masked_crc32c(data.data(), n)) throw std::runtime_error("data CRC");
+    i += 12 + n + 4;
+    TbEvent e;
+    for (const auto& [field, payload] : read_fields(data)) {
+      if (field == 2) std::memcpy(&e.step, payload.data(), 8);
+      if (field == 3) e.file_version = payload;
+      if (field != 5) continue;
+      for (const auto& [vf, value] : read_fields(payload)) {
+        if (vf != 1) continue;
+        std::string tag;
+        float v = NAN;
+        for (const auto& [f, p] : read_fields(value)) {
+          if (f == 1) tag = p;
+          if (f == 2) std::memcpy(&v, p.data(), 4);
+        }
+        e.values[tag] = v;
+      }
+    }
+    events.push_back(std::move(e));
+  }
+  return events;
+}
+
+TEST(TensorBoard, Crc32cOfTheStandardCheckString) {
+  EXPECT_EQ(moe::train::crc32c("123456789", 9), 0xE3069283u);  // the CRC-32C check value
+}
+
+// ---- configuration ----------------------------------------------------------------------------
 
 TEST(TrainConfig, DefaultsAndTypedValues) {
   const auto c = moe::train::parse_train_config(RunConfig::from_string(
@@ -192,8 +280,7 @@ TEST(TrainConfig, UnknownKeysAreErrorsKeysOfOtherRoutersAreIgnored) {
   EXPECT_EQ(t.ignored_keys, (std::vector<std::string>{"moe.router"}));
 }
 
-// ---- every model trains
-// --------------------------------------------------------------------------
+// ---- every model trains -------------------------------------------------------------------------
 
 struct Variant {
   const char* name;
@@ -310,8 +397,7 @@ TEST(Train, ClassifierOnFashionMnist) {
   EXPECT_EQ(summary.load[0].share.size(), 4u);
 }
 
-// ---- the real program
-// ------------------------------------------------------------------------------
+// ---- the real program ---------------------------------------------------------------------------
 
 TEST(TrainCli, EndToEndLossDecreasesAndEvalReadsTheCheckpoint) {
   TempDir dir;
@@ -343,6 +429,28 @@ TEST(TrainCli, EndToEndLossDecreasesAndEvalReadsTheCheckpoint) {
               evals.back().at("loss").get<double>() / std::log(2.0), 1e-12);
   // the effective configuration has the override
   EXPECT_EQ(RunConfig::from_file((run / "config.toml").string()).get_int("run.steps", 0), 80);
+
+  // the TensorBoard file holds the same scalars as the JSONL (as float32)
+  std::vector<fs::path> tb;
+  for (const auto& f : fs::directory_iterator(run))
+    if (f.path().filename().string().rfind("events.out.tfevents.", 0) == 0) tb.push_back(f.path());
+  ASSERT_EQ(tb.size(), 1u);
+  const auto events = read_events(tb[0]);
+  ASSERT_EQ(events.size(), 1 + train.size() + evals.size());
+  EXPECT_EQ(events[0].file_version, "brain.Event:2");
+  size_t matched = 0;
+  for (const auto& t : train)
+    for (const auto& e : events)
+      if (e.step == t.at("step").get<int64_t>() && e.values.count("train/loss")) {
+        EXPECT_EQ(e.values.at("train/loss"), static_cast<float>(t.at("loss").get<double>()));
+        EXPECT_EQ(e.values.at("train/bpc"), static_cast<float>(t.at("bpc").get<double>()));
+        EXPECT_EQ(e.values.at("moe/blocks.1.ffn/cv"),
+                  static_cast<float>(t.at("moe")[1].at("cv").get<double>()));
+        ++matched;
+      }
+  EXPECT_EQ(matched, train.size());
+  EXPECT_EQ(events.back().values.at("valid/bpc"),
+            static_cast<float>(evals.back().at("bpc").get<double>()));
 
   // the report of this real run: one heat map per MoE layer, curves, nothing external
   r = moe_cli("report " + run.string());

@@ -20,6 +20,7 @@
 #include "moe/io/training_state.h"
 #include "moe/nn/top_any_moe.h"
 #include "train/progress.h"
+#include "train/tensorboard.h"
 
 namespace moe::train {
 namespace fs = std::filesystem;
@@ -347,6 +348,33 @@ std::string fixed(double v, int digits) {
   return s.str();
 }
 
+// The scalars of a train or eval record, for TensorBoard: train/<key>, moe/<layer>/<key>,
+// <split>/<key> (and <split>/mse<i> for the per-task list).
+std::vector<std::pair<std::string, double>> tensorboard_scalars(const json& rec) {
+  std::vector<std::pair<std::string, double>> out;
+  const bool train = rec.at("event") == "train";
+  const std::string prefix = train ? "train/" : rec.value("split", "valid") + "/";
+  for (const auto& [k, v] : rec.items()) {
+    if (v.is_number() && k != "step" && k != "elapsed_s")
+      out.emplace_back(prefix + k, v.get<double>());
+    if (k == "mse" && v.is_array())
+      for (size_t i = 0; i < v.size(); ++i)
+        if (v[i].is_number())
+          out.emplace_back(prefix + "mse" + std::to_string(i), v[i].get<double>());
+  }
+  if (train && rec.contains("moe"))
+    for (const auto& layer : rec.at("moe"))
+      for (const char* k : {"cv", "dropped", "mean_k", "active_experts", "unrouted"})
+        if (layer.contains(k) && layer.at(k).is_number())
+          out.emplace_back("moe/" + layer.at("name").get<std::string>() + "/" + k,
+                           layer.at(k).get<double>());
+  return out;
+}
+
+double unix_time() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
 }  // namespace
 
 TrainSummary run_training(const cli::RunConfig& config, const std::string& run_dir, bool resume,
@@ -425,6 +453,11 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
     if (c.moe.router != "top_any") start["top_k"] = c.moe.top_k;
   }
   log.append(start);
+  EventWriter events(dir.string());  // TensorBoard: the scalars of every train and eval record
+  auto record = [&](const json& rec) {
+    log.append(rec);
+    events.scalars(rec.at("step").get<int64_t>(), unix_time(), tensorboard_scalars(rec));
+  };
   spdlog::info("model: {} ({} parameters, {} active per token), {} steps of batch {}",
                model->description(), summary.parameters.total, summary.parameters.active,
                c.run.steps, c.run.batch_size);
@@ -469,7 +502,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
     e["event"] = "eval";
     e["step"] = step;
     e["split"] = "valid";
-    log.append(e);
+    record(e);
     progress.note(
         "step " + std::to_string(step) + ": valid loss " + fixed(e.value("loss", 0.0), 4) +
         (e.contains("bpc") ? ", bpc " + fixed(e.value("bpc", 0.0), 4) : "") +
@@ -482,7 +515,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
     e["step"] = step;
     e["split"] = "valid";
     e["full_split"] = true;
-    log.append(e);
+    record(e);
   };
   // The checkpoint is written before the evaluations of its step: a session killed during them
   // resumes by running them (evaluation changes nothing, so this is exact).
@@ -545,7 +578,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
     auto flush = [&] {
       const double now = seconds();
       const json rec = interval.flush(step, earlier_seconds + now, now - last_flush, lr);
-      log.append(rec);
+      record(rec);
       progress.update(step, rec.value("loss", 0.0), rec.value("tokens_per_s", 0.0), now);
     };
     // A train record at every checkpoint too, so that a resumed run's intervals match.
