@@ -141,6 +141,7 @@ void expect_config_error(const std::string& toml, const std::vector<std::string>
 struct TbEvent {
   int64_t step = 0;
   std::string file_version;
+  int64_t session_status = 0;  // SessionLog.status (1 = START)
   std::map<std::string, float> values;
 };
 
@@ -202,6 +203,9 @@ std::vector<TbEvent> read_events(const fs::path& file) {
     for (const auto& [field, payload] : read_fields(data)) {
       if (field == 2) std::memcpy(&e.step, payload.data(), 8);
       if (field == 3) e.file_version = payload;
+      if (field == 6)
+        for (const auto& [f, p] : read_fields(payload))
+          if (f == 1) std::memcpy(&e.session_status, p.data(), 8);
       if (field != 5) continue;
       for (const auto& [vf, value] : read_fields(payload)) {
         if (vf != 1) continue;
@@ -628,6 +632,16 @@ TEST(TrainCli, StopAtAndSigtermResumeExactly) {
   EXPECT_TRUE(records(read_metrics(b), "end").empty());
   ASSERT_EQ(moe_cli("train --resume " + b.string()).status, 0);
   expect_same_training(read_metrics(a), read_metrics(b));
+  // the resumed session's TensorBoard file starts with SessionLog START at the checkpoint's step
+  std::vector<fs::path> tb;
+  for (const auto& f : fs::directory_iterator(b))
+    if (f.path().filename().string().rfind("events.out.tfevents.", 0) == 0) tb.push_back(f.path());
+  ASSERT_GE(tb.size(), 1u);
+  bool session_start = false;
+  for (const auto& f : tb)
+    for (const auto& e : read_events(f))
+      session_start = session_start || (e.session_status == 1 && e.step == 35);
+  EXPECT_TRUE(session_start);
   // elapsed time continues across sessions
   double at_stop = -1, after = -1;
   for (const auto& t : records(read_metrics(b), "train")) {

@@ -100,6 +100,16 @@ void EventWriter::scalars(int64_t step, double wall_time,
   write_record(e);
 }
 
+void EventWriter::session_start(int64_t step, double wall_time) {
+  // Event.session_log = 6: SessionLog { SessionStatus status = 1 } with START = 1
+  std::string session_log;
+  key(session_log, 1, 0);
+  varint(session_log, 1);
+  std::string e = event(wall_time, step);
+  bytes_field(e, 6, session_log);
+  write_record(e);
+}
+
 void EventWriter::write_record(const std::string& data) {
   std::string r;
   const uint64_t n = data.size();

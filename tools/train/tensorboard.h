@@ -28,6 +28,10 @@ class EventWriter {
   /// One event with these scalars at `step`; written and flushed at once.
   void scalars(int64_t step, double wall_time,
                const std::vector<std::pair<std::string, double>>& values);
+  /// A resumed run: SessionLog START at the checkpoint's step, after which TensorBoard drops the
+  /// events of earlier files with larger steps (those a killed session wrote after its last
+  /// checkpoint).
+  void session_start(int64_t step, double wall_time);
   const std::string& path() const { return path_; }
 
  private:

@@ -454,6 +454,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   }
   log.append(start);
   EventWriter events(dir.string());  // TensorBoard: the scalars of every train and eval record
+  if (resume) events.session_start(step, unix_time());
   auto record = [&](const json& rec) {
     log.append(rec);
     events.scalars(rec.at("step").get<int64_t>(), unix_time(), tensorboard_scalars(rec));
