@@ -83,8 +83,7 @@ AutotuneResult train_dynmoe(const AutotuneConfig& c,
   const auto routed = (layer->forward(test.x).routing.expert_index >= 0).any(1);
   layer->router->options.fallback(fallback);
   r.test_unrouted = 1.0 - routed.to(torch::kDouble).mean().item<double>();
-  r.test_mse_routed =
-      (out.output - test.y).pow(2).mean(1).index({routed}).mean().item<double>();
+  r.test_mse_routed = (out.output - test.y).pow(2).mean(1).index({routed}).mean().item<double>();
   r.final_active = layer->num_active_experts();
   return r;
 }
