@@ -7,6 +7,7 @@
 
 #include "moe/plan.h"
 #include "nn/common.h"
+#include "nn/router_slot.h"
 
 namespace moe::nn {
 namespace {
@@ -63,13 +64,9 @@ HyperRouterMoEImpl::HyperRouterMoEImpl(HyperRouterMoEOptions options_)
 }
 
 void HyperRouterMoEImpl::reset() {
-  if (options.router() == HyperRouterKind::kHyper) {
-    hyper_router = register_module("router", HyperRouter(options.hyper_router_options()));
-    random_router = nullptr;
-  } else {
-    random_router = register_module("router", TopKRouter(options.random_router_options()));
-    hyper_router = nullptr;
-  }
+  detail::register_router(*this, options.router() == HyperRouterKind::kHyper,
+                          options.hyper_router_options(), options.random_router_options(),
+                          &hyper_router, &random_router);
   experts = register_module("experts", ExpertBank(options.expert_options()));
   // The schedule's position is a buffer, so that checkpoints resume the k schedule.
   step_ = register_buffer("step", torch::zeros({1}, torch::kLong));
@@ -77,8 +74,7 @@ void HyperRouterMoEImpl::reset() {
 }
 
 void HyperRouterMoEImpl::reset_parameters() {
-  if (hyper_router) hyper_router->reset_parameters();
-  if (random_router) random_router->reset_parameters();
+  detail::reset_router_parameters(hyper_router, random_router);
   experts->reset_parameters();
 }
 
@@ -95,23 +91,14 @@ void HyperRouterMoEImpl::pretty_print(std::ostream& stream) const {
   stream << ")";
 }
 
-torch::nn::Module& HyperRouterMoEImpl::router_module() {
-  if (hyper_router) return *hyper_router;
-  return *random_router;
-}
-
 int64_t HyperRouterMoEImpl::top_k() const {
-  return hyper_router ? hyper_router->top_k() : random_router->options.top_k();
+  return detail::router_top_k(hyper_router, random_router);
 }
 
 void HyperRouterMoEImpl::set_top_k(int64_t k) {
   TORCH_CHECK_VALUE(k >= 1 && k <= options.num_experts(), kWho, ": top_k must be in [1, ",
                     "num_experts=", options.num_experts(), "], got ", k);
-  if (hyper_router) {
-    hyper_router->set_top_k(k);
-  } else {
-    random_router->options.top_k(k);
-  }
+  detail::set_router_top_k(hyper_router, random_router, k);
 }
 
 void HyperRouterMoEImpl::set_inference_top_k(c10::optional<int64_t> k) {
@@ -129,13 +116,12 @@ void HyperRouterMoEImpl::set_step(int64_t step) {
 }
 
 void HyperRouterMoEImpl::to(torch::Dtype dtype, bool non_blocking) {
-  experts->to(dtype, non_blocking);
-  router_module().to(router_dtype(dtype), non_blocking);
+  detail::move_routed_layer(hyper_router, random_router, experts, c10::nullopt, dtype,
+                            non_blocking);
 }
 
 void HyperRouterMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
-  experts->to(device, dtype, non_blocking);
-  router_module().to(device, router_dtype(dtype), non_blocking);
+  detail::move_routed_layer(hyper_router, random_router, experts, device, dtype, non_blocking);
 }
 
 MoEOutput HyperRouterMoEImpl::forward(const torch::Tensor& x) {
@@ -155,7 +141,7 @@ MoEOutput HyperRouterMoEImpl::forward(const torch::Tensor& x) {
   set_top_k(k);
   RouterOutput r;
   try {
-    r = hyper_router ? hyper_router->route(xf) : random_router->route(xf);
+    r = detail::route(hyper_router, random_router, xf);
   } catch (...) {
     set_top_k(saved_k);
     throw;

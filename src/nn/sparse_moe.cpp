@@ -7,6 +7,7 @@
 
 #include "moe/plan.h"
 #include "nn/common.h"
+#include "nn/router_slot.h"
 
 namespace moe::nn {
 
@@ -66,24 +67,14 @@ SparseMoEImpl::SparseMoEImpl(SparseMoEOptions options_) : options(std::move(opti
 }
 
 void SparseMoEImpl::reset() {
-  if (options.router() == RouterKind::kHyper) {
-    hyper_router = register_module("router", HyperRouter(options.hyper_router_options()));
-    router = nullptr;
-  } else {
-    router = register_module("router", TopKRouter(options.router_options()));
-    hyper_router = nullptr;
-  }
+  detail::register_router(*this, options.router() == RouterKind::kHyper,
+                          options.hyper_router_options(), options.router_options(), &hyper_router,
+                          &router);
   experts = register_module("experts", ExpertBank(options.expert_options()));
 }
 
-torch::nn::Module& SparseMoEImpl::router_module() {
-  if (hyper_router) return *hyper_router;
-  return *router;
-}
-
 void SparseMoEImpl::reset_parameters() {
-  if (hyper_router) hyper_router->reset_parameters();
-  if (router) router->reset_parameters();
+  detail::reset_router_parameters(hyper_router, router);
   experts->reset_parameters();
 }
 
@@ -96,29 +87,23 @@ void SparseMoEImpl::pretty_print(std::ostream& stream) const {
 }
 
 void SparseMoEImpl::to(torch::Dtype dtype, bool non_blocking) {
-  experts->to(dtype, non_blocking);
-  router_module().to(router_dtype(dtype), non_blocking);
+  detail::move_routed_layer(hyper_router, router, experts, c10::nullopt, dtype, non_blocking);
 }
 
 void SparseMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
-  experts->to(device, dtype, non_blocking);
-  router_module().to(device, router_dtype(dtype), non_blocking);
+  detail::move_routed_layer(hyper_router, router, experts, device, dtype, non_blocking);
 }
 
 void SparseMoEImpl::set_top_k(int64_t k) {
   TORCH_CHECK_VALUE(k >= 1 && k <= options.num_experts(), "SparseMoE: top_k must be in [1, ",
                     "num_experts=", options.num_experts(), "], got ", k);
   options.top_k(k);
-  if (hyper_router) {
-    hyper_router->set_top_k(k);
-  } else {
-    router->options.top_k(k);
-  }
+  detail::set_router_top_k(hyper_router, router, k);
 }
 
 MoEOutput SparseMoEImpl::forward(const torch::Tensor& x) {
   const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, "SparseMoE");
-  RouterOutput r = hyper_router ? hyper_router->route(xf) : router->route(xf);
+  RouterOutput r = detail::route(hyper_router, router, xf);
   return detail::run_routed_experts(x, xf, r, experts);
 }
 

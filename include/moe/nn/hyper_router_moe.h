@@ -93,7 +93,6 @@ class HyperRouterMoEImpl : public torch::nn::Cloneable<HyperRouterMoEImpl> {
   ExpertBank experts = nullptr;
 
  private:
-  torch::nn::Module& router_module();
   c10::optional<int64_t> inference_k_;
   torch::Tensor step_;  // buffer "step" [1] int64
 };

@@ -44,9 +44,6 @@ class SparseMoEImpl : public torch::nn::Cloneable<SparseMoEImpl> {
   TopKRouter router = nullptr;         ///< every kind but kHyper
   HyperRouter hyper_router = nullptr;  ///< kHyper (registered as "router" too)
   ExpertBank experts = nullptr;
-
- private:
-  torch::nn::Module& router_module();
 };
 TORCH_MODULE(SparseMoE);
 
