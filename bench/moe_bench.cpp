@@ -30,6 +30,7 @@
 
 #include "baselines.h"
 #include "bench_main.h"
+#include "kernels/cpu/acc_type.h"
 #include "kernels/cpu/kernels.h"
 #include "memory.h"
 #include "moe/gating.h"
@@ -196,8 +197,8 @@ std::string json_row(const Workload& w, const Row& r, double flops, double peak,
 }
 
 // Time of the library's non-GEMM work on this workload, phase by phase: plan construction, the
-// permutation kernels (gather + combine; in backward also their adjoints) and a softmax top-k
-// router.
+// permutation kernels (gather + weighted sum into the token rows; in backward also their adjoints)
+// and a softmax top-k router.
 std::map<std::string, double> lib_phases(const Workload& w, bool backward, int reps) {
   const auto& s = w.shape;
   std::vector<double> plan_t, perm_t, router_t;
@@ -210,27 +211,42 @@ std::map<std::string, double> lib_phases(const Workload& w, bool backward, int r
     plan_t.push_back(seconds_since(t0));
 
     const int64_t P = plan.num_pairs();
+    const int64_t* off = plan.expert_offsets.data_ptr<int64_t>();
+    int64_t most = 0;
+    for (int64_t e = 0; e < s.E; ++e) most = std::max(most, off[e + 1] - off[e]);
     auto rows = at::empty({P, s.d}, w.x.options());
-    auto y = at::empty({s.T, s.d}, w.x.options());
+    auto hid_g = at::zeros({most, s.d_ff}, w.x.options());
+    auto hid_a = at::zeros({most, s.d_ff}, w.x.options());
     auto dots = at::empty({P}, w.x.options());
     t0 = Clock::now();
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w.x.scalar_type(), "phases", [&] {
       namespace k = kernels::cpu;
+      using acc_t = k::acc_t<scalar_t>;
       const auto* tok = plan.token_index.data_ptr<int64_t>();
+      auto* pwp = pw.data_ptr<scalar_t>();
+      // Forward: dispatch (gather) and the weighted sum into the token rows.
+      auto acc = at::zeros({s.T, s.d}, w.x.options().dtype(c10::CppTypeToScalarType<acc_t>()));
       k::gather_rows<scalar_t>(w.x.data_ptr<scalar_t>(), tok, P, s.d, rows.data_ptr<scalar_t>());
-      k::combine_rows<scalar_t>(rows.data_ptr<scalar_t>(), pw.data_ptr<scalar_t>(),
-                                plan.token_offsets.data_ptr<int64_t>(),
-                                plan.token_pairs.data_ptr<int64_t>(), s.T, s.d,
-                                y.data_ptr<scalar_t>());
+      k::scatter_add_rows<scalar_t, acc_t>(rows.data_ptr<scalar_t>(), tok, pwp, P, s.d,
+                                           acc.data_ptr<acc_t>());
       if (backward) {
-        k::gather_scale_rows<scalar_t>(y.data_ptr<scalar_t>(), tok, pw.data_ptr<scalar_t>(), P, s.d,
-                                       rows.data_ptr<scalar_t>());
-        k::gather_dot_rows<scalar_t>(y.data_ptr<scalar_t>(), tok, rows.data_ptr<scalar_t>(), P, s.d,
-                                     dots.data_ptr<scalar_t>());
+        // Backward: gather the upstream rows and the inputs again, the pair-weight gradients
+        // over the hidden width (expert by expert, as the engine does; the engine fuses the
+        // activation's elementwise backward into the same pass, counted here as permutation),
+        // the weight scaling of the upstream rows, and the sum of the input gradients into the
+        // token rows.
+        k::gather_rows<scalar_t>(w.grad_out.data_ptr<scalar_t>(), tok, P, s.d,
+                                 rows.data_ptr<scalar_t>());
         k::gather_rows<scalar_t>(w.x.data_ptr<scalar_t>(), tok, P, s.d, rows.data_ptr<scalar_t>());
-        k::combine_rows<scalar_t>(
-            rows.data_ptr<scalar_t>(), nullptr, plan.token_offsets.data_ptr<int64_t>(),
-            plan.token_pairs.data_ptr<int64_t>(), s.T, s.d, y.data_ptr<scalar_t>());
+        for (int64_t e = 0; e < s.E; ++e)
+          k::hidden_output_backward<scalar_t>(
+              hid_g.data_ptr<scalar_t>(), hid_a.data_ptr<scalar_t>(), pwp + off[e],
+              off[e + 1] - off[e], s.d_ff, dots.data_ptr<scalar_t>() + off[e],
+              k::HiddenGrad::kPlain, nullptr, nullptr);
+        rows.mul_(pw.unsqueeze(1));
+        acc.zero_();
+        k::scatter_add_rows<scalar_t, acc_t>(rows.data_ptr<scalar_t>(), tok, nullptr, P, s.d,
+                                             acc.data_ptr<acc_t>());
       }
     });
     perm_t.push_back(seconds_since(t0));

@@ -20,12 +20,15 @@ struct ExpertWeights {
 /// dispatch → per-expert MLP (grouped GEMMs over the plan's segments) → weighted combine, as one
 /// autograd function with gradients for x, pair_weight and every weight.
 ///   x [T, d], pair_weight [P] (plan order), returns y [T, d].
-/// Deterministic: y[t] sums the pairs of t in slot order. Empty experts get zero weight gradients.
-/// All tensors must share x's dtype (float32, float64 or bfloat16) and device.
-/// Memory: for backward the function keeps the expert outputs [P, d] and the hidden pre-activations
-/// [P, h] (twice for gated units); with recompute_hidden it keeps only the outputs and recomputes
-/// the hidden layer in backward (one more GEMM per expert, two for gated units). Nothing is kept
-/// when no input requires grad or grad mode is off.
+/// Deterministic: y[t] sums the pairs of t in expert order, whatever the thread count. Empty
+/// experts get zero weight gradients. All tensors must share x's dtype (float32, float64 or
+/// bfloat16) and device; bf16 sums into float32 and rounds once. Memory: for backward the function
+/// keeps the hidden layer [P, h] (for ReLU its output; for other activations the pre-activation,
+/// twice for gated units) and no expert output: the gradient of a pair weight is computed from the
+/// hidden layer's gradient. With recompute_hidden it keeps nothing of size P and recomputes the
+/// hidden layer in backward (one more GEMM per expert, two for gated units). Nothing is kept when
+/// no input requires grad or grad mode is off. The other working memory is scratch of a few
+/// experts' rows, never [P, d].
 torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
                          const torch::Tensor& pair_weight, const ExpertWeights& weights,
                          Activation activation, bool recompute_hidden = false);

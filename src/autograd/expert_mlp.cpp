@@ -5,16 +5,21 @@
 //   xg = x[token_index[s:s+n]]                       gather into an [n, d] scratch buffer
 //   h  = xg·w1[e] + b1[e]      (g = xg·w3[e])        [n, h]
 //   a  = act(h)                (a = act(h)·g)        [n, h] scratch
-//   o[s:s+n] = a·w2[e] + b2[e]                       [P, d]
-//   y[t] = Σ_{pairs p of t} w_p · o[p]               combine in slot order (deterministic)
-// Saved for backward: h (and g) as [P, h] and o as [P, d]; with recompute_hidden only o, and h is
-// recomputed from x (one more GEMM per expert, two for gated units). Everything per expert lives in
-// scratch buffers sized by the largest expert, so the peak memory is the saved tensors plus one
-// expert's working set, as in an eager loop over experts, without its per-expert allocations.
+//   o  = a·w2[e] + b2[e]                             [n, d] rows of a chunk buffer
+//   y[t] += w_p · o[p]                               summed into the token rows in expert order
+// Experts run in chunks (one expert, or on the parallel schedule several consecutive experts up to
+// kChunkRows rows); after each chunk its rows are added into y, split over threads by columns, so
+// nothing of size [P, d] is ever allocated and every y[t] sums its pairs in expert order on either
+// schedule and at any thread count.
+// Saved for backward: the hidden layer [P, h] (ReLU: a itself; otherwise h, and g for gated units);
+// with recompute_hidden nothing of size P, and h is recomputed from x (one more GEMM per expert,
+// two for gated units). The expert outputs o are not saved: dL/dw_p = <dy[t], o[p]> equals
+// <dy[t]·w2ᵀ, a[p]> + <dy[t], b2>, and backward computes dy·w2ᵀ anyway.
 //
-// Backward, per expert: a is recomputed, dW2 = aᵀ·do, da = do·w2ᵀ, dh = act'(h)·da (in place),
-// dW1 = xgᵀ·dh, and dxg = dh·w1ᵀ is written over the rows of do that expert no longer needs; a
-// final deterministic combine sums each token's dxg rows into dx.
+// Backward, per expert: xg and dy rows gathered; a recomputed (not for ReLU); G = dy·w2ᵀ; one fused
+// pass gives dL/dw_p = <G, a> and da = w_p·G (and ReLU's mask, or the gated product's two factors);
+// dW2 = aᵀ·(w·dy); dh = act'(h)·da; dW1 = xgᵀ·dh; dxg = dh·w1ᵀ into the chunk buffer, summed into
+// dx like the forward's outputs.
 //
 // Activations use ATen's vectorised elementwise kernels (relu/gelu/silu and their backward); a
 // scalar loop with erf/exp per element was 10x slower and made the elementwise passes rival the
@@ -29,8 +34,10 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
+#include "kernels/cpu/acc_type.h"
 #include "kernels/cpu/kernels.h"
 #include "moe/functional.h"
 
@@ -80,17 +87,12 @@ void activation_forward(Activation act, const at::Tensor& h, const at::Tensor& g
   if (is_gated(act)) a.mul_(g);
 }
 
-// Backward of the activation. On entry da = dL/da and, for gated units, dg holds f(h) (computed
-// once for both the recomputed a and dg); on exit da holds dL/dh and dg = dL/dg.
-void activation_backward(Activation act, const at::Tensor& h, const at::Tensor& g, at::Tensor& da,
-                         at::Tensor& dg) {
-  if (is_gated(act)) {
-    dg.mul_(da);  // dL/dg = f(h) · da
-    da.mul_(g);   // the upstream gradient of f(h)
-  }
+// da = f'(h) · da in place: the derivative of a smooth activation (ReLU's is applied from its
+// output by hidden_output_backward).
+void activation_derivative(Activation act, const at::Tensor& h, at::Tensor& da) {
   switch (act) {
     case Activation::kReLU:
-      at::threshold_backward_out(da, da, h, 0);
+      TORCH_INTERNAL_ASSERT(false, "ReLU's derivative is fused into hidden_output_backward");
       break;
     case Activation::kGELU:
     case Activation::kGEGLU:
@@ -168,25 +170,25 @@ bool experts_in_parallel(const int64_t* offsets, int64_t E) {
   return offsets[E] / busy < kParallelExpertRows;
 }
 
-// Runs body(e, worker) for every non-empty expert. In parallel mode the experts are claimed
-// dynamically, largest first, so skewed loads still keep every thread busy; `worker` indexes the
-// per-thread scratch. Each expert writes only its own rows and its own weight gradients, so the
-// result does not depend on the schedule.
+// Runs body(e, worker) for every non-empty expert in [first, last). In parallel mode the experts
+// are claimed dynamically, largest first, so skewed loads still keep every thread busy; `worker`
+// indexes the per-thread scratch. Each expert writes only its own rows and its own weight
+// gradients, so the result does not depend on the schedule.
 template <typename Body>
-void for_each_expert(const int64_t* offsets, int64_t E, bool parallel, Body&& body) {
+void for_each_expert(const int64_t* offsets, int64_t first, int64_t last, bool parallel,
+                     Body&& body) {
   if (!parallel) {
-    for (int64_t e = 0; e < E; ++e)
+    for (int64_t e = first; e < last; ++e)
       if (offsets[e + 1] > offsets[e]) body(e, 0);
     return;
   }
   std::vector<int64_t> order;
-  for (int64_t e = 0; e < E; ++e)
+  for (int64_t e = first; e < last; ++e)
     if (offsets[e + 1] > offsets[e]) order.push_back(e);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
     return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
   });
   std::atomic<size_t> next{0};
-  BlasSingleThreaded single;
   const int64_t threads = at::get_num_threads();
   // OpenMP workers do not inherit the caller's thread-local state (grad mode is off inside an
   // autograd function's forward and backward; ATen ops on weights that require grad would record).
@@ -199,23 +201,88 @@ void for_each_expert(const int64_t* offsets, int64_t E, bool parallel, Body&& bo
   });
 }
 
-// Per-worker scratch: xg [rows, d]; h, g when the hidden layer is not kept; a; and in backward da,
-// dg.
-struct Work {
-  Scratch xg, hs, gs, as, das, dgs;
+// Rows of expert outputs (forward) or input gradients (backward) held at once before they are
+// summed into the token rows: one expert's rows on the serial schedule; on the parallel schedule,
+// consecutive experts up to this many rows (or the largest expert), so the buffer stays small
+// while each parallel region still has many experts to balance.
+constexpr int64_t kChunkRows = 4096;
+
+// Consecutive runs of experts [first, last) whose rows are computed into the chunk buffer together
+// and then summed into the token rows.
+struct Chunk {
+  int64_t first, last;
 };
 
-std::vector<Work> make_workspace(bool parallel, int64_t rows, int64_t d, int64_t h, bool keep_h,
-                                 bool gated, bool backward, const at::TensorOptions& opts) {
+std::vector<Chunk> make_chunks(const int64_t* offsets, int64_t E, bool parallel, int64_t budget) {
+  std::vector<Chunk> chunks;
+  for (int64_t e = 0; e < E;) {
+    if (offsets[e + 1] == offsets[e]) {
+      ++e;
+      continue;
+    }
+    int64_t last = e + 1;
+    while (parallel && last < E && offsets[last + 1] - offsets[e] <= budget) ++last;
+    chunks.push_back({e, last});
+    e = last;
+  }
+  return chunks;
+}
+
+// The engine's schedule: for each chunk, body(e, worker, rows) computes expert e's [n, d] result
+// into `rows` (its slice of the chunk buffer), then the chunk's rows are added into the token rows
+// of acc ([T, d], zero on entry, float32 for bf16), scaled by the pair weights when given. Every
+// token row thus sums its pairs in expert order on either schedule and at any thread count.
+template <typename T, typename A, typename Body>
+void run_chunked(const int64_t* offsets, int64_t E, bool parallel, const int64_t* tok,
+                 const T* weights, at::Tensor& chunk_buf, A* acc, Body&& body) {
+  const int64_t d = chunk_buf.size(1);
+  // While experts run in parallel, OpenBLAS must stay single-threaded in each worker.
+  std::optional<BlasSingleThreaded> single;
+  if (parallel) single.emplace();
+  for (const Chunk& c : make_chunks(offsets, E, parallel, chunk_buf.size(0))) {
+    const int64_t base = offsets[c.first];
+    for_each_expert(offsets, c.first, c.last, parallel, [&](int64_t e, int64_t worker) {
+      auto rows = chunk_buf.narrow(0, offsets[e] - base, offsets[e + 1] - offsets[e]);
+      body(e, worker, rows);
+    });
+    k::scatter_add_rows<T, A>(chunk_buf.data_ptr<T>(), tok + base,
+                              weights ? weights + base : nullptr, offsets[c.last] - base, d, acc);
+  }
+}
+
+// The zeroed accumulator of run_chunked for an output of type `opts`: the output itself, or a
+// float32 buffer for bf16 (accumulation in float32, RELIABILITY.md).
+at::Tensor make_accumulator(int64_t T, int64_t d, const at::TensorOptions& opts) {
+  return at::zeros({T, d}, opts.dtype() == at::kBFloat16 ? opts.dtype(at::kFloat) : opts);
+}
+
+// Per-worker scratch. Forward: xg [rows, d]; h, g when the hidden layer is not kept; a when it is
+// kept and a cannot overwrite it. Backward: xg and dy [rows, d]; h, g when not kept; a (not for
+// ReLU, whose kept or recomputed hidden layer already holds a); da; f(h) for gated units.
+struct Work {
+  Scratch xg, dy, hs, gs, as, das, fhs;
+};
+
+struct WorkShape {
+  int64_t rows, d, h;
+  bool keep_h, gated, relu, backward;
+};
+
+std::vector<Work> make_workspace(bool parallel, const WorkShape& s, const at::TensorOptions& opts) {
   std::vector<Work> work(parallel ? at::get_num_threads() : 1);
-  auto buf = [&](int64_t cols) { return Scratch{at::empty({rows, cols}, opts)}; };
+  auto buf = [&](int64_t cols) { return Scratch{at::empty({s.rows, cols}, opts)}; };
   for (auto& w : work) {
-    w.xg = buf(d);
-    if (!keep_h) w.hs = buf(h);
-    if (!keep_h && gated) w.gs = buf(h);
-    if (!backward && keep_h) w.as = buf(h);
-    if (backward) w.das = buf(h);
-    if (backward && gated) w.dgs = buf(h);
+    w.xg = buf(s.d);
+    if (!s.keep_h) w.hs = buf(s.h);
+    if (!s.keep_h && s.gated) w.gs = buf(s.h);
+    if (s.backward) {
+      w.dy = buf(s.d);
+      if (!s.relu) w.as = buf(s.h);
+      w.das = buf(s.h);
+      if (s.gated) w.fhs = buf(s.h);
+    } else if (s.keep_h && !s.relu) {
+      w.as = buf(s.h);
+    }
   }
   return work;
 }
@@ -261,6 +328,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const int64_t T = x.size(0), d = x.size(1), h = w1.size(2), E = w1.size(0);
     const int64_t P = plan.num_pairs();
     const bool gated = is_gated(act);
+    const bool relu = act == Activation::kReLU;
     const auto b1 = b1_in.numel() > 0 ? b1_in : at::Tensor();
     const auto b2 = b2_in.numel() > 0 ? b2_in : at::Tensor();
     const auto opts = x.options();
@@ -270,39 +338,40 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const int64_t* tok = plan.token_index.data_ptr<int64_t>();
     const int64_t rows = largest_segment(offsets, E);
 
+    // Kept for backward: h (and g) as [P, h], or for ReLU a = relu(h), which serves both dW2 and
+    // the derivative mask (a > 0 exactly where h > 0).
     const bool keep_h = keep.any && keep.hidden;
     const bool parallel = experts_in_parallel(offsets, E);
     auto hall = keep_h ? at::empty({P, h}, opts) : at::Tensor();
     auto gall = keep_h && gated ? at::empty({P, h}, opts) : at::Tensor();
-    const auto work = make_workspace(parallel, rows, d, h, keep_h, gated, /*backward=*/false, opts);
-    auto o = at::empty({P, d}, opts);
-    auto y = at::empty({T, d}, opts);
+    const auto work =
+        make_workspace(parallel, {rows, d, h, keep_h, gated, relu, /*backward=*/false}, opts);
+    auto chunk = at::empty({parallel ? std::max(rows, kChunkRows) : rows, d}, opts);
+    auto acc = make_accumulator(T, d, opts);
 
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
       using T_ = decltype(tag);
-      for_each_expert(offsets, E, parallel, [&](int64_t e, int64_t worker) {
-        const Work& wk = work[worker];
-        const int64_t s = offsets[e], n = offsets[e + 1] - s;
-        auto [xg_e, h_e, g_e] = expert_rows<T_>(wk, xc, tok, s, n, hall, gall, gated);
-        hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);
-        auto a_e = keep_h ? wk.as.rows(n) : h_e;  // h is scratch here: a may overwrite it
-        activation_forward(act, h_e, g_e, a_e);
-        auto o_e = o.narrow(0, s, n);
-        linear_out(o_e, a_e, w2[e], b2.defined() ? b2[e] : at::Tensor());
-      });
-      k::combine_rows<T_>(o.data_ptr<T_>(), wc.data_ptr<T_>(),
-                          plan.token_offsets.data_ptr<int64_t>(),
-                          plan.token_pairs.data_ptr<int64_t>(), T, d, y.data_ptr<T_>());
+      using A_ = k::acc_t<T_>;
+      run_chunked<T_>(offsets, E, parallel, tok, wc.data_ptr<T_>(), chunk, acc.data_ptr<A_>(),
+                      [&](int64_t e, int64_t worker, at::Tensor& o_e) {
+                        const Work& wk = work[worker];
+                        const int64_t s = offsets[e], n = offsets[e + 1] - s;
+                        auto [xg_e, h_e, g_e] =
+                            expert_rows<T_>(wk, xc, tok, s, n, hall, gall, gated);
+                        hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);
+                        // a overwrites h unless backward needs h itself.
+                        auto a_e = keep_h && !relu ? wk.as.rows(n) : h_e;
+                        activation_forward(act, h_e, g_e, a_e);
+                        linear_out(o_e, a_e, w2[e], b2.defined() ? b2[e] : at::Tensor());
+                      });
     });
+    auto y = acc.scalar_type() == x.scalar_type() ? acc : acc.to(x.scalar_type());
 
     if (keep.any) {
-      ctx->save_for_backward({xc, wc, w1, w2, w3, b1_in, hall, gall, o});
+      ctx->save_for_backward({xc, wc, w1, w2, w3, b1_in, b2_in, hall, gall});
       ctx->saved_data["act"] = static_cast<int64_t>(act);
-      ctx->saved_data["has_b2"] = b2.defined();
       ctx->saved_data["expert_offsets"] = plan.expert_offsets;
       ctx->saved_data["token_index"] = plan.token_index;
-      ctx->saved_data["token_offsets"] = plan.token_offsets;
-      ctx->saved_data["token_pairs"] = plan.token_pairs;
     }
     return y;
   }
@@ -315,16 +384,14 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const auto& w2 = saved[3];
     const auto& w3 = saved[4];
     const auto b1 = saved[5].numel() > 0 ? saved[5] : at::Tensor();
-    const auto& hall = saved[6];
-    const auto& gall = saved[7];
-    const auto& o = saved[8];
+    const auto b2 = saved[6].numel() > 0 ? saved[6] : at::Tensor();
+    const auto& hall = saved[7];
+    const auto& gall = saved[8];
     const auto act = static_cast<Activation>(ctx->saved_data["act"].toInt());
-    const bool has_b2 = ctx->saved_data["has_b2"].toBool();
     const auto expert_offsets = ctx->saved_data["expert_offsets"].toTensor();
     const auto token_index = ctx->saved_data["token_index"].toTensor();
-    const auto token_offsets = ctx->saved_data["token_offsets"].toTensor();
-    const auto token_pairs = ctx->saved_data["token_pairs"].toTensor();
     const bool gated = is_gated(act);
+    const bool relu = act == Activation::kReLU;
     const bool keep_h = hall.defined();
 
     const auto dy = grads[0].contiguous();
@@ -340,67 +407,87 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     auto dw1 = at::empty_like(w1), dw2 = at::empty_like(w2);
     auto dw3 = gated ? at::empty_like(w3) : at::Tensor();
     auto db1 = b1.defined() ? at::empty({E, h}, opts) : at::Tensor();
-    auto db2 = has_b2 ? at::empty({E, d}, opts) : at::Tensor();
+    auto db2 = b2.defined() ? at::empty({E, d}, opts) : at::Tensor();
     for (int64_t e = 0; e < E; ++e) {
       if (offsets[e + 1] > offsets[e]) continue;
       for (auto* g : {&dw1, &dw2, &dw3, &db1, &db2})
         if (g->defined()) (*g)[e].zero_();
     }
     auto dpw = at::empty({P}, opts);
-    auto dx = at::empty({T, d}, opts);
-    auto dout = at::empty({P, d}, opts);  // d o; expert by expert it becomes d xg
     const bool parallel = experts_in_parallel(offsets, E);
-    const auto work = make_workspace(parallel, rows, d, h, keep_h, gated, /*backward=*/true, opts);
+    const auto work =
+        make_workspace(parallel, {rows, d, h, keep_h, gated, relu, /*backward=*/true}, opts);
+    auto chunk = at::empty({parallel ? std::max(rows, kChunkRows) : rows, d}, opts);
+    auto acc = make_accumulator(T, d, opts);
 
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
       using T_ = decltype(tag);
-      // Combine adjoints: d o[p] = w_p · dy[t_p];  d w_p = <dy[t_p], o[p]>.
-      k::gather_scale_rows<T_>(dy.data_ptr<T_>(), tok, pw.data_ptr<T_>(), P, d,
-                               dout.data_ptr<T_>());
-      k::gather_dot_rows<T_>(dy.data_ptr<T_>(), tok, o.data_ptr<T_>(), P, d, dpw.data_ptr<T_>());
-      for_each_expert(offsets, E, parallel, [&](int64_t e, int64_t worker) {
-        const Work& wk = work[worker];
-        const int64_t s = offsets[e], n = offsets[e + 1] - s;
-        auto [xg_e, h_e, g_e] = expert_rows<T_>(wk, x, tok, s, n, hall, gall, gated);
-        if (!keep_h) hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);  // recompute_hidden
-        auto a_e = wk.das.rows(n);  // a lives in da's buffer until dW2 is done
-        auto dg_e = gated ? wk.dgs.rows(n) : at::Tensor();
-        if (gated) act_out(act, dg_e, h_e);  // f(h), reused for dg below
-        if (gated && h_e.scalar_type() != at::kBFloat16) {
-          at::mul_out(a_e, dg_e, g_e);
-        } else {
-          activation_forward(act, h_e, g_e, a_e);  // bf16: the forward's single-rounding path
-        }
+      using A_ = k::acc_t<T_>;
+      T_* dpw_p = dpw.data_ptr<T_>();
+      const T_* pw_p = pw.data_ptr<T_>();
+      run_chunked<T_>(
+          offsets, E, parallel, tok, static_cast<const T_*>(nullptr), chunk, acc.data_ptr<A_>(),
+          [&](int64_t e, int64_t worker, at::Tensor& dxg_e) {
+            const Work& wk = work[worker];
+            const int64_t s = offsets[e], n = offsets[e + 1] - s;
+            auto [xg_e, h_e, g_e] = expert_rows<T_>(wk, x, tok, s, n, hall, gall, gated);
+            auto dy_e = wk.dy.rows(n);  // the upstream rows, not yet scaled by the pair weights
+            k::gather_rows<T_>(dy.data_ptr<T_>(), tok + s, n, d, dy_e.data_ptr<T_>());
+            if (!keep_h) {  // recompute_hidden
+              hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);
+              if (relu) h_e.clamp_min_(0);
+            }
+            // a = f(h) (f(h)·g), recomputed; for ReLU h_e already holds it. For gated units f(h)
+            // is kept apart: it is also the first factor of dg.
+            at::Tensor a_e = relu ? h_e : wk.as.rows(n);
+            auto fh_e = gated ? wk.fhs.rows(n) : at::Tensor();
+            if (gated && h_e.scalar_type() != at::kBFloat16) {
+              act_out(act, fh_e, h_e);
+              at::mul_out(a_e, fh_e, g_e);
+            } else if (!relu) {
+              if (gated) act_out(act, fh_e, h_e);
+              activation_forward(act, h_e, g_e, a_e);  // bf16: the forward's single rounding
+            }
 
-        auto dout_e = dout.narrow(0, s, n);
-        auto dw2_e = dw2[e];
-        at::mm_out(dw2_e, a_e.t(), dout_e);
-        if (has_b2) {
-          auto db2_e = db2[e];
-          at::sum_out(db2_e, dout_e, 0);
-        }
-        auto da_e = a_e;  // a is no longer needed
-        at::mm_out(da_e, dout_e, w2[e].t());
-        activation_backward(act, h_e, g_e, da_e, dg_e);  // da_e now holds dh
+            // With o = a·w2 + b2 and y[t] = Σ w_p·o[p]: dL/dw_p = <dy[t], o[p]>
+            // = <dy·w2ᵀ, a> + <dy, b2>, computed from G = dy·w2ᵀ, whose rows scaled by w_p are
+            // dL/da. So o is never stored. One fused pass gives dL/dw_p and dL/da, and for ReLU
+            // dL/dh, for gated units dL/dg (into fh_e) and dL/df(h).
+            auto da_e = wk.das.rows(n);
+            at::mm_out(da_e, dy_e, w2[e].t());
+            const auto mode = relu    ? k::HiddenGrad::kReLU
+                              : gated ? k::HiddenGrad::kGated
+                                      : k::HiddenGrad::kPlain;
+            k::hidden_output_backward<T_>(da_e.data_ptr<T_>(), a_e.data_ptr<T_>(), pw_p + s, n, h,
+                                          dpw_p + s, mode, gated ? fh_e.data_ptr<T_>() : nullptr,
+                                          gated ? g_e.template data_ptr<T_>() : nullptr);
+            auto dpw_e = dpw.narrow(0, s, n);
+            if (b2.defined()) dpw_e.addmv_(dy_e, b2[e]);
+            dy_e.mul_(pw.narrow(0, s, n).unsqueeze(1));  // now dL/do
 
-        auto dw1_e = dw1[e];
-        at::mm_out(dw1_e, xg_e.t(), da_e);
-        if (b1.defined()) {
-          auto db1_e = db1[e];
-          at::sum_out(db1_e, da_e, 0);
-        }
-        // d xg overwrites this expert's rows of d o, which are no longer needed.
-        at::mm_out(dout_e, da_e, w1[e].t());
-        if (gated) {
-          auto dw3_e = dw3[e];
-          at::mm_out(dw3_e, xg_e.t(), dg_e);
-          dout_e.addmm_(dg_e, w3[e].t());
-        }
-      });
-      // dx[t] = Σ_{pairs of t} d xg[p], in slot order (deterministic).
-      k::combine_rows<T_>(dout.data_ptr<T_>(), nullptr, token_offsets.data_ptr<int64_t>(),
-                          token_pairs.data_ptr<int64_t>(), T, d, dx.data_ptr<T_>());
+            auto dw2_e = dw2[e];
+            at::mm_out(dw2_e, a_e.t(), dy_e);
+            if (b2.defined()) {
+              auto db2_e = db2[e];
+              at::sum_out(db2_e, dy_e, 0);
+            }
+            if (!relu) activation_derivative(act, h_e, da_e);  // da_e now holds dL/dh
+
+            auto dw1_e = dw1[e];
+            at::mm_out(dw1_e, xg_e.t(), da_e);
+            if (b1.defined()) {
+              auto db1_e = db1[e];
+              at::sum_out(db1_e, da_e, 0);
+            }
+            at::mm_out(dxg_e, da_e, w1[e].t());
+            if (gated) {
+              auto dw3_e = dw3[e];
+              at::mm_out(dw3_e, xg_e.t(), fh_e);
+              dxg_e.addmm_(fh_e, w3[e].t());
+            }
+          });
     });
+    auto dx = acc.scalar_type() == x.scalar_type() ? acc : acc.to(x.scalar_type());
     return {dx, dpw, dw1, dw2, dw3, db1, db2, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

@@ -12,7 +12,7 @@ namespace {
 
 namespace k = moe::kernels::cpu;
 
-TEST(Kernels, GatherAndCombineMatchLoops) {
+TEST(Kernels, GatherMatchesLoop) {
   torch::manual_seed(1);
   const int64_t T = 7, P = 11, d = 5;
   auto src = torch::randn({T, d}, at::kDouble);
@@ -21,49 +21,88 @@ TEST(Kernels, GatherAndCombineMatchLoops) {
   k::gather_rows<double>(src.data_ptr<double>(), index.data_ptr<int64_t>(), P, d,
                          dst.data_ptr<double>());
   for (int64_t i = 0; i < P; ++i) EXPECT_TRUE(torch::equal(dst[i], src[index[i].item<int64_t>()]));
+}
 
-  // Token-major CSR: token t owns pairs [off[t], off[t+1]).
-  auto rows = torch::randn({P, d}, at::kDouble);
-  auto w = torch::randn({P}, at::kDouble);
-  auto offsets = torch::tensor({0, 2, 2, 5, 6, 9, 10, 11}, at::kLong);
-  auto pairs = torch::randperm(P, at::kLong);
-  auto out = torch::empty({T, d}, at::kDouble);
-  k::combine_rows<double>(rows.data_ptr<double>(), w.data_ptr<double>(),
-                          offsets.data_ptr<int64_t>(), pairs.data_ptr<int64_t>(), T, d,
-                          out.data_ptr<double>());
-  for (int64_t t = 0; t < T; ++t) {
-    auto expect = torch::zeros({d}, at::kDouble);
-    for (int64_t j = offsets[t].item<int64_t>(); j < offsets[t + 1].item<int64_t>(); ++j) {
-      const int64_t p = pairs[j].item<int64_t>();
-      expect += w[p] * rows[p];
-    }
-    EXPECT_CLOSE(out[t], expect, 1e-15, 1e-15);
+TEST(Kernels, ScatterAddMatchesLoopWithRepeatedRows) {
+  torch::manual_seed(2);
+  // d = 37 is not a multiple of the 16-column blocks; n·d is large enough for several tasks.
+  const int64_t T = 9, n = 3000, d = 37;
+  auto src = torch::randn({n, d}, at::kDouble);
+  auto index = torch::randint(0, T, {n}, at::kLong);  // every row of dst many times
+  auto w = torch::randn({n}, at::kDouble);
+  auto start = torch::randn({T, d}, at::kDouble);
+  for (bool weighted : {true, false}) {
+    auto dst = start.clone();
+    k::scatter_add_rows<double, double>(src.data_ptr<double>(), index.data_ptr<int64_t>(),
+                                        weighted ? w.data_ptr<double>() : nullptr, n, d,
+                                        dst.data_ptr<double>());
+    auto expect = start.clone();
+    auto e = expect.accessor<double, 2>();
+    auto s = src.accessor<double, 2>();
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < d; ++c)
+        e[index[i].item<int64_t>()][c] += (weighted ? w[i].item<double>() : 1.0) * s[i][c];
+    EXPECT_CLOSE(dst, expect, 1e-12, 1e-12);
   }
+}
 
-  auto scaled = torch::empty({P, d}, at::kDouble);
-  k::gather_scale_rows<double>(src.data_ptr<double>(), index.data_ptr<int64_t>(),
-                               w.data_ptr<double>(), P, d, scaled.data_ptr<double>());
-  auto dots = torch::empty({P}, at::kDouble);
-  k::gather_dot_rows<double>(src.data_ptr<double>(), index.data_ptr<int64_t>(),
-                             rows.data_ptr<double>(), P, d, dots.data_ptr<double>());
-  for (int64_t i = 0; i < P; ++i) {
-    auto s = src[index[i].item<int64_t>()];
-    EXPECT_CLOSE(scaled[i], w[i] * s, 1e-15, 1e-15);
-    EXPECT_NEAR(dots[i].item<double>(), (s * rows[i]).sum().item<double>(), 1e-13);
+TEST(Kernels, HiddenOutputBackwardMatchesLoops) {
+  torch::manual_seed(3);
+  const int64_t n = 40, h = 21;  // h not a multiple of the 8 partial sums
+  const auto g0 = torch::randn({n, h}, at::kDouble);
+  const auto hid = torch::randn({n, h}, at::kDouble);
+  const auto w = torch::randn({n}, at::kDouble);
+  const auto f0 = torch::randn({n, h}, at::kDouble);
+  const auto u = torch::randn({n, h}, at::kDouble);
+  using k::HiddenGrad;
+  for (auto mode : {HiddenGrad::kPlain, HiddenGrad::kReLU, HiddenGrad::kGated}) {
+    // The hidden output a: relu(h) for kReLU, f·u for kGated, anything for kPlain.
+    const auto a = mode == HiddenGrad::kReLU    ? hid.clamp_min(0)
+                   : mode == HiddenGrad::kGated ? (f0 * u)
+                                                : hid;
+    auto g = g0.clone(), f = f0.clone();
+    auto dot = torch::empty({n}, at::kDouble);
+    k::hidden_output_backward<double>(g.data_ptr<double>(), a.data_ptr<double>(),
+                                      w.data_ptr<double>(), n, h, dot.data_ptr<double>(), mode,
+                                      f.data_ptr<double>(), u.data_ptr<double>());
+    for (int64_t i = 0; i < n; ++i) {
+      double expect = 0;
+      for (int64_t c = 0; c < h; ++c) expect += g0[i][c].item<double>() * a[i][c].item<double>();
+      EXPECT_NEAR(dot[i].item<double>(), expect, 1e-12);
+      for (int64_t c = 0; c < h; ++c) {
+        const double da = w[i].item<double>() * g0[i][c].item<double>();
+        double want_g = da, want_f = f0[i][c].item<double>();
+        if (mode == HiddenGrad::kReLU) want_g = hid[i][c].item<double>() > 0 ? da : 0.0;
+        if (mode == HiddenGrad::kGated) {
+          want_f = f0[i][c].item<double>() * da;
+          want_g = da * u[i][c].item<double>();
+        }
+        EXPECT_NEAR(g[i][c].item<double>(), want_g, 1e-14) << i << "," << c;
+        EXPECT_NEAR(f[i][c].item<double>(), want_f, 1e-14) << i << "," << c;
+      }
+    }
   }
 }
 
 TEST(Kernels, BFloat16AccumulatesInFloat) {
-  // 256 rows of 1/256 each: a bf16 running sum would stall, a float accumulator gives exactly 1.
-  const int64_t P = 256, d = 1;
-  auto rows = torch::full({P, d}, 1.0 / 256, at::kBFloat16);
-  auto offsets = torch::tensor({int64_t(0), P}, at::kLong);
-  auto pairs = torch::arange(P, at::kLong);
-  auto out = torch::empty({1, d}, at::kBFloat16);
-  k::combine_rows<c10::BFloat16>(rows.data_ptr<c10::BFloat16>(), nullptr,
-                                 offsets.data_ptr<int64_t>(), pairs.data_ptr<int64_t>(), 1, d,
-                                 out.data_ptr<c10::BFloat16>());
+  // 1024 rows of 2^-10 each sum to exactly 1 in float32; a bf16 running sum stalls at 0.25, where
+  // 2^-10 is half a bf16 ulp and rounds away.
+  const int64_t n = 1024, d = 1;
+  auto rows = torch::full({n, d}, 1.0 / 1024, at::kBFloat16);
+  auto index = torch::zeros({n}, at::kLong);
+  auto out = torch::zeros({1, d}, at::kFloat);
+  k::scatter_add_rows<c10::BFloat16, float>(rows.data_ptr<c10::BFloat16>(),
+                                            index.data_ptr<int64_t>(), nullptr, n, d,
+                                            out.data_ptr<float>());
   EXPECT_EQ(out.item<float>(), 1.0f);
+  // The dot of 1024 products 2^-5·2^-5 accumulates in float32 too.
+  auto g = torch::full({1, 1024}, 1.0 / 32, at::kBFloat16);
+  auto w = torch::ones({1}, at::kBFloat16);
+  auto dot = torch::empty({1}, at::kBFloat16);
+  k::hidden_output_backward<c10::BFloat16>(
+      g.data_ptr<c10::BFloat16>(), g.data_ptr<c10::BFloat16>(), w.data_ptr<c10::BFloat16>(), 1,
+      1024, dot.data_ptr<c10::BFloat16>(), k::HiddenGrad::kPlain, nullptr, nullptr);
+  EXPECT_EQ(dot.item<float>(), 1.0f);
 }
 
 }  // namespace

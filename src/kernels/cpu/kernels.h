@@ -2,7 +2,7 @@
 //
 // No torch frontend header here (DESIGN.md §2): the core wraps these with Tensor checks. Every
 // kernel is deterministic: each output element is written by one task, and a token's contributions
-// are summed in a fixed order (the plan's token-major order), never with atomics.
+// are summed in a fixed order (the plan's expert-major order), never with atomics.
 //
 // Scalar types: float, double and c10::BFloat16 (accumulation in float for bf16).
 #pragma once
@@ -15,21 +15,29 @@ namespace moe::kernels::cpu {
 template <typename T>
 void gather_rows(const T* src, const int64_t* index, int64_t n, int64_t d, T* dst);
 
-/// out[t, :] = Σ_{j in [offsets[t], offsets[t+1])} w[pairs[j]] * rows[pairs[j], :]   (w == nullptr:
-/// w = 1). rows [P, d], out [T, d]; tokens with no pair get a zero row. The sum runs in j order.
-template <typename T>
-void combine_rows(const T* rows, const T* w, const int64_t* offsets, const int64_t* pairs,
-                  int64_t num_tokens, int64_t d, T* out);
+/// dst[index[i], :] += w[i] * src[i, :] for i < n, in i order (w == nullptr: w = 1). src [n, d] of
+/// type T; dst [*, d] of the accumulation type A (float for bf16). The same dst row may occur
+/// several times in index: tasks split the columns, so every dst element is updated by one task in
+/// i order, whatever the thread count.
+template <typename T, typename A>
+void scatter_add_rows(const T* src, const int64_t* index, const T* w, int64_t n, int64_t d, A* dst);
 
-/// dst[p, :] = w[p] * src[index[p], :]   (the adjoint of combine for one pair).
-template <typename T>
-void gather_scale_rows(const T* src, const int64_t* index, const T* w, int64_t n, int64_t d,
-                       T* dst);
+/// What hidden_output_backward does after scaling by the pair weight.
+enum class HiddenGrad {
+  kPlain,  ///< nothing: the caller applies f'(h)
+  kReLU,   ///< g *= (a > 0), the ReLU derivative from its output a = relu(h)
+  kGated,  ///< a = f(h)·u: f = f·g (now dL/du), g = g·u (dL/df(h); the caller applies f'(h))
+};
 
-/// out[p] = <src[index[p], :], rows[p, :]>   (the gradient of a pair's combine weight).
+/// Backward through an expert's combine weight and its hidden output a [n, h], one pass per row
+/// i < n over the width h, fused because each pass over [n, h] costs as much as the pair-weight
+/// gradient itself:
+///   dot[i] = <g[i, :], a[i, :]>   g = dL/do·w2ᵀ before the pair weight: dL/dw_i = dot[i] (+ bias)
+///   g[i, :] *= w[i]               dL/da
+///   then the `mode` step. f and u are used only for kGated ([n, h] each).
 template <typename T>
-void gather_dot_rows(const T* src, const int64_t* index, const T* rows, int64_t n, int64_t d,
-                     T* out);
+void hidden_output_backward(T* g, const T* a, const T* w, int64_t n, int64_t h, T* dot,
+                            HiddenGrad mode, T* f, const T* u);
 
 /// Row-wise top-k of a [rows, cols] matrix, largest first; ties go to the lowest column index.
 /// Writes idx [rows, k] and val [rows, k]. Values must not be NaN (callers check finiteness first).
