@@ -24,10 +24,10 @@ torch::Tensor activate(Activation act, const torch::Tensor& h, const torch::Tens
   return h;
 }
 
-torch::Tensor lib_forward(const Workload& w) {
+torch::Tensor lib_forward(const Workload& w, bool recompute_hidden) {
   const RoutingPlan plan = build_routing_plan(w.expert_index, w.shape.E);
   const auto pw = pair_weights(plan, w.gate).to(w.dtype);
-  return functional::expert_mlp(w.x, plan, pw, w.w, w.shape.act);
+  return functional::expert_mlp(w.x, plan, pw, w.w, w.shape.act, recompute_hidden);
 }
 
 torch::Tensor naive_loop_forward(const Workload& w) {

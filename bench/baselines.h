@@ -8,8 +8,9 @@
 
 namespace moe::bench {
 
-/// This library: routing plan (counting sort) + the fused expert autograd function.
-torch::Tensor lib_forward(const Workload& w);
+/// This library: routing plan (counting sort) + the fused expert autograd function; with
+/// recompute_hidden, the hidden layer is recomputed in backward instead of kept.
+torch::Tensor lib_forward(const Workload& w, bool recompute_hidden = false);
 
 /// The common Mixtral-style eager loop over experts with LibTorch ops (HF MixtralSparseMoeBlock):
 /// per expert, find its (token, slot) pairs, index_select, MLP, scale by the gate, index_add_.

@@ -277,6 +277,7 @@ bool run_case(Workload& w, const Options& o, double peak, std::ofstream* json, i
   DenseDispatch dd_last;
   std::map<std::string, std::function<torch::Tensor(Workload&)>> impls{
       {"lib", [](Workload& v) { return lib_forward(v); }},
+      {"lib_recompute", [](Workload& v) { return lib_forward(v, /*recompute_hidden=*/true); }},
       {"naive", [](Workload& v) { return naive_loop_forward(v); }},
       {"dense_dispatch",
        [&](Workload& v) {
@@ -410,7 +411,8 @@ void usage() {
       "  --dists LIST         balanced, uniform, skewed (default: uniform)\n"
       "  --dtypes LIST        fp32, bf16 (default: fp32)\n"
       "  --passes LIST        fwd, fwdbwd (default: both)\n"
-      "  --impls LIST         lib, naive, dense_dispatch, dense_equiv (default: all)\n"
+      "  --impls LIST         lib, naive, dense_dispatch, dense_equiv (default: these four), and\n"
+      "                       lib_recompute (lib with recompute_hidden: less memory, more GEMMs)\n"
       "  --tokens T           override the token count of every shape (e.g. 256 for small-T "
       "latency)\n"
       "  --rounds N           timed rounds, interleaved, median reported (default 5)\n"
@@ -473,7 +475,8 @@ Options parse(int argc, char** argv) {
     if (p != "fwd" && p != "fwdbwd")
       throw std::invalid_argument("unknown pass '" + p + "' (fwd, fwdbwd)");
   for (const auto& m : o.impls)
-    if (m != "lib" && m != "naive" && m != "dense_dispatch" && m != "dense_equiv")
+    if (m != "lib" && m != "lib_recompute" && m != "naive" && m != "dense_dispatch" &&
+        m != "dense_equiv")
       throw std::invalid_argument("unknown impl '" + m + "'");
   for (const auto& s : o.shapes) shape_by_id(s);
   for (const auto& d : o.dists)
