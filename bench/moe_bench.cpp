@@ -214,7 +214,9 @@ std::map<std::string, double> lib_phases(const Workload& w, bool backward, int r
     const int64_t* off = plan.expert_offsets.data_ptr<int64_t>();
     int64_t most = 0;
     for (int64_t e = 0; e < s.E; ++e) most = std::max(most, off[e + 1] - off[e]);
-    auto rows = at::empty({P, s.d}, w.x.options());
+    // Touched before the clock starts: the engine gathers into scratch of one expert's rows, not
+    // into fresh [P, d] pages, so first-touch page faults here would overstate the kernels.
+    auto rows = at::zeros({P, s.d}, w.x.options());
     auto hid_g = at::zeros({most, s.d_ff}, w.x.options());
     auto hid_a = at::zeros({most, s.d_ff}, w.x.options());
     auto dots = at::empty({P}, w.x.options());

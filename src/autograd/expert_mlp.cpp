@@ -207,6 +207,12 @@ void for_each_expert(const int64_t* offsets, int64_t first, int64_t last, bool p
 // while each parallel region still has many experts to balance.
 constexpr int64_t kChunkRows = 4096;
 
+// Rows of the chunk buffer: the largest expert; on the parallel schedule kChunkRows (or the largest
+// expert), never more than all P pairs.
+int64_t chunk_rows(bool parallel, int64_t largest, int64_t P) {
+  return parallel ? std::min(P, std::max(largest, kChunkRows)) : largest;
+}
+
 // Consecutive runs of experts [first, last) whose rows are computed into the chunk buffer together
 // and then summed into the token rows.
 struct Chunk {
@@ -346,7 +352,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     auto gall = keep_h && gated ? at::empty({P, h}, opts) : at::Tensor();
     const auto work =
         make_workspace(parallel, {rows, d, h, keep_h, gated, relu, /*backward=*/false}, opts);
-    auto chunk = at::empty({parallel ? std::max(rows, kChunkRows) : rows, d}, opts);
+    auto chunk = at::empty({chunk_rows(parallel, rows, P), d}, opts);
     auto acc = make_accumulator(T, d, opts);
 
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
@@ -417,7 +423,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const bool parallel = experts_in_parallel(offsets, E);
     const auto work =
         make_workspace(parallel, {rows, d, h, keep_h, gated, relu, /*backward=*/true}, opts);
-    auto chunk = at::empty({parallel ? std::max(rows, kChunkRows) : rows, d}, opts);
+    auto chunk = at::empty({chunk_rows(parallel, rows, P), d}, opts);
     auto acc = make_accumulator(T, d, opts);
 
     dispatch_dtype(x.scalar_type(), [&](auto tag) {
