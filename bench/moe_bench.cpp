@@ -166,6 +166,16 @@ struct Row {
   bool gate_ok = true;
 };
 
+// JSON has no NaN: a ratio against an implementation that did not run (eta without dense_equiv)
+// is null.
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  std::ostringstream s;
+  s.precision(6);
+  s << v;
+  return s.str();
+}
+
 std::string json_row(const Workload& w, const Row& r, double flops, double peak, double t_equiv,
                      const std::map<std::string, double>& phases, int threads) {
   std::ostringstream s;
@@ -179,10 +189,11 @@ std::string json_row(const Workload& w, const Row& r, double flops, double peak,
     << "\",\"t_med_ms\":" << r.t.med * 1e3 << ",\"t_p10_ms\":" << r.t.p10 * 1e3
     << ",\"t_p90_ms\":" << r.t.p90 * 1e3 << ",\"tokens_per_s\":" << sh.T / r.t.med
     << ",\"useful_gflops\":" << flops / r.t.med / 1e9
-    << ",\"pct_peak\":" << flops / r.t.med / 1e9 / peak << ",\"eta\":" << t_equiv / r.t.med
-    << ",\"peak_mem_delta_bytes\":" << r.peak_mem << ",\"drop_rate\":" << r.drop_rate
-    << ",\"max_rel_err\":" << r.max_err << ",\"gate_ok\":" << (r.gate_ok ? "true" : "false")
-    << ",\"threads\":" << threads << ",\"peak_gflops\":" << peak;
+    << ",\"pct_peak\":" << flops / r.t.med / 1e9 / peak
+    << ",\"eta\":" << json_number(t_equiv / r.t.med) << ",\"peak_mem_delta_bytes\":" << r.peak_mem
+    << ",\"drop_rate\":" << r.drop_rate << ",\"max_rel_err\":" << r.max_err
+    << ",\"gate_ok\":" << (r.gate_ok ? "true" : "false") << ",\"threads\":" << threads
+    << ",\"peak_gflops\":" << peak;
   if (!phases.empty()) {
     s << ",\"phase_ms\":{";
     bool first = true;

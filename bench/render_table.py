@@ -27,7 +27,7 @@ def main(paths):
         ph = lib.get("phase_ms", {})
         share = (ph.get("plan", 0) + ph.get("permute", 0) + ph.get("router", 0)) / (
             lib["t_med_ms"] + ph.get("router", 0)) if ph else float("nan")
-        eta = f'{lib["eta"]:.2f}' if lib["eta"] == lib["eta"] else "-"
+        eta = f'{lib["eta"]:.2f}' if lib.get("eta") is not None else "-"
         checks = all(r.get("gate_ok", True) for r in impls.values())
         print(f'| {shape} | {dtype} | {pas} | {lib["t_med_ms"]:.1f} | {lib["tokens_per_s"]:.0f} '
               f'| {lib["useful_gflops"]:.0f} | {lib["pct_peak"]:.2f} | {eta} | {x_naive} | {x_dd} '
