@@ -97,10 +97,11 @@ TEST(Kernels, BFloat16AccumulatesInFloat) {
   EXPECT_EQ(out.item<float>(), 1.0f);
   // The dot of 1024 products 2^-5·2^-5 accumulates in float32 too.
   auto g = torch::full({1, 1024}, 1.0 / 32, at::kBFloat16);
+  const auto a = g.clone();
   auto w = torch::ones({1}, at::kBFloat16);
   auto dot = torch::empty({1}, at::kBFloat16);
   k::hidden_output_backward<c10::BFloat16>(
-      g.data_ptr<c10::BFloat16>(), g.data_ptr<c10::BFloat16>(), w.data_ptr<c10::BFloat16>(), 1,
+      g.data_ptr<c10::BFloat16>(), a.data_ptr<c10::BFloat16>(), w.data_ptr<c10::BFloat16>(), 1,
       1024, dot.data_ptr<c10::BFloat16>(), k::HiddenGrad::kPlain, nullptr, nullptr);
   EXPECT_EQ(dot.item<float>(), 1.0f);
 }

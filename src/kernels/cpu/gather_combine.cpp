@@ -39,8 +39,9 @@ void scatter_add_rows(const T* src, const int64_t* index, const T* w, int64_t n,
   });
 }
 
-// g = (a > 0) ? w·g : 0 over one row. Branch-free (a branch on the sign of a mispredicts half the
-// time) and on non-aliasing rows, so that it vectorises.
+// g = w·g·[a > 0] over one row. A multiply by the 0/1 mask vectorises; a branch or a select on the
+// sign of a did not (GCC kept it scalar, and the branch mispredicts half the time). Unlike a
+// select, a non-finite g where a <= 0 gives NaN, not 0.
 template <typename T, typename A>
 void relu_scale_row(T* __restrict__ g, const T* __restrict__ a, A w, int64_t h) {
   for (int64_t c = 0; c < h; ++c) {

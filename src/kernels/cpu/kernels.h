@@ -34,7 +34,8 @@ enum class HiddenGrad {
 /// gradient itself:
 ///   dot[i] = <g[i, :], a[i, :]>   g = dL/do·w2ᵀ before the pair weight: dL/dw_i = dot[i] (+ bias)
 ///   g[i, :] *= w[i]               dL/da
-///   then the `mode` step. f and u are used only for kGated ([n, h] each).
+///   then the `mode` step. f and u are used only for kGated ([n, h] each). g must not overlap a,
+///   f or u.
 template <typename T>
 void hidden_output_backward(T* g, const T* a, const T* w, int64_t n, int64_t h, T* dot,
                             HiddenGrad mode, T* f, const T* u);
