@@ -26,20 +26,13 @@ std::shared_ptr<torch::nn::Module> build(
     *fwd = [m](const torch::Tensor& x) mutable { return m->forward(x); };
     return m.ptr();
   }
-  if (model == "CGC") {  // 3 experts per task + 2 shared = 8 experts
+  if (model == "CGC" || model == "PLE") {
+    // CGC: one level of 3 experts per task + 2 shared (8 experts); PLE: 2 levels of 2 per task + 2
+    // shared (6 experts each).
+    const bool cgc = model == "CGC";
     nn::PLE m(nn::PLEOptions(d, 2)
-                  .levels(1)
-                  .specific_experts(3)
-                  .shared_experts(2)
-                  .expert_hidden({16})
-                  .tower_hidden({8}));
-    *fwd = [m](const torch::Tensor& x) mutable { return m->forward(x); };
-    return m.ptr();
-  }
-  if (model == "PLE") {  // 2 levels of 2 + 2 per task + 2 shared (6 experts each)
-    nn::PLE m(nn::PLEOptions(d, 2)
-                  .levels(2)
-                  .specific_experts(2)
+                  .levels(cgc ? 1 : 2)
+                  .specific_experts(cgc ? 3 : 2)
                   .shared_experts(2)
                   .expert_hidden({16})
                   .tower_hidden({8}));
