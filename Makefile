@@ -16,18 +16,16 @@ JOBS ?= 2
 CMAKE_ARGS ?=
 
 # libopenblas0-pthread: libtorch only *recommends* a BLAS; without OpenBLAS fp32 GEMM falls back to
-# the reference BLAS, ~25x slower. dataset-fashion-mnist: the demo's data. bible-kjv(-text): the
-# character-level language-modelling corpus (moe::data::prepare_kjv). chromium: the report page is
-# tested in headless Chromium.
-PACKAGES := g++ cmake ninja-build ccache libtorch-dev libopenblas0-pthread googletest libgtest-dev \
+# the reference BLAS, ~25x slower. It stays the system's default libblas.so.3.
+# libopenblas0-openmp: OpenBLAS on the OpenMP pool that ATen uses; the programs load it in place of
+# the pthread build, so that one thread pool runs everything (include/moe/runtime.h).
+# dataset-fashion-mnist: the demo's data. bible-kjv(-text): the character-level language-modelling
+# corpus (moe::data::prepare_kjv). chromium: the report page is tested in headless Chromium.
+PACKAGES := g++ cmake ninja-build ccache libtorch-dev libopenblas0-pthread libopenblas0-openmp googletest libgtest-dev \
             libgmock-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libtomlplusplus-dev dataset-fashion-mnist bible-kjv bible-kjv-text \
             chromium
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-
-# Threads: OpenMP workers must not spin after a parallel region and steal the cores from
-# OpenBLAS's own threads (see docs/PLATFORM.md of the shared docs).
-export OMP_WAIT_POLICY ?= PASSIVE
 
 BENCH_ARGS ?= --shapes C0,C1,C2,C3,C4,C5 --dtypes fp32 --json $(BUILD)/bench.jsonl
 

@@ -193,7 +193,7 @@ std::string json_row(const Workload& w, const Row& r, double flops, double peak,
     << ",\"eta\":" << json_number(t_equiv / r.t.med) << ",\"peak_mem_delta_bytes\":" << r.peak_mem
     << ",\"drop_rate\":" << r.drop_rate << ",\"max_rel_err\":" << r.max_err
     << ",\"gate_ok\":" << (r.gate_ok ? "true" : "false") << ",\"threads\":" << threads
-    << ",\"peak_gflops\":" << peak;
+    << ",\"openblas\":\"" << moe::runtime::openblas_threading() << "\",\"peak_gflops\":" << peak;
   if (!phases.empty()) {
     s << ",\"phase_ms\":{";
     bool first = true;
@@ -504,7 +504,7 @@ Options parse(int argc, char** argv) {
 namespace moe::bench {
 
 int bench_main(int argc, char** argv) {
-  moe::runtime::ensure_passive_omp_wait(argv);
+  moe::runtime::configure_threading(argv);
   install_counting_allocator();
   try {
     const Options o = parse(argc, argv);
@@ -515,9 +515,15 @@ int bench_main(int argc, char** argv) {
       json.open(o.json);
       if (!json) throw std::runtime_error("cannot write " + o.json);
     }
-    const char* coretype = std::getenv("OPENBLAS_CORETYPE");
-    std::printf("moe_bench: %d threads, OMP_WAIT_POLICY=%s, OPENBLAS_CORETYPE=%s\n", threads,
-                std::getenv("OMP_WAIT_POLICY"), coretype ? coretype : "(unset)");
+    auto env = [](const char* name) {
+      const char* v = std::getenv(name);
+      return v != nullptr ? v : "(unset)";
+    };
+    const std::string blas = moe::runtime::openblas_threading();
+    std::printf(
+        "moe_bench: %d threads, OpenBLAS %s build, OMP_WAIT_POLICY=%s, OPENBLAS_CORETYPE=%s\n",
+        threads, blas.empty() ? "(not OpenBLAS)" : blas.c_str(), env("OMP_WAIT_POLICY"),
+        env("OPENBLAS_CORETYPE"));
     std::map<std::string, double> peak;
     for (const auto& dt : o.dtypes) {
       peak[dt] = gemm_peak(dt == "bf16" ? at::kBFloat16 : at::kFloat);

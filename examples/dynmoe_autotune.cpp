@@ -14,7 +14,7 @@
 #include "moe/runtime.h"
 
 int main(int argc, char** argv) {
-  moe::runtime::ensure_passive_omp_wait(argv);
+  moe::runtime::configure_threading(argv);
   moe::runtime::configure_threads();
   moe::experiments::AutotuneConfig c;
   c.task.clusters(6).seed(0);

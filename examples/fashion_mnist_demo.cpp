@@ -189,8 +189,7 @@ Config parse(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moe::runtime::ensure_passive_omp_wait(
-      argv);  // idle OpenMP workers must not spin against OpenBLAS
+  moe::runtime::configure_threading(argv);  // one thread pool: see include/moe/runtime.h
   try {
     Config c = parse(argc, argv);
     // libtorch 1.13 defaults to half the cores; use them all unless told otherwise

@@ -96,7 +96,7 @@ double accuracy(Classifier& model, const moe::data::LabeledImages& test) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moe::runtime::ensure_passive_omp_wait(argv);
+  moe::runtime::configure_threading(argv);
   Config c;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];

@@ -16,7 +16,7 @@
 #include "moe/runtime.h"
 
 int main(int argc, char** argv) {
-  moe::runtime::ensure_passive_omp_wait(argv);
+  moe::runtime::configure_threading(argv);
   moe::runtime::configure_threads();
   moe::experiments::MultitaskConfig c;
   std::vector<double> ps = {1.0, 0.9, 0.5, 0.2, 0.0};

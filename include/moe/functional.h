@@ -20,8 +20,9 @@ struct ExpertWeights {
 /// dispatch → per-expert MLP (grouped GEMMs over the plan's segments) → weighted combine, as one
 /// autograd function with gradients for x, pair_weight and every weight.
 ///   x [T, d], pair_weight [P] (plan order), returns y [T, d].
-/// Deterministic: y[t] sums the pairs of t in expert order, whatever the thread count. Empty
-/// experts get zero weight gradients. All tensors must share x's dtype (float32, float64 or
+/// Deterministic: y[t] sums the pairs of t in expert order, whatever the thread count (a
+/// multi-threaded BLAS GEMM may still round by its own thread count: OpenBLAS's OpenMP build).
+/// Empty experts get zero weight gradients. All tensors must share x's dtype (float32, float64 or
 /// bfloat16) and device; bf16 sums into float32 and rounds once. Memory: for backward the function
 /// keeps the hidden layer [P, h] (for ReLU its output; for other activations the pre-activation,
 /// twice for gated units) and no expert output: the gradient of a pair weight is computed from the

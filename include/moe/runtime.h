@@ -2,17 +2,31 @@
 // Library code never calls these: they change global state of the process.
 #pragma once
 
+#include <string>
+
 namespace moe::runtime {
 
 /// Sets the intra-op thread count: `threads` if > 0, else $MOE_NUM_THREADS if set, else every core
 /// (libtorch 1.13 defaults to half of them). Returns the count in effect.
 int configure_threads(int threads = 0);
 
-/// OpenMP workers that spin after a parallel region steal the cores from OpenBLAS's own threads
-/// (1.2-1.5x slower eager code on 2 cores). libgomp reads OMP_WAIT_POLICY once, when it is loaded,
-/// so a program must have it in its environment from the start: if it is unset, this sets it to
-/// PASSIVE and re-executes the program (same argv). Call it first thing in main(); it returns only
-/// when the policy is already set (or re-execution failed, which is reported on stderr).
-void ensure_passive_omp_wait(char** argv);
+/// One threading system per process. ATen's intra-op threads are libgomp's OpenMP pool. OpenBLAS's
+/// pthread build (Debian's default) runs a second pool whose worker spins for ~0.1 s after every
+/// multi-threaded GEMM; whatever runs on OpenMP threads meanwhile shares a core with it (the
+/// engine's small experts ran at half speed), and spinning OpenMP workers do the same to OpenBLAS.
+/// OpenBLAS's OpenMP build (Debian: libopenblas0-openmp) runs its GEMMs on libgomp's pool itself.
+///
+/// Call it first thing in main(). If the process loaded the pthread build and the OpenMP build is
+/// installed next to it, this re-executes the program (same argv) with the OpenMP build first on
+/// LD_LIBRARY_PATH. If the process still has two pools and OMP_WAIT_POLICY is unset, it
+/// re-executes with OMP_WAIT_POLICY=PASSIVE, so that idle OpenMP workers sleep (libgomp and
+/// OpenBLAS read their settings once, when they are loaded, hence the re-execution). Returns when
+/// nothing is left to change, or when re-execution failed (reported on stderr; the program is
+/// correct either way, only slower). MOE_OPENBLAS=keep keeps the loaded build.
+void configure_threading(char** argv);
+
+/// The OpenBLAS build this process runs: "pthread", "openmp", "sequential", or "" when the BLAS is
+/// not OpenBLAS.
+std::string openblas_threading();
 
 }  // namespace moe::runtime

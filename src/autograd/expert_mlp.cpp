@@ -126,9 +126,11 @@ struct Scratch {
   at::Tensor rows(int64_t n) const { return buf.narrow(0, 0, n); }
 };
 
-// OpenBLAS runs its own thread pool; while experts run in parallel on OpenMP threads it must run
-// single-threaded in each caller, so that only one threading system is active at a time. Other BLAS
-// libraries (MKL) detect the enclosing OpenMP region themselves; then the symbols are absent.
+// OpenBLAS's pthread build runs its own thread pool; while experts run in parallel on OpenMP
+// threads it must run single-threaded in each caller, so that only one threading system is active
+// at a time. Its OpenMP build (openblas_get_parallel() == 2) and other BLAS libraries (MKL) run
+// single-threaded inside an OpenMP region by themselves; there openblas_set_num_threads would set
+// the OpenMP thread count of the whole process, so it is not called.
 class BlasSingleThreaded {
  public:
   BlasSingleThreaded() {
@@ -136,7 +138,9 @@ class BlasSingleThreaded {
         reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
     static const auto get =
         reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-    if (set && get) {
+    static const auto parallel_kind =
+        reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
+    if (set && get && !(parallel_kind && parallel_kind() == 2)) {
       set_ = set;
       prev_ = get();
       set_(1);

@@ -2,6 +2,7 @@
 #include "moe/runtime.h"
 
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,50 @@
 #include <thread>
 
 namespace moe::runtime {
+namespace {
+
+// OpenBLAS's own report of its threading: 0 sequential, 1 pthreads, 2 OpenMP; -1 when the BLAS in
+// the process is not OpenBLAS.
+int openblas_parallel() {
+  static const auto f = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
+  return f ? f() : -1;
+}
+
+// Debian installs each OpenBLAS build in its own directory, side by side:
+// <libdir>/openblas-pthread/libblas.so.3 and <libdir>/openblas-openmp/libblas.so.3. Returns the
+// OpenMP build's directory next to the loaded pthread build, or "" if it is not installed.
+std::string openmp_build_dir() {
+  Dl_info info{};
+  void* sym = dlsym(RTLD_DEFAULT, "openblas_get_parallel");
+  if (sym == nullptr || dladdr(sym, &info) == 0 || info.dli_fname == nullptr) return "";
+  // The loader names the library by the path it opened (libblas.so.3, a chain of symlinks
+  // through /etc/alternatives); the build's directory is that of the file itself.
+  char* real = realpath(info.dli_fname, nullptr);
+  if (real == nullptr) return "";
+  std::string dir = real;
+  std::free(real);
+  dir = dir.substr(0, dir.rfind('/'));
+  const std::string loaded = "/openblas-pthread";
+  if (dir.size() < loaded.size() ||
+      dir.compare(dir.size() - loaded.size(), loaded.size(), loaded) != 0)
+    return "";
+  const std::string openmp = dir.substr(0, dir.size() - loaded.size()) + "/openblas-openmp";
+  return access((openmp + "/libblas.so.3").c_str(), R_OK) == 0 ? openmp : "";
+}
+
+bool env_equals(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
+
+// Re-executes the program with the environment changed so far; returns only if that failed.
+void reexecute(char** argv, const char* why) {
+  execv("/proc/self/exe", argv);
+  std::fprintf(stderr, "moe: could not re-execute the program %s (%s); continuing\n", why,
+               std::strerror(errno));
+}
+
+}  // namespace
 
 int configure_threads(int threads) {
   if (threads <= 0) {
@@ -22,13 +67,39 @@ int configure_threads(int threads) {
   return at::get_num_threads();
 }
 
-void ensure_passive_omp_wait(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  execv("/proc/self/exe", argv);
-  // Only reached if exec failed: carry on with spinning workers (correct, just slower).
-  std::fprintf(stderr, "moe: could not re-execute with OMP_WAIT_POLICY=PASSIVE (%s); continuing\n",
-               std::strerror(errno));
+std::string openblas_threading() {
+  switch (openblas_parallel()) {
+    case 0:
+      return "sequential";
+    case 1:
+      return "pthread";
+    case 2:
+      return "openmp";
+    default:
+      return "";
+  }
+}
+
+void configure_threading(char** argv) {
+  // MOE_THREADING_REEXEC marks a process that was re-executed to load the OpenMP build: if the
+  // pthread build is loaded all the same (LD_LIBRARY_PATH overridden by an rpath, say), it is not
+  // tried again.
+  const bool tried_openmp = std::getenv("MOE_THREADING_REEXEC") != nullptr;
+  if (openblas_parallel() == 1 && !tried_openmp && !env_equals("MOE_OPENBLAS", "keep")) {
+    const std::string dir = openmp_build_dir();
+    if (!dir.empty()) {
+      const char* old = std::getenv("LD_LIBRARY_PATH");
+      const std::string path = old != nullptr && *old != '\0' ? dir + ":" + old : dir;
+      setenv("LD_LIBRARY_PATH", path.c_str(), 1);
+      setenv("MOE_THREADING_REEXEC", "1", 1);
+      reexecute(argv, "with OpenBLAS's OpenMP build");
+      return;
+    }
+  }
+  if (openblas_parallel() == 1 && std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    reexecute(argv, "with OMP_WAIT_POLICY=PASSIVE");
+  }
 }
 
 }  // namespace moe::runtime

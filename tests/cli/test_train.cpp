@@ -420,6 +420,13 @@ TEST(TrainCli, EndToEndLossDecreasesAndEvalReadsTheCheckpoint) {
   const auto all = read_metrics(run);
   ASSERT_FALSE(all.empty());
   EXPECT_EQ(all.front().at("event"), "start");
+  // One thread pool: the program runs OpenBLAS's OpenMP build when it is installed next to the
+  // pthread build this test runs on (moe::runtime::configure_threading).
+  const auto build = moe::testing::mapped_openblas_build();
+  if (build == "pthread") {
+    EXPECT_EQ(all.front().at("openblas"),
+              moe::testing::openblas_openmp_dir_next_to_mapped().empty() ? "pthread" : "openmp");
+  }
   EXPECT_EQ(all.back().at("event"), "end");
   const auto train = records(all, "train");
   ASSERT_EQ(train.size(), 16u);

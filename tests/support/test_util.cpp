@@ -8,8 +8,11 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <string>
 
 namespace moe::testing {
 
@@ -81,6 +84,35 @@ CommandResult run_command(const std::string& command) {
   const int st = ::pclose(p);
   r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   return r;
+}
+
+namespace {
+// The directory of the first mapped file whose directory ends in `name` ("" if none).
+std::string mapped_dir_named(const std::string& name) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  const std::string needle = "/" + name + "/";
+  while (std::getline(maps, line)) {
+    const auto at = line.find(needle);
+    const auto path = line.find('/');
+    if (at != std::string::npos && path != std::string::npos)
+      return line.substr(path, at + needle.size() - 1 - path);
+  }
+  return "";
+}
+}  // namespace
+
+std::string mapped_openblas_build() {
+  if (!mapped_dir_named("openblas-openmp").empty()) return "openmp";
+  if (!mapped_dir_named("openblas-pthread").empty()) return "pthread";
+  return "";
+}
+
+std::string openblas_openmp_dir_next_to_mapped() {
+  const auto pthread = mapped_dir_named("openblas-pthread");
+  if (pthread.empty()) return "";
+  const auto dir = std::filesystem::path(pthread).parent_path() / "openblas-openmp";
+  return std::filesystem::exists(dir / "libblas.so.3") ? dir.string() : "";
 }
 
 TempDir::TempDir() {

@@ -32,6 +32,13 @@ struct CommandResult {
 };
 CommandResult run_command(const std::string& command);
 
+/// The OpenBLAS build mapped into this process, read from /proc/self/maps (Debian's directory
+/// names): "openmp", "pthread", or "" when neither is mapped.
+std::string mapped_openblas_build();
+
+/// The directory of OpenBLAS's OpenMP build next to the mapped pthread build, "" if not installed.
+std::string openblas_openmp_dir_next_to_mapped();
+
 /// A fresh folder under the system temp folder, removed with everything in it at scope exit.
 struct TempDir {
   TempDir();

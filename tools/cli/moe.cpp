@@ -128,7 +128,7 @@ int run_eval(const std::string& run_dir, const std::string& split) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moe::runtime::ensure_passive_omp_wait(argv);
+  moe::runtime::configure_threading(argv);
   // Log lines (and errors) on stderr; results, tables and plain progress lines on stdout.
   spdlog::set_default_logger(spdlog::stderr_color_mt("moe"));
   CLI::App app{

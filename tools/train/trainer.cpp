@@ -19,6 +19,7 @@
 #include "moe/io/safetensors.h"
 #include "moe/io/training_state.h"
 #include "moe/nn/top_any_moe.h"
+#include "moe/runtime.h"
 #include "train/progress.h"
 #include "train/tensorboard.h"
 
@@ -446,6 +447,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
       {"parameters", summary.parameters.total},
       {"active_parameters", summary.parameters.active},
       {"threads", at::get_num_threads()},
+      {"openblas", moe::runtime::openblas_threading()},
       {"resumed_from", resume ? json(step) : json(nullptr)},
       {"time", iso_time_now()}};
   if (c.run.task != Task::kMultiTask && c.model.moe_every > 0) {
