@@ -4,6 +4,8 @@
 // and the test MSE next to softmax top-2 MoEs with E = 2, 4, 8, 16.
 //
 //   build/examples/dynmoe_autotune [--clusters M] [--steps N] [--seed S] [--pool]
+//       [--freeze-router STEP]   (diagnostic: fixed routing and expert set from STEP on)
+//       other flags: see the option loop below and docs/dynmoe.md
 #include "experiments/dynmoe_autotune.h"
 
 #include <cstdio>
@@ -59,6 +61,8 @@ int main(int argc, char** argv) {
       c.period = next();
     else if (a == "--independent")
       c.copy_initial_expert = false;
+    else if (a == "--freeze-router")
+      c.freeze_router_step = next();
     else if (a == "--no-baselines")
       baselines = false;
     else {

@@ -71,7 +71,7 @@ TEST(DynMoEAutotune, AddsWhileUnroutedSettlesAndLearns) {
       best, r.test_mse / best, variance);
   // Learned the task: over 90% of the target variance explained.
   EXPECT_LT(r.test_mse, 0.1 * variance);
-  // The measured gap to the best fixed top-2 model (docs/dynmoe.md: 2.7x on this task, where the
+  // The measured gap to the best fixed top-2 model (docs/dynmoe.md: 2.5x on this task, where the
   // issue asked for 10%); this bound guards against regressions, not the goal.
   EXPECT_LT(r.test_mse, 3.5 * best);
 }
@@ -90,6 +90,30 @@ TEST(DynMoEAutotune, RemovesExpertsThatGoIdleAfterADistributionShift) {
       static_cast<long long>(c.shift_step), static_cast<long long>(n.removals),
       static_cast<long long>(n.additions), static_cast<long long>(r.final_active));
   EXPECT_GT(n.removals, 0);
+}
+
+// The diagnostic of docs/dynmoe.md: from freeze_router_step on, no expert is added or removed (and
+// the router gets no update), while the experts still learn.
+TEST(DynMoEAutotune, FrozenRouterKeepsTheExpertSetAndTheExpertsLearn) {
+  AutotuneConfig c;
+  c.task.clusters(6).seed(0);
+  c.steps = 600;
+  c.freeze_router_step = 300;
+  const auto r = moe::experiments::train_dynmoe(c);
+  ASSERT_EQ(static_cast<int64_t>(r.history.size()), c.steps);
+  const auto at_freeze = r.history[c.freeze_router_step - 1];
+  double before = 0, after = 0;
+  for (int64_t i = 0; i < c.steps; ++i) {
+    const auto& p = r.history[i];
+    if (i < c.freeze_router_step) {
+      if (i >= c.freeze_router_step - 50) before += p.loss / 50;
+      continue;
+    }
+    EXPECT_FALSE(p.updated || p.added || p.removed) << "step " << p.step;
+    EXPECT_EQ(p.active, at_freeze.active) << "step " << p.step;
+    if (i >= c.steps - 50) after += p.loss / 50;
+  }
+  EXPECT_LT(after, before) << "the experts stopped learning after the router was frozen";
 }
 
 }  // namespace

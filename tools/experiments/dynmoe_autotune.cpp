@@ -43,6 +43,11 @@ AutotuneResult train_dynmoe(const AutotuneConfig& c,
   AutotuneResult r;
   for (int64_t step = 0; step < c.steps; ++step) {
     set_lr(opt, c, step);
+    const bool frozen = c.freeze_router_step > 0 && step >= c.freeze_router_step;
+    if (frozen && step == c.freeze_router_step) {
+      for (auto& p : layer->router->parameters()) p.set_requires_grad(false);
+      layer->options.schedule(nn::ExpertSchedule::manual());
+    }
     const bool shifted = c.shift_clusters > 0 && step >= c.shift_step;
     const auto b = task.sample(c.batch, batch_seed(c, step), shifted ? c.shift_clusters : 0);
     opt.zero_grad();

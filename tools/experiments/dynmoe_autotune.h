@@ -36,6 +36,9 @@ struct AutotuneConfig {
   /// (0 = no shift). Experts that served the others go idle and are removed.
   int64_t shift_step = 0;
   int64_t shift_clusters = 0;
+  /// Diagnostic (0 = off): from this step on, the router is frozen (its parameters get no update)
+  /// and no expert is added or removed, so only the experts train, on a fixed routing.
+  int64_t freeze_router_step = 0;
 };
 
 /// The state of the DynMoE layer after one training step.
