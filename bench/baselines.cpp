@@ -4,9 +4,13 @@
 
 #include <cmath>
 
+#include "moe/matmul.h"
 #include "moe/plan.h"
 
 namespace moe::bench {
+
+// Every product goes through moe::ops (moe/matmul.h), so that bf16 baselines accumulate in
+// float32 on every CPU, as the library does.
 
 torch::Tensor activate(Activation act, const torch::Tensor& h, const torch::Tensor& g) {
   switch (act) {
@@ -40,9 +44,9 @@ torch::Tensor naive_loop_forward(const Workload& w) {
     if (nz.size(0) == 0) continue;
     const auto tok = nz.select(1, 0), slot = nz.select(1, 1);
     const auto cur = w.x.index_select(0, tok);
-    const auto h = cur.mm(w.w1s[e]);
-    const auto a = activate(s.act, h, gated ? cur.mm(w.w3s[e]) : torch::Tensor());
-    const auto y = a.mm(w.w2s[e]) * gate.index({tok, slot}).unsqueeze(1);
+    const auto h = ops::mm(cur, w.w1s[e]);
+    const auto a = activate(s.act, h, gated ? ops::mm(cur, w.w3s[e]) : torch::Tensor());
+    const auto y = ops::mm(a, w.w2s[e]) * gate.index({tok, slot}).unsqueeze(1);
     out.index_add_(0, tok, y);
   }
   return out;
@@ -78,12 +82,13 @@ DenseDispatch dense_dispatch_forward(const Workload& w, int64_t group, double cf
         at::where(keep.sum(2) > 0, idx.select(2, j), at::full({}, -1, idx.options())));
   }
   const auto x = w.x.view({G, n, s.d});
-  auto expert_in = at::einsum("gnec,gnd->egcd", {dispatch, x}).reshape({s.E, G * C, s.d});
-  const auto h = at::bmm(expert_in, w.w.w1);
-  const auto a = activate(s.act, h, is_gated(s.act) ? at::bmm(expert_in, w.w.w3) : torch::Tensor());
-  const auto expert_out = at::bmm(a, w.w.w2).view({s.E, G, C, s.d});
+  auto expert_in = ops::einsum("gnec,gnd->egcd", {dispatch, x}).reshape({s.E, G * C, s.d});
+  const auto h = ops::bmm(expert_in, w.w.w1);
+  const auto a =
+      activate(s.act, h, is_gated(s.act) ? ops::bmm(expert_in, w.w.w3) : torch::Tensor());
+  const auto expert_out = ops::bmm(a, w.w.w2).view({s.E, G, C, s.d});
   DenseDispatch r;
-  r.output = at::einsum("gnec,egcd->gnd", {combine, expert_out}).reshape({s.T, s.d});
+  r.output = ops::einsum("gnec,egcd->gnd", {combine, expert_out}).reshape({s.T, s.d});
   r.kept_index = at::stack(kept_slots, 2).view({s.T, s.k});
   r.drop_rate = 1.0 - double((r.kept_index >= 0).sum().item<int64_t>()) / double(s.T * s.k);
   return r;
@@ -91,9 +96,9 @@ DenseDispatch dense_dispatch_forward(const Workload& w, int64_t group, double cf
 
 torch::Tensor dense_equiv_forward(const Workload& w, const torch::Tensor& x_rep) {
   const auto& s = w.shape;
-  const auto h = x_rep.mm(w.w.w1[0]);
-  const auto a = activate(s.act, h, is_gated(s.act) ? x_rep.mm(w.w.w3[0]) : torch::Tensor());
-  return a.mm(w.w.w2[0]);
+  const auto h = ops::mm(x_rep, w.w.w1[0]);
+  const auto a = activate(s.act, h, is_gated(s.act) ? ops::mm(x_rep, w.w.w3[0]) : torch::Tensor());
+  return ops::mm(a, w.w.w2[0]);
 }
 
 }  // namespace moe::bench

@@ -33,7 +33,9 @@
 #include "kernels/cpu/acc_type.h"
 #include "kernels/cpu/kernels.h"
 #include "memory.h"
+#include "moe/cpu.h"
 #include "moe/gating.h"
+#include "moe/matmul.h"
 #include "moe/plan.h"
 #include "moe/router.h"
 #include "moe/runtime.h"
@@ -91,11 +93,21 @@ double gemm_peak(c10::ScalarType dtype) {
   const int64_t n = 2048;
   auto a = at::randn({n, n}).to(dtype), b = at::randn({n, n}).to(dtype),
        c = at::empty({n, n}, a.options());
-  at::mm_out(c, a, b);
+  // bf16 on a CPU without bf16 dot products: the library's float32 path (moe/matmul.h), which
+  // converts the operands on each call.
+  const bool convert = ops::products_in_float32(dtype);
+  auto product = [&] {
+    if (convert) {
+      c = ops::mm(a, b);
+    } else {
+      at::mm_out(c, a, b);
+    }
+  };
+  product();
   std::vector<double> t;
   for (int i = 0; i < 5; ++i) {
     const auto t0 = Clock::now();
-    at::mm_out(c, a, b);
+    product();
     t.push_back(seconds_since(t0));
   }
   return 2.0 * n * n * n / stats_of(t).med / 1e9;
@@ -166,6 +178,22 @@ struct Row {
   bool gate_ok = true;
 };
 
+// A JSON string's contents: quotes, backslashes and control characters escaped.
+std::string json_escape(const std::string& in) {
+  std::string out;
+  for (const char c : in) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += ' ';
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 // JSON has no NaN: a ratio against an implementation that did not run (eta without dense_equiv)
 // is null.
 std::string json_number(double v) {
@@ -193,7 +221,9 @@ std::string json_row(const Workload& w, const Row& r, double flops, double peak,
     << ",\"eta\":" << json_number(t_equiv / r.t.med) << ",\"peak_mem_delta_bytes\":" << r.peak_mem
     << ",\"drop_rate\":" << r.drop_rate << ",\"max_rel_err\":" << r.max_err
     << ",\"gate_ok\":" << (r.gate_ok ? "true" : "false") << ",\"threads\":" << threads
-    << ",\"openblas\":\"" << moe::runtime::openblas_threading() << "\",\"peak_gflops\":" << peak;
+    << ",\"openblas\":\"" << moe::runtime::openblas_threading() << "\",\"bf16_gemm\":\""
+    << cpu::to_string(cpu::bf16_gemm()) << "\",\"cpu\":\"" << json_escape(cpu::describe())
+    << "\",\"peak_gflops\":" << peak;
   if (!phases.empty()) {
     s << ",\"phase_ms\":{";
     bool first = true;
@@ -524,10 +554,13 @@ int bench_main(int argc, char** argv) {
         "moe_bench: %d threads, OpenBLAS %s build, OMP_WAIT_POLICY=%s, OPENBLAS_CORETYPE=%s\n",
         threads, blas.empty() ? "(not OpenBLAS)" : blas.c_str(), env("OMP_WAIT_POLICY"),
         env("OPENBLAS_CORETYPE"));
+    std::printf("cpu: %s\n", cpu::describe().c_str());
     std::map<std::string, double> peak;
     for (const auto& dt : o.dtypes) {
       peak[dt] = gemm_peak(dt == "bf16" ? at::kBFloat16 : at::kFloat);
-      std::printf("peak %s: %.0f GFLOP/s (2048^3 at::mm)\n", dt.c_str(), peak[dt]);
+      std::printf(
+          "peak %s: %.0f GFLOP/s (2048^3 %s)\n", dt.c_str(), peak[dt],
+          dt == "bf16" && ops::products_in_float32(at::kBFloat16) ? "float32 path" : "at::mm");
     }
     bool all_ok = true;
     for (const auto& sid : o.shapes)

@@ -17,7 +17,12 @@
 
 int main(int argc, char** argv) {
   moe::runtime::configure_threading(argv);
-  moe::runtime::configure_threads();
+  try {
+    moe::runtime::configure_threads();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dynmoe_autotune: %s\n", e.what());
+    return 2;
+  }
   moe::experiments::AutotuneConfig c;
   c.task.clusters(6).seed(0);
   bool baselines = true;

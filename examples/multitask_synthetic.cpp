@@ -17,7 +17,12 @@
 
 int main(int argc, char** argv) {
   moe::runtime::configure_threading(argv);
-  moe::runtime::configure_threads();
+  try {
+    moe::runtime::configure_threads();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "multitask_synthetic: %s\n", e.what());
+    return 2;
+  }
   moe::experiments::MultitaskConfig c;
   std::vector<double> ps = {1.0, 0.9, 0.5, 0.2, 0.0};
   int64_t seeds = 3;

@@ -7,8 +7,21 @@
 namespace moe::runtime {
 
 /// Sets the intra-op thread count: `threads` if > 0, else $MOE_NUM_THREADS if set, else every core
-/// (libtorch 1.13 defaults to half of them). Returns the count in effect.
+/// (libtorch 1.13 defaults to half of them). Returns the count in effect. Throws
+/// std::invalid_argument, naming the source and the allowed range, for a count below 1 or above
+/// max_threads(), or a MOE_NUM_THREADS that is not such an integer.
 int configure_threads(int threads = 0);
+
+/// The largest thread count configure_threads accepts: 4 per hardware thread.
+int max_threads();
+
+/// LibTorch 1.13 sends bf16 matrix products to oneDNN whenever the CPU has AVX-512, even when
+/// ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps oneDNN below the ISAs with bf16 instructions, and
+/// oneDNN then throws for want of a kernel. Under such a cap this turns LibTorch's oneDNN path off,
+/// as on a CPU without those instructions (moe/cpu.h), so that
+/// `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 program ...` runs as on an AVX2-only CPU.
+/// configure_threading calls it.
+void apply_isa_caps();
 
 /// One threading system per process. ATen's intra-op threads are libgomp's OpenMP pool. OpenBLAS's
 /// pthread build (Debian's default) runs a second pool whose worker spins for ~0.1 s after every
@@ -16,13 +29,14 @@ int configure_threads(int threads = 0);
 /// engine's small experts ran at half speed), and spinning OpenMP workers do the same to OpenBLAS.
 /// OpenBLAS's OpenMP build (Debian: libopenblas0-openmp) runs its GEMMs on libgomp's pool itself.
 ///
-/// Call it first thing in main(). If the process loaded the pthread build and the OpenMP build is
-/// installed next to it, this re-executes the program (same argv) with the OpenMP build first on
-/// LD_LIBRARY_PATH. If the process still has two pools and OMP_WAIT_POLICY is unset, it
-/// re-executes with OMP_WAIT_POLICY=PASSIVE, so that idle OpenMP workers sleep (libgomp and
-/// OpenBLAS read their settings once, when they are loaded, hence the re-execution). Returns when
-/// nothing is left to change, or when re-execution failed (reported on stderr; the program is
-/// correct either way, only slower). MOE_OPENBLAS=keep keeps the loaded build.
+/// Call it first thing in main(); it also calls apply_isa_caps(). If the process loaded the pthread
+/// build and the OpenMP build is installed next to it, this re-executes the program (same argv)
+/// with the OpenMP build first on LD_LIBRARY_PATH. If the process still has two pools and
+/// OMP_WAIT_POLICY is unset, it re-executes with OMP_WAIT_POLICY=PASSIVE, so that idle OpenMP
+/// workers sleep (libgomp and OpenBLAS read their settings once, when they are loaded, hence the
+/// re-execution). Returns when nothing is left to change, or when re-execution failed (reported on
+/// stderr; the program is correct either way, only slower). MOE_OPENBLAS=keep keeps the loaded
+/// build.
 void configure_threading(char** argv);
 
 /// The OpenBLAS build this process runs: "pthread", "openmp", "sequential", or "" when the BLAS is

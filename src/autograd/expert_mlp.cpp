@@ -21,24 +21,22 @@
 // dW2 = aᵀ·(w·dy); dh = act'(h)·da; dW1 = xgᵀ·dh; dxg = dh·w1ᵀ into the chunk buffer, summed into
 // dx like the forward's outputs.
 //
+// bf16 experts compute in float32 where the CPU has no bf16 dot products (compute_dtype below):
+// the weight blocks and the gathered rows are converted on the way in, the hidden layers stay
+// float32, and only what is stored (the saved hidden layer, outputs, gradients) is rounded to bf16.
+//
 // Activations use ATen's vectorised elementwise kernels (relu/gelu/silu and their backward); a
 // scalar loop with erf/exp per element was 10x slower and made the elementwise passes rival the
 // GEMMs.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
-#include <dlfcn.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <algorithm>
-#include <atomic>
-#include <cstdlib>
-#include <cstring>
-#include <optional>
 #include <vector>
 
+#include "autograd/engine_schedule.h"
 #include "kernels/cpu/acc_type.h"
 #include "kernels/cpu/kernels.h"
+#include "moe/cpu.h"
 #include "moe/functional.h"
 
 namespace moe::functional {
@@ -47,10 +45,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 namespace k = moe::kernels::cpu;
-
-// Mean rows per expert below which experts run in parallel (one per thread) rather than one after
-// the other with a multi-threaded BLAS. Measured with moe_bench on the 2-core build machine.
-constexpr int64_t kParallelExpertRows = 512;
 
 // One dtype switch for the whole file (float, double, bfloat16).
 template <typename F>
@@ -114,10 +108,24 @@ void linear_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const
   }
 }
 
-int64_t largest_segment(const int64_t* offsets, int64_t E) {
-  int64_t m = 0;
-  for (int64_t e = 0; e < E; ++e) m = std::max(m, offsets[e + 1] - offsets[e]);
-  return m;
+// The zeroed accumulator of run_chunked for an output of type `opts`: the output itself, or a
+// float32 buffer for bf16 (accumulation in float32, docs/routing.md).
+at::Tensor make_accumulator(int64_t T, int64_t d, const at::TensorOptions& opts) {
+  return at::zeros({T, d}, opts.dtype() == at::kBFloat16 ? opts.dtype(at::kFloat) : opts);
+}
+
+// The dtype the experts compute in: the storage dtype, except bf16 where the CPU has no bf16 dot
+// products (include/moe/cpu.h): there every product runs in float32 on float32 copies of the bf16
+// operands, and the hidden layers stay float32 between the GEMMs. Stored tensors (the weights, the
+// saved hidden layer, inputs, outputs and gradients) keep their dtype.
+at::ScalarType compute_dtype(at::ScalarType storage) {
+  return storage == at::kBFloat16 && cpu::bf16_gemm() == cpu::Bf16Gemm::kFloat32 ? at::kFloat
+                                                                                 : storage;
+}
+
+// `t` in the compute dtype `c` (a copy only when they differ); undefined stays undefined.
+at::Tensor in_dtype(const at::Tensor& t, at::ScalarType c) {
+  return t.defined() && t.scalar_type() != c ? t.to(c) : t;
 }
 
 // Per-expert scratch rows: the first n rows of a [max_rows, cols] buffer.
@@ -126,165 +134,32 @@ struct Scratch {
   at::Tensor rows(int64_t n) const { return buf.narrow(0, 0, n); }
 };
 
-// OpenBLAS's pthread build runs its own thread pool; while experts run in parallel on OpenMP
-// threads it must run single-threaded in each caller, so that only one threading system is active
-// at a time. Its OpenMP build (openblas_get_parallel() == 2) and other BLAS libraries (MKL) run
-// single-threaded inside an OpenMP region by themselves; there openblas_set_num_threads would set
-// the OpenMP thread count of the whole process, so it is not called.
-class BlasSingleThreaded {
- public:
-  BlasSingleThreaded() {
-    static const auto set =
-        reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-    static const auto get =
-        reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-    static const auto parallel_kind =
-        reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
-    if (set && get && !(parallel_kind && parallel_kind() == 2)) {
-      set_ = set;
-      prev_ = get();
-      set_(1);
-    }
-  }
-  ~BlasSingleThreaded() {
-    if (set_) set_(prev_);
-  }
-  BlasSingleThreaded(const BlasSingleThreaded&) = delete;
-  BlasSingleThreaded& operator=(const BlasSingleThreaded&) = delete;
-
- private:
-  void (*set_)(int) = nullptr;
-  int prev_ = 1;
-};
-
-// How the experts of one call are scheduled:
-//  - one after the other, each GEMM using every core through the BLAS (large segments), or
-//  - several experts at once, one per intra-op thread, each with a single-threaded BLAS (many small
-//    segments, where a multi-threaded GEMM of a few hundred rows loses to fork/join and splitting).
-// MOE_EXPERT_SCHEDULE=serial|parallel overrides the choice (for benchmarks).
-// The choice depends on the plan only, never on the thread count: a single-threaded and a
-// multi-threaded GEMM may round differently, and results must not change with at::set_num_threads.
-bool experts_in_parallel(const int64_t* offsets, int64_t E) {
-  static const char* env = std::getenv("MOE_EXPERT_SCHEDULE");
-  if (env && std::strcmp(env, "serial") == 0) return false;
-  if (env && std::strcmp(env, "parallel") == 0) return true;
-  int64_t busy = 0;
-  for (int64_t e = 0; e < E; ++e) busy += offsets[e + 1] > offsets[e];
-  if (busy < 4) return false;
-  return offsets[E] / busy < kParallelExpertRows;
-}
-
-// Runs body(e, worker) for every non-empty expert in [first, last). In parallel mode the experts
-// are claimed dynamically, largest first, so skewed loads still keep every thread busy; `worker`
-// indexes the per-thread scratch. Each expert writes only its own rows and its own weight
-// gradients, so the result does not depend on the schedule.
-template <typename Body>
-void for_each_expert(const int64_t* offsets, int64_t first, int64_t last, bool parallel,
-                     Body&& body) {
-  if (!parallel) {
-    for (int64_t e = first; e < last; ++e)
-      if (offsets[e + 1] > offsets[e]) body(e, 0);
-    return;
-  }
-  std::vector<int64_t> order;
-  for (int64_t e = first; e < last; ++e)
-    if (offsets[e + 1] > offsets[e]) order.push_back(e);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
-  });
-  std::atomic<size_t> next{0};
-  const int64_t threads = at::get_num_threads();
-  // OpenMP workers do not inherit the caller's thread-local state (grad mode is off inside an
-  // autograd function's forward and backward; ATen ops on weights that require grad would record).
-  const at::ThreadLocalState state;
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    at::ThreadLocalStateGuard guard(state);
-    for (int64_t worker = begin; worker < end; ++worker) {
-      for (size_t i = next++; i < order.size(); i = next++) body(order[i], worker);
-    }
-  });
-}
-
-// Rows of expert outputs (forward) or input gradients (backward) held at once before they are
-// summed into the token rows: one expert's rows on the serial schedule; on the parallel schedule,
-// consecutive experts up to this many rows (or the largest expert), so the buffer stays small
-// while each parallel region still has many experts to balance.
-constexpr int64_t kChunkRows = 4096;
-
-// Rows of the chunk buffer: the largest expert; on the parallel schedule kChunkRows (or the largest
-// expert), never more than all P pairs.
-int64_t chunk_rows(bool parallel, int64_t largest, int64_t P) {
-  return parallel ? std::min(P, std::max(largest, kChunkRows)) : largest;
-}
-
-// Consecutive runs of experts [first, last) whose rows are computed into the chunk buffer together
-// and then summed into the token rows.
-struct Chunk {
-  int64_t first, last;
-};
-
-std::vector<Chunk> make_chunks(const int64_t* offsets, int64_t E, bool parallel, int64_t budget) {
-  std::vector<Chunk> chunks;
-  for (int64_t e = 0; e < E;) {
-    if (offsets[e + 1] == offsets[e]) {
-      ++e;
-      continue;
-    }
-    int64_t last = e + 1;
-    while (parallel && last < E && offsets[last + 1] - offsets[e] <= budget) ++last;
-    chunks.push_back({e, last});
-    e = last;
-  }
-  return chunks;
-}
-
-// The engine's schedule: for each chunk, body(e, worker, rows) computes expert e's [n, d] result
-// into `rows` (its slice of the chunk buffer), then the chunk's rows are added into the token rows
-// of acc ([T, d], zero on entry, float32 for bf16), scaled by the pair weights when given. Every
-// token row thus sums its pairs in expert order on either schedule and at any thread count.
-template <typename T, typename A, typename Body>
-void run_chunked(const int64_t* offsets, int64_t E, bool parallel, const int64_t* tok,
-                 const T* weights, at::Tensor& chunk_buf, A* acc, Body&& body) {
-  const int64_t d = chunk_buf.size(1);
-  // While experts run in parallel, OpenBLAS must stay single-threaded in each worker.
-  std::optional<BlasSingleThreaded> single;
-  if (parallel) single.emplace();
-  for (const Chunk& c : make_chunks(offsets, E, parallel, chunk_buf.size(0))) {
-    const int64_t base = offsets[c.first];
-    for_each_expert(offsets, c.first, c.last, parallel, [&](int64_t e, int64_t worker) {
-      auto rows = chunk_buf.narrow(0, offsets[e] - base, offsets[e + 1] - offsets[e]);
-      body(e, worker, rows);
-    });
-    k::scatter_add_rows<T, A>(chunk_buf.data_ptr<T>(), tok + base,
-                              weights ? weights + base : nullptr, offsets[c.last] - base, d, acc);
-  }
-}
-
-// The zeroed accumulator of run_chunked for an output of type `opts`: the output itself, or a
-// float32 buffer for bf16 (accumulation in float32, RELIABILITY.md).
-at::Tensor make_accumulator(int64_t T, int64_t d, const at::TensorOptions& opts) {
-  return at::zeros({T, d}, opts.dtype() == at::kBFloat16 ? opts.dtype(at::kFloat) : opts);
-}
-
-// Per-worker scratch. Forward: xg [rows, d]; h, g when the hidden layer is not kept; a when it is
-// kept and a cannot overwrite it. Backward: xg and dy [rows, d]; h, g when not kept; a (not for
-// ReLU, whose kept or recomputed hidden layer already holds a); da; f(h) for gated units.
+// Per-worker scratch, in the compute dtype. Forward: xg [rows, d]; h, g when the hidden layer is
+// not kept in the compute dtype; a when it is kept and a cannot overwrite it. Backward: xg and dy
+// [rows, d]; h, g when not kept; a (not for ReLU, whose hidden layer already holds a); da; f(h) for
+// gated units. When the experts compute in another dtype than their weights are stored in (bf16 on
+// the float32 path), w1, w2, w3 hold one expert's blocks converted, and in backward receive its
+// weight gradients before they are rounded into the stored dtype.
 struct Work {
   Scratch xg, dy, hs, gs, as, das, fhs;
+  at::Tensor w1, w2, w3;
 };
 
 struct WorkShape {
   int64_t rows, d, h;
   bool keep_h, gated, relu, backward;
+  bool convert;  // computing in another dtype than the stored one
 };
 
 std::vector<Work> make_workspace(bool parallel, const WorkShape& s, const at::TensorOptions& opts) {
   std::vector<Work> work(parallel ? at::get_num_threads() : 1);
   auto buf = [&](int64_t cols) { return Scratch{at::empty({s.rows, cols}, opts)}; };
+  // The kept hidden layer serves as h only when it is stored in the compute dtype.
+  const bool h_in_place = s.keep_h && !s.convert;
   for (auto& w : work) {
     w.xg = buf(s.d);
-    if (!s.keep_h) w.hs = buf(s.h);
-    if (!s.keep_h && s.gated) w.gs = buf(s.h);
+    if (!h_in_place) w.hs = buf(s.h);
+    if (!h_in_place && s.gated) w.gs = buf(s.h);
     if (s.backward) {
       w.dy = buf(s.d);
       if (!s.relu) w.as = buf(s.h);
@@ -293,15 +168,40 @@ std::vector<Work> make_workspace(bool parallel, const WorkShape& s, const at::Te
     } else if (s.keep_h && !s.relu) {
       w.as = buf(s.h);
     }
+    if (s.convert) {
+      w.w1 = at::empty({s.d, s.h}, opts);
+      w.w2 = at::empty({s.h, s.d}, opts);
+      if (s.gated) w.w3 = at::empty({s.d, s.h}, opts);
+    }
   }
   return work;
 }
 
-// The rows one expert works on: its gathered inputs xg [n, d] (worker scratch) and its hidden
-// pre-activations h (and g for gated units): rows of the saved [P, h] tensors when they are kept,
-// else worker scratch. Gathers xg; fills nothing else.
+// Expert e's block of a stacked weight in the compute dtype: a view of the weight itself, or its
+// conversion into the worker's scratch `conv` (defined only when converting). An absent weight (the
+// empty placeholder of w3) gives an undefined tensor.
+at::Tensor block(const at::Tensor& w, int64_t e, at::Tensor& conv) {
+  if (w.numel() == 0) return at::Tensor();
+  if (!conv.defined()) return w[e];
+  conv.copy_(w[e]);
+  return conv;
+}
+
+// Where expert e's weight gradient is computed: its slice of the stored gradient, or, when
+// converting, the worker's float32 scratch (then rounded into the slice by store_grad).
+at::Tensor grad_target(const at::Tensor& g, int64_t e, const at::Tensor& conv) {
+  return conv.defined() ? conv : g[e];
+}
+void store_grad(at::Tensor& g, int64_t e, const at::Tensor& computed) {
+  if (!computed.is_same(g[e])) g[e].copy_(computed);
+}
+
+// The rows one expert works on: its gathered inputs xg [n, d] (worker scratch), its hidden
+// pre-activations h (and g for gated units) in the compute dtype, and the rows of the saved [P, h]
+// tensors (undefined when nothing is kept). h and g are those saved rows when they are stored in
+// the compute dtype, else worker scratch. Gathers xg; fills nothing else.
 struct ExpertRows {
-  at::Tensor xg, h, g;
+  at::Tensor xg, h, g, h_kept, g_kept;
 };
 
 template <typename T>
@@ -310,17 +210,77 @@ ExpertRows expert_rows(const Work& wk, const at::Tensor& x, const int64_t* tok, 
   ExpertRows r;
   r.xg = wk.xg.rows(n);
   kernels::cpu::gather_rows<T>(x.data_ptr<T>(), tok + s, n, x.size(1), r.xg.data_ptr<T>());
-  const bool kept = hall.defined();
-  r.h = kept ? hall.narrow(0, s, n) : wk.hs.rows(n);
-  if (gated) r.g = kept ? gall.narrow(0, s, n) : wk.gs.rows(n);
+  if (hall.defined()) {
+    r.h_kept = hall.narrow(0, s, n);
+    if (gated) r.g_kept = gall.narrow(0, s, n);
+  }
+  const bool in_place = hall.defined() && !wk.hs.buf.defined();
+  r.h = in_place ? r.h_kept : wk.hs.rows(n);
+  if (gated) r.g = in_place ? r.g_kept : wk.gs.rows(n);
   return r;
 }
 
-// h = xg·w1[e] + b1[e] and, for gated units, g = xg·w3[e], into the given views.
+// h = xg·w1 + b1 and, for gated units, g = xg·w3, into the given views (w1, w3, b1: one expert's).
 void hidden_layer(at::Tensor& h_e, at::Tensor& g_e, const at::Tensor& xg_e, const at::Tensor& w1,
-                  const at::Tensor& w3, const at::Tensor& b1, int64_t e) {
-  linear_out(h_e, xg_e, w1[e], b1.defined() ? b1[e] : at::Tensor());
-  if (g_e.defined()) at::mm_out(g_e, xg_e, w3[e]);
+                  const at::Tensor& w3, const at::Tensor& b1) {
+  linear_out(h_e, xg_e, w1, b1);
+  if (g_e.defined()) at::mm_out(g_e, xg_e, w3);
+}
+
+// Where one expert's gradients go: its weight gradients (slices of the stored gradients or, when
+// converting, the worker's scratch), its bias gradients (undefined without biases) and its pair
+// weights' gradients.
+struct ExpertGrads {
+  at::Tensor w1, w2, w3, b1, b2, pw;
+};
+
+// Backward of one expert once r.xg, dy_e and r.h (r.g) hold its rows in the compute dtype; dy_e
+// becomes dL/do. Writes the gradients `g` and dxg_e, its rows of dL/dx.
+template <typename T>
+void backward_expert(Activation act, ExpertRows& r, at::Tensor& dy_e, const at::Tensor& w1_e,
+                     const at::Tensor& w2_e, const at::Tensor& w3_e, const at::Tensor& b2_e,
+                     const at::Tensor& pw_e, const T* pw_p, T* dpw_p, Work& wk, at::Tensor& dxg_e,
+                     ExpertGrads& g) {
+  const int64_t n = dy_e.size(0), h = r.h.size(1);
+  const bool gated = is_gated(act);
+  const bool relu = act == Activation::kReLU;
+  // a = f(h) (f(h)·g), recomputed; for ReLU h already holds it. For gated units f(h) is kept apart:
+  // it is also the first factor of dg.
+  at::Tensor a_e = relu ? r.h : wk.as.rows(n);
+  auto fh_e = gated ? wk.fhs.rows(n) : at::Tensor();
+  if (gated && r.h.scalar_type() != at::kBFloat16) {
+    act_out(act, fh_e, r.h);
+    at::mul_out(a_e, fh_e, r.g);
+  } else if (!relu) {
+    if (gated) act_out(act, fh_e, r.h);
+    activation_forward(act, r.h, r.g, a_e);  // bf16: the forward's single rounding
+  }
+
+  // With o = a·w2 + b2 and y[t] = Σ w_p·o[p]: dL/dw_p = <dy[t], o[p]> = <dy·w2ᵀ, a> + <dy, b2>,
+  // computed from G = dy·w2ᵀ, whose rows scaled by w_p are dL/da. So o is never stored. One fused
+  // pass gives dL/dw_p and dL/da, and for ReLU dL/dh, for gated units dL/dg (into fh_e) and
+  // dL/df(h).
+  auto da_e = wk.das.rows(n);
+  at::mm_out(da_e, dy_e, w2_e.t());
+  const auto mode = relu    ? k::HiddenGrad::kReLU
+                    : gated ? k::HiddenGrad::kGated
+                            : k::HiddenGrad::kPlain;
+  k::hidden_output_backward<T>(da_e.data_ptr<T>(), a_e.data_ptr<T>(), pw_p, n, h, dpw_p, mode,
+                               gated ? fh_e.data_ptr<T>() : nullptr,
+                               gated ? r.g.template data_ptr<T>() : nullptr);
+  if (b2_e.defined()) g.pw.addmv_(dy_e, b2_e);
+  dy_e.mul_(pw_e.unsqueeze(1));  // now dL/do
+
+  // The weight gradients may overwrite the converted blocks once these are used: dW2 after
+  // dy·w2ᵀ above, dW1 and dW3 after dxg below.
+  at::mm_out(g.w2, a_e.t(), dy_e);
+  if (g.b2.defined()) at::sum_out(g.b2, dy_e, 0);
+  if (!relu) activation_derivative(act, r.h, da_e);  // da_e now holds dL/dh
+  at::mm_out(dxg_e, da_e, w1_e.t());
+  if (gated) dxg_e.addmm_(fh_e, w3_e.t());
+  at::mm_out(g.w1, r.xg.t(), da_e);
+  if (g.b1.defined()) at::sum_out(g.b1, da_e, 0);
+  if (gated) at::mm_out(g.w3, r.xg.t(), fh_e);
 }
 
 // Which tensors forward keeps for backward.
@@ -339,46 +299,55 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const int64_t P = plan.num_pairs();
     const bool gated = is_gated(act);
     const bool relu = act == Activation::kReLU;
-    const auto b1 = b1_in.numel() > 0 ? b1_in : at::Tensor();
-    const auto b2 = b2_in.numel() > 0 ? b2_in : at::Tensor();
+    const auto cdt = compute_dtype(x.scalar_type());
+    const bool convert = cdt != x.scalar_type();
     const auto opts = x.options();
-    const auto xc = x.contiguous();
-    const auto wc = pair_weight.contiguous();
+    const auto copts = opts.dtype(cdt);
+    const auto b1 = b1_in.numel() > 0 ? in_dtype(b1_in, cdt) : at::Tensor();
+    const auto b2 = b2_in.numel() > 0 ? in_dtype(b2_in, cdt) : at::Tensor();
+    const auto xs = x.contiguous();
+    const auto ws = pair_weight.contiguous();
+    const auto xc = in_dtype(xs, cdt);
+    const auto wc = in_dtype(ws, cdt);
     const int64_t* offsets = plan.expert_offsets.data_ptr<int64_t>();
     const int64_t* tok = plan.token_index.data_ptr<int64_t>();
-    const int64_t rows = largest_segment(offsets, E);
+    const int64_t rows = schedule::largest_segment(offsets, E);
 
-    // Kept for backward: h (and g) as [P, h], or for ReLU a = relu(h), which serves both dW2 and
-    // the derivative mask (a > 0 exactly where h > 0).
+    // Kept for backward, in the stored dtype: h (and g) as [P, h], or for ReLU a = relu(h), which
+    // serves both dW2 and the derivative mask (a > 0 exactly where h > 0).
     const bool keep_h = keep.any && keep.hidden;
-    const bool parallel = experts_in_parallel(offsets, E);
+    const bool parallel = schedule::experts_in_parallel(offsets, E);
     auto hall = keep_h ? at::empty({P, h}, opts) : at::Tensor();
     auto gall = keep_h && gated ? at::empty({P, h}, opts) : at::Tensor();
-    const auto work =
-        make_workspace(parallel, {rows, d, h, keep_h, gated, relu, /*backward=*/false}, opts);
-    auto chunk = at::empty({chunk_rows(parallel, rows, P), d}, opts);
-    auto acc = make_accumulator(T, d, opts);
+    auto work = make_workspace(parallel, {rows, d, h, keep_h, gated, relu, false, convert}, copts);
+    auto chunk = at::empty({schedule::chunk_rows(parallel, rows, P), d}, copts);
+    auto acc = make_accumulator(T, d, copts);
 
-    dispatch_dtype(x.scalar_type(), [&](auto tag) {
+    dispatch_dtype(cdt, [&](auto tag) {
       using T_ = decltype(tag);
       using A_ = k::acc_t<T_>;
-      run_chunked<T_>(offsets, E, parallel, tok, wc.data_ptr<T_>(), chunk, acc.data_ptr<A_>(),
-                      [&](int64_t e, int64_t worker, at::Tensor& o_e) {
-                        const Work& wk = work[worker];
-                        const int64_t s = offsets[e], n = offsets[e + 1] - s;
-                        auto [xg_e, h_e, g_e] =
-                            expert_rows<T_>(wk, xc, tok, s, n, hall, gall, gated);
-                        hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);
-                        // a overwrites h unless backward needs h itself.
-                        auto a_e = keep_h && !relu ? wk.as.rows(n) : h_e;
-                        activation_forward(act, h_e, g_e, a_e);
-                        linear_out(o_e, a_e, w2[e], b2.defined() ? b2[e] : at::Tensor());
-                      });
+      schedule::run_chunked<T_>(
+          offsets, E, parallel, tok, wc.data_ptr<T_>(), chunk, acc.data_ptr<A_>(),
+          [&](int64_t e, int64_t worker, at::Tensor& o_e) {
+            Work& wk = work[worker];
+            const int64_t s = offsets[e], n = offsets[e + 1] - s;
+            auto r = expert_rows<T_>(wk, xc, tok, s, n, hall, gall, gated);
+            hidden_layer(r.h, r.g, r.xg, block(w1, e, wk.w1), block(w3, e, wk.w3),
+                         b1.defined() ? b1[e] : b1);
+            // a overwrites h unless backward needs h itself.
+            auto a_e = keep_h && !relu ? wk.as.rows(n) : r.h;
+            activation_forward(act, r.h, r.g, a_e);
+            if (convert && keep_h) {  // round the kept hidden layer into its stored dtype
+              r.h_kept.copy_(relu ? a_e : r.h);
+              if (gated) r.g_kept.copy_(r.g);
+            }
+            linear_out(o_e, a_e, block(w2, e, wk.w2), b2.defined() ? b2[e] : b2);
+          });
     });
     auto y = acc.scalar_type() == x.scalar_type() ? acc : acc.to(x.scalar_type());
 
     if (keep.any) {
-      ctx->save_for_backward({xc, wc, w1, w2, w3, b1_in, b2_in, hall, gall});
+      ctx->save_for_backward({xs, ws, w1, w2, w3, b1_in, b2_in, hall, gall});
       ctx->saved_data["act"] = static_cast<int64_t>(act);
       ctx->saved_data["expert_offsets"] = plan.expert_offsets;
       ctx->saved_data["token_index"] = plan.token_index;
@@ -388,15 +357,18 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto& x = saved[0];
-    const auto& pw = saved[1];
     const auto& w1 = saved[2];
     const auto& w2 = saved[3];
     const auto& w3 = saved[4];
-    const auto b1 = saved[5].numel() > 0 ? saved[5] : at::Tensor();
-    const auto b2 = saved[6].numel() > 0 ? saved[6] : at::Tensor();
     const auto& hall = saved[7];
     const auto& gall = saved[8];
+    const auto store = saved[0].scalar_type();
+    const auto cdt = compute_dtype(store);
+    const bool convert = cdt != store;
+    const auto x = in_dtype(saved[0], cdt);
+    const auto pw = in_dtype(saved[1], cdt);
+    const auto b1 = saved[5].numel() > 0 ? in_dtype(saved[5], cdt) : at::Tensor();
+    const auto b2 = saved[6].numel() > 0 ? in_dtype(saved[6], cdt) : at::Tensor();
     const auto act = static_cast<Activation>(ctx->saved_data["act"].toInt());
     const auto expert_offsets = ctx->saved_data["expert_offsets"].toTensor();
     const auto token_index = ctx->saved_data["token_index"].toTensor();
@@ -404,104 +376,81 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const bool relu = act == Activation::kReLU;
     const bool keep_h = hall.defined();
 
-    const auto dy = grads[0].contiguous();
+    const auto dy = in_dtype(grads[0].contiguous(), cdt);
     const int64_t T = x.size(0), d = x.size(1), h = w1.size(2), E = w1.size(0);
     const int64_t P = token_index.size(0);
-    const auto opts = x.options();
+    const auto opts = saved[0].options();
+    const auto copts = opts.dtype(cdt);
     const int64_t* offsets = expert_offsets.data_ptr<int64_t>();
     const int64_t* tok = token_index.data_ptr<int64_t>();
-    const int64_t rows = largest_segment(offsets, E);
+    const int64_t rows = schedule::largest_segment(offsets, E);
 
     // Every expert with pairs writes its whole gradient slice; the others are zeroed below (never
-    // left uninitialised).
+    // left uninitialised). Bias and pair-weight gradients are computed in the compute dtype.
     auto dw1 = at::empty_like(w1), dw2 = at::empty_like(w2);
     auto dw3 = gated ? at::empty_like(w3) : at::Tensor();
-    auto db1 = b1.defined() ? at::empty({E, h}, opts) : at::Tensor();
-    auto db2 = b2.defined() ? at::empty({E, d}, opts) : at::Tensor();
+    auto db1 = b1.defined() ? at::empty({E, h}, copts) : at::Tensor();
+    auto db2 = b2.defined() ? at::empty({E, d}, copts) : at::Tensor();
     for (int64_t e = 0; e < E; ++e) {
       if (offsets[e + 1] > offsets[e]) continue;
       for (auto* g : {&dw1, &dw2, &dw3, &db1, &db2})
         if (g->defined()) (*g)[e].zero_();
     }
-    auto dpw = at::empty({P}, opts);
-    const bool parallel = experts_in_parallel(offsets, E);
-    const auto work =
-        make_workspace(parallel, {rows, d, h, keep_h, gated, relu, /*backward=*/true}, opts);
-    auto chunk = at::empty({chunk_rows(parallel, rows, P), d}, opts);
-    auto acc = make_accumulator(T, d, opts);
+    auto dpw = at::empty({P}, copts);
+    const bool parallel = schedule::experts_in_parallel(offsets, E);
+    auto work = make_workspace(parallel, {rows, d, h, keep_h, gated, relu, true, convert}, copts);
+    auto chunk = at::empty({schedule::chunk_rows(parallel, rows, P), d}, copts);
+    auto acc = make_accumulator(T, d, copts);
 
-    dispatch_dtype(x.scalar_type(), [&](auto tag) {
+    dispatch_dtype(cdt, [&](auto tag) {
       using T_ = decltype(tag);
       using A_ = k::acc_t<T_>;
       T_* dpw_p = dpw.data_ptr<T_>();
       const T_* pw_p = pw.data_ptr<T_>();
-      run_chunked<T_>(
+      schedule::run_chunked<T_>(
           offsets, E, parallel, tok, static_cast<const T_*>(nullptr), chunk, acc.data_ptr<A_>(),
           [&](int64_t e, int64_t worker, at::Tensor& dxg_e) {
-            const Work& wk = work[worker];
+            Work& wk = work[worker];
             const int64_t s = offsets[e], n = offsets[e + 1] - s;
-            auto [xg_e, h_e, g_e] = expert_rows<T_>(wk, x, tok, s, n, hall, gall, gated);
+            auto r = expert_rows<T_>(wk, x, tok, s, n, hall, gall, gated);
             auto dy_e = wk.dy.rows(n);  // the upstream rows, not yet scaled by the pair weights
             k::gather_rows<T_>(dy.data_ptr<T_>(), tok + s, n, d, dy_e.data_ptr<T_>());
+            const auto w1_e = block(w1, e, wk.w1);
+            const auto w3_e = block(w3, e, wk.w3);
             if (!keep_h) {  // recompute_hidden
-              hidden_layer(h_e, g_e, xg_e, w1, w3, b1, e);
-              if (relu) h_e.clamp_min_(0);
+              hidden_layer(r.h, r.g, r.xg, w1_e, w3_e, b1.defined() ? b1[e] : b1);
+              if (relu) r.h.clamp_min_(0);
+            } else if (!r.h.is_same(r.h_kept)) {  // the kept rows, converted
+              r.h.copy_(r.h_kept);
+              if (gated) r.g.copy_(r.g_kept);
             }
-            // a = f(h) (f(h)·g), recomputed; for ReLU h_e already holds it. For gated units f(h)
-            // is kept apart: it is also the first factor of dg.
-            at::Tensor a_e = relu ? h_e : wk.as.rows(n);
-            auto fh_e = gated ? wk.fhs.rows(n) : at::Tensor();
-            if (gated && h_e.scalar_type() != at::kBFloat16) {
-              act_out(act, fh_e, h_e);
-              at::mul_out(a_e, fh_e, g_e);
-            } else if (!relu) {
-              if (gated) act_out(act, fh_e, h_e);
-              activation_forward(act, h_e, g_e, a_e);  // bf16: the forward's single rounding
-            }
-
-            // With o = a·w2 + b2 and y[t] = Σ w_p·o[p]: dL/dw_p = <dy[t], o[p]>
-            // = <dy·w2ᵀ, a> + <dy, b2>, computed from G = dy·w2ᵀ, whose rows scaled by w_p are
-            // dL/da. So o is never stored. One fused pass gives dL/dw_p and dL/da, and for ReLU
-            // dL/dh, for gated units dL/dg (into fh_e) and dL/df(h).
-            auto da_e = wk.das.rows(n);
-            at::mm_out(da_e, dy_e, w2[e].t());
-            const auto mode = relu    ? k::HiddenGrad::kReLU
-                              : gated ? k::HiddenGrad::kGated
-                                      : k::HiddenGrad::kPlain;
-            k::hidden_output_backward<T_>(da_e.data_ptr<T_>(), a_e.data_ptr<T_>(), pw_p + s, n, h,
-                                          dpw_p + s, mode, gated ? fh_e.data_ptr<T_>() : nullptr,
-                                          gated ? g_e.template data_ptr<T_>() : nullptr);
-            auto dpw_e = dpw.narrow(0, s, n);
-            if (b2.defined()) dpw_e.addmv_(dy_e, b2[e]);
-            dy_e.mul_(pw.narrow(0, s, n).unsqueeze(1));  // now dL/do
-
-            auto dw2_e = dw2[e];
-            at::mm_out(dw2_e, a_e.t(), dy_e);
-            if (b2.defined()) {
-              auto db2_e = db2[e];
-              at::sum_out(db2_e, dy_e, 0);
-            }
-            if (!relu) activation_derivative(act, h_e, da_e);  // da_e now holds dL/dh
-
-            auto dw1_e = dw1[e];
-            at::mm_out(dw1_e, xg_e.t(), da_e);
-            if (b1.defined()) {
-              auto db1_e = db1[e];
-              at::sum_out(db1_e, da_e, 0);
-            }
-            at::mm_out(dxg_e, da_e, w1[e].t());
-            if (gated) {
-              auto dw3_e = dw3[e];
-              at::mm_out(dw3_e, xg_e.t(), fh_e);
-              dxg_e.addmm_(fh_e, w3[e].t());
-            }
+            ExpertGrads g{grad_target(dw1, e, wk.w1),
+                          grad_target(dw2, e, wk.w2),
+                          gated ? grad_target(dw3, e, wk.w3) : at::Tensor(),
+                          db1.defined() ? db1[e] : db1,
+                          db2.defined() ? db2[e] : db2,
+                          dpw.narrow(0, s, n)};
+            backward_expert<T_>(act, r, dy_e, w1_e, block(w2, e, wk.w2), w3_e,
+                                b2.defined() ? b2[e] : b2, pw.narrow(0, s, n), pw_p + s, dpw_p + s,
+                                wk, dxg_e, g);
+            store_grad(dw1, e, g.w1);
+            store_grad(dw2, e, g.w2);
+            if (gated) store_grad(dw3, e, g.w3);
           });
     });
-    auto dx = acc.scalar_type() == x.scalar_type() ? acc : acc.to(x.scalar_type());
-    return {dx, dpw, dw1, dw2, dw3, db1, db2, at::Tensor(), at::Tensor(), at::Tensor()};
+    auto dx = acc.scalar_type() == store ? acc : acc.to(store);
+    return {dx,
+            in_dtype(dpw, store),
+            dw1,
+            dw2,
+            dw3,
+            in_dtype(db1, store),
+            in_dtype(db2, store),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
   }
 };
-
 }  // namespace
 
 torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,

@@ -10,6 +10,7 @@
 
 #include "moe/gating.h"
 #include "moe/losses.h"
+#include "moe/matmul.h"
 
 namespace moe::nn {
 namespace {
@@ -19,15 +20,35 @@ void check_sizes(const std::vector<int64_t>& v, const char* who, const char* wha
     TORCH_CHECK_VALUE(s >= 1, who, ": every entry of ", what, " must be >= 1, got ", s);
 }
 
+// torch::nn::Linear (same parameters, names and initialisation) whose product accumulates in
+// float32 for bf16 on every CPU (moe/matmul.h).
+class Bf16SafeLinearImpl : public torch::nn::Cloneable<Bf16SafeLinearImpl> {
+ public:
+  Bf16SafeLinearImpl(int64_t in, int64_t out) : options(in, out) { reset(); }
+  void reset() override {
+    const torch::nn::Linear init(options);  // torch's initialisation, draw for draw
+    weight = register_parameter("weight", init->weight.detach());
+    bias = register_parameter("bias", init->bias.detach());
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return ops::linear(x, weight, bias); }
+  void pretty_print(std::ostream& os) const override {
+    os << "Linear(in_features=" << options.in_features() << ", out_features="
+       << options.out_features() << ")";
+  }
+  torch::nn::LinearOptions options;
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(Bf16SafeLinear);
+
 // Linear + ReLU per hidden entry, then (if out > 0) a final Linear without activation.
 torch::nn::Sequential make_mlp(int64_t in, const std::vector<int64_t>& hidden, int64_t out) {
   torch::nn::Sequential s;
   for (auto h : hidden) {
-    s->push_back(torch::nn::Linear(in, h));
+    s->push_back(Bf16SafeLinear(in, h));
     s->push_back(torch::nn::ReLU());
     in = h;
   }
-  if (out > 0) s->push_back(torch::nn::Linear(in, out));
+  if (out > 0) s->push_back(Bf16SafeLinear(in, out));
   return s;
 }
 
@@ -97,7 +118,7 @@ void StackedMLPImpl::reset() {
 torch::Tensor StackedMLPImpl::forward(const torch::Tensor& x) {
   auto h = x.unsqueeze(0).expand({num_experts_, x.size(0), x.size(1)});
   for (size_t l = 0; l < weights.size(); ++l)
-    h = at::relu(at::baddbmm(biases[l].unsqueeze(1), h, weights[l]));
+    h = at::relu(ops::baddbmm(biases[l].unsqueeze(1), h, weights[l]));
   return h;  // [E, T, out]
 }
 
@@ -109,7 +130,7 @@ torch::Tensor StackedMLPImpl::forward_pairs(const torch::Tensor& x, const Routin
     std::vector<torch::Tensor> parts;
     for (int64_t e = 0; e < num_experts_; ++e) {
       if (off[e + 1] == off[e]) continue;
-      parts.push_back(at::addmm(biases[l][e], h.slice(0, off[e], off[e + 1]), weights[l][e]));
+      parts.push_back(ops::addmm(biases[l][e], h.slice(0, off[e], off[e + 1]), weights[l][e]));
     }
     h = parts.empty() ? at::zeros({0, hidden_[l]}, x.options()) : at::relu(at::cat(parts, 0));
   }
@@ -148,17 +169,20 @@ void TaskGateImpl::reset() {
 
 torch::Tensor TaskGateImpl::logits(const torch::Tensor& x) {
   const auto h = options.hidden().empty() ? x : hidden->forward(x);
-  return at::linear(h, weight, bias);
+  return ops::linear(h, weight, bias);
 }
 
 torch::Tensor TaskGateImpl::forward(const torch::Tensor& x, torch::Tensor* aux) {
-  const auto z = logits(x);
-  if (options.top_k() == 0) return at::softmax(z, 1);
+  const auto logits_x = logits(x);
+  if (options.top_k() == 0) return at::softmax(logits_x, 1);
+  // Top-k gating runs in float32 for bf16 models (as the routers do); the gate returns in the
+  // model's dtype.
+  const auto z = logits_x.scalar_type() == at::kBFloat16 ? logits_x.to(at::kFloat) : logits_x;
   const TopKGate g = softmax_top_k_gating(z, options.top_k(), /*normalize=*/true);
   if (aux != nullptr && options.balance_coef() > 0 && is_training()) {
     *aux = *aux + options.balance_coef() * balance_loss(at::softmax(z, 1), g.expert_index);
   }
-  return at::zeros_like(z).scatter(1, g.expert_index, g.gate);
+  return at::zeros_like(z).scatter(1, g.expert_index, g.gate).to(logits_x.scalar_type());
 }
 
 // --- mixing
@@ -169,7 +193,7 @@ std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor&
   std::vector<torch::Tensor> out;
   if (!sparse) {
     const auto y = experts->forward(x);  // [E, T, out]
-    for (const auto& g : gates) out.push_back(at::einsum("te,eto->to", {g, y}));
+    for (const auto& g : gates) out.push_back(ops::einsum("te,eto->to", {g, y}));
     return out;
   }
   // The union of the gates' selections is one ragged plan; each gate weighs the pairs it chose.

@@ -1,6 +1,7 @@
 // Process-level settings for programs (include/moe/runtime.h).
 #include "moe/runtime.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <unistd.h>
@@ -10,7 +11,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <thread>
+
+#include "moe/cpu.h"
 
 namespace moe::runtime {
 namespace {
@@ -58,11 +63,36 @@ void reexecute(char** argv, const char* why) {
 
 }  // namespace
 
+int max_threads() {
+  return 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 int configure_threads(int threads) {
-  if (threads <= 0) {
-    if (const char* env = std::getenv("MOE_NUM_THREADS")) threads = std::atoi(env);
+  const int cap = max_threads();
+  const char* source = "the requested thread count";
+  if (threads < 0) {
+    throw std::invalid_argument(std::string(source) + " must be >= 1 (0: automatic), got " +
+                                std::to_string(threads));
   }
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads == 0) {
+    if (const char* env = std::getenv("MOE_NUM_THREADS"); env != nullptr && *env != '\0') {
+      source = "MOE_NUM_THREADS";
+      char* end = nullptr;
+      errno = 0;
+      const long v = std::strtol(env, &end, 10);
+      if (errno != 0 || end == env || *end != '\0' || v < 1 || v > cap) {
+        throw std::invalid_argument("MOE_NUM_THREADS must be an integer in [1, " +
+                                    std::to_string(cap) + "], got '" + env + "'");
+      }
+      threads = static_cast<int>(v);
+    }
+  }
+  // Thousands of OpenMP threads on a few cores do not fail: they thrash for minutes.
+  if (threads > cap) {
+    throw std::invalid_argument(std::string(source) + " must be in [1, " + std::to_string(cap) +
+                                "] (4 per hardware thread), got " + std::to_string(threads));
+  }
+  if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
   return at::get_num_threads();
 }
@@ -80,7 +110,12 @@ std::string openblas_threading() {
   }
 }
 
+void apply_isa_caps() {
+  if (cpu::onednn_isa_cap_excludes_bf16()) at::globalContext().setUserEnabledMkldnn(false);
+}
+
 void configure_threading(char** argv) {
+  apply_isa_caps();
   // MOE_THREADING_REEXEC marks a process that was re-executed to load the OpenMP build: if the
   // pthread build is loaded all the same (LD_LIBRARY_PATH overridden by an rpath, say), it is not
   // tried again.
