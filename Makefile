@@ -2,9 +2,10 @@
 # Debian packages (idempotently, non-interactively) and build what they need.
 #
 #   make deps    install the Debian packages below (only the missing ones)
-#   make build   configure + build (Release, Ninja, ccache when present)
+#   make build   configure + build everything (Release, Ninja, ccache when present)
 #   make test    build and run the whole test suite (ctest)
-#   make demo    build, then train an MoE and a dense transformer on the KJV text and write the report
+#   make demo    install and build only what the demo needs (the `moe` command), then train an MoE
+#                and a dense transformer on the KJV text and write the report
 #   make bench   build and run the CPU benchmark suite (docs/benchmarks.md); BENCH_ARGS to change it
 #
 # Variables: BUILD (build folder, default build), JOBS (parallel compile jobs, default 2: each
@@ -19,20 +20,23 @@ CMAKE_ARGS ?=
 # the reference BLAS, ~25x slower. It stays the system's default libblas.so.3.
 # libopenblas0-openmp: OpenBLAS on the OpenMP pool that ATen uses; the programs load it in place of
 # the pthread build, so that one thread pool runs everything (include/moe/runtime.h).
-# dataset-fashion-mnist: the demo's data. bible-kjv(-text): the character-level language-modelling
-# corpus (moe::data::prepare_kjv). chromium: the report page is tested in headless Chromium.
-PACKAGES := g++ cmake ninja-build ccache libtorch-dev libopenblas0-pthread libopenblas0-openmp googletest libgtest-dev \
-            libgmock-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libtomlplusplus-dev dataset-fashion-mnist bible-kjv bible-kjv-text \
-            chromium
+# bible-kjv(-text): the demo's character-level language-modelling corpus (moe::data::prepare_kjv).
+# For the tests and examples only: GoogleTest, dataset-fashion-mnist (the examples' data and
+# loader tests), chromium (the report page is tested in headless Chromium).
+DEMO_PACKAGES := g++ cmake ninja-build ccache libtorch-dev libopenblas0-pthread libopenblas0-openmp zlib1g-dev \
+                 nlohmann-json3-dev libcli11-dev libspdlog-dev libtomlplusplus-dev bible-kjv bible-kjv-text
+PACKAGES := $(DEMO_PACKAGES) googletest libgtest-dev libgmock-dev dataset-fashion-mnist chromium
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 BENCH_ARGS ?= --shapes C0,C1,C2,C3,C4,C5 --dtypes fp32 --json $(BUILD)/bench.jsonl
 
-.PHONY: deps configure build test demo bench clean
+.PHONY: deps deps-demo configure build test demo bench clean
 
-deps:
-	@missing=$$(for p in $(PACKAGES); do \
+deps: PACKAGES_NEEDED = $(PACKAGES)
+deps-demo: PACKAGES_NEEDED = $(DEMO_PACKAGES)
+deps deps-demo:
+	@missing=$$(for p in $(PACKAGES_NEEDED); do \
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
 	  done); \
 	if [ -n "$$missing" ]; then \
@@ -43,8 +47,11 @@ deps:
 	  echo "make deps: all packages present"; \
 	fi
 
+# Tests, examples and benchmarks are switched on explicitly: `make demo` may have configured the
+# same folder without them.
 configure: deps
-	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_BUILD_TESTS=ON \
+	  -DMOE_BUILD_EXAMPLES=ON -DMOE_BUILD_BENCHMARKS=ON $(CMAKE_ARGS)
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -52,7 +59,14 @@ build: configure
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j 2
 
-demo: build
+# The demo runs only the `moe` command: a folder that `make build` or `make test` configured keeps
+# its other targets (built or not); a fresh one is configured without them.
+demo: deps-demo
+	@if [ ! -f $(BUILD)/CMakeCache.txt ]; then \
+	  cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_BUILD_TESTS=OFF \
+	    -DMOE_BUILD_EXAMPLES=OFF -DMOE_BUILD_BENCHMARKS=OFF $(CMAKE_ARGS); \
+	fi
+	cmake --build $(BUILD) -j $(JOBS) --target moe_cli
 	tools/demo/kjv_demo.sh $(BUILD)
 
 bench: build
