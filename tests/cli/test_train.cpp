@@ -223,8 +223,9 @@ std::vector<TbEvent> read_events(const fs::path& file) {
   return events;
 }
 
-TEST(TensorBoard, Crc32cOfTheStandardCheckString) {
-  EXPECT_EQ(moe::train::crc32c("123456789", 9), 0xE3069283u);  // the CRC-32C check value
+TEST(TensorBoard, MaskedCrc32cOfTheStandardCheckString) {
+  // CRC-32C("123456789") = 0xE3069283 (tests/io/test_crc32c.cpp), masked as TensorFlow does
+  EXPECT_EQ(moe::train::masked_crc32c("123456789", 9), 0xC78AB0E5u);
 }
 
 // ---- configuration ----------------------------------------------------------------------------

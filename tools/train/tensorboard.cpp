@@ -3,23 +3,14 @@
 
 #include <unistd.h>
 
-#include <array>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
 
+#include "moe/io/crc32c.h"
+
 namespace moe::train {
 namespace {
-
-std::array<uint32_t, 256> make_crc_table() {
-  std::array<uint32_t, 256> t{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0x82F63B78u ^ (c >> 1) : c >> 1;
-    t[i] = c;
-  }
-  return t;
-}
 
 // Protocol-buffer encoding of the few fields an Event needs.
 void varint(std::string& out, uint64_t v) {
@@ -54,16 +45,8 @@ std::string event(double wall_time, int64_t step) {
 
 }  // namespace
 
-uint32_t crc32c(const void* data, size_t n) {
-  static const auto table = make_crc_table();
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint32_t c = 0xFFFFFFFFu;
-  for (size_t i = 0; i < n; ++i) c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
-  return c ^ 0xFFFFFFFFu;
-}
-
 uint32_t masked_crc32c(const void* data, size_t n) {
-  const uint32_t c = crc32c(data, n);
+  const uint32_t c = io::crc32c(data, n);
   return ((c >> 15) | (c << 17)) + 0xa282ead8u;
 }
 

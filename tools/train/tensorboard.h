@@ -13,8 +13,7 @@
 
 namespace moe::train {
 
-/// CRC-32C (Castagnoli), and TensorFlow's masked form ((crc >> 15 | crc << 17) + 0xa282ead8).
-uint32_t crc32c(const void* data, size_t n);
+/// TensorFlow's masked CRC-32C ((crc >> 15 | crc << 17) + 0xa282ead8; the CRC: moe/io/crc32c.h).
 uint32_t masked_crc32c(const void* data, size_t n);
 
 class EventWriter {
