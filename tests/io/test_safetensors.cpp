@@ -8,8 +8,11 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 
@@ -98,6 +101,74 @@ TEST(Safetensors, ReadsAFileWrittenFromTheFormatDescription) {
   EXPECT_EQ(t.find("n").dim(), 0);
   EXPECT_EQ(t.find("n").item<int64_t>(), 7);
   EXPECT_EQ(t.metadata.at("k"), "v");
+  EXPECT_EQ(t.metadata.size(), 1u);  // without checksums (another tool's file): read unchecked
+}
+
+// The JSON header of a file.
+nlohmann::json header_of(const std::string& bytes) {
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  return nlohmann::json::parse(bytes.substr(8, n));
+}
+
+// Tensor data carries a CRC-32C in the metadata: any flipped bit in the data is an error that
+// names the tensor, where the file would otherwise load with a wrong weight.
+TEST(Safetensors, AFlippedBitInTensorDataIsRejectedNamingTheTensor) {
+  TempDir dir;
+  const auto path = dir.file("c.safetensors");
+  moe::io::save_safetensors(path, {{"a", torch::randn({3})}, {"w", torch::randn({2, 2})}},
+                            {{"step", "3"}});
+  const auto bytes = read_bytes(path);
+  const size_t data = bytes.size() - 28;  // a: 12 bytes, then w: 16
+  for (size_t i = data; i < bytes.size(); ++i) {
+    auto damaged = bytes;
+    damaged[i] ^= static_cast<char>(1 << (i % 8));
+    write_bytes(path, damaged);
+    const char* tensor = i < data + 12 ? "'a'" : "'w'";
+    EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(path); },
+                                {path, tensor, "corrupted", "CRC-32C"}))
+        << "byte " << i - data << " of the data";
+  }
+}
+
+// The checksums are "moe.crc32c.<tensor>" metadata (docs/cli.md): written for every tensor, hidden
+// from the caller's metadata, checked for form and consistency, and reserved for the writer.
+TEST(Safetensors, ChecksumMetadataIsCheckedAndReserved) {
+  TempDir dir;
+  const auto path = dir.file("m.safetensors");
+  const auto w = torch::tensor({1.0f, -2.0f});
+  moe::io::save_safetensors(path, {{"w", w}, {"e", torch::zeros({0})}}, {{"k", "v"}});
+  const auto header = header_of(read_bytes(path));
+  EXPECT_EQ(header.at("__metadata__").at("moe.crc32c.w"), "aa36f2c9");
+  EXPECT_EQ(header.at("__metadata__").at("moe.crc32c.e"), "00000000");
+  const auto f = moe::io::load_safetensors(path);
+  EXPECT_EQ(f.metadata, (std::map<std::string, std::string>{{"k", "v"}}));
+
+  std::string data(reinterpret_cast<const char*>(w.data_ptr<float>()), 8);
+  const std::string t = R"("w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {R"({"__metadata__":{"moe.crc32c.w":"xyz"},)" + t + "}", {"moe.crc32c.w", "'xyz'", "hex"}},
+      {R"({"__metadata__":{"moe.crc32c.w":"aa36f2c9","moe.crc32c.v":"00000000"},)" + t + "}",
+       {"moe.crc32c.v", "does not have"}},
+      {R"({"__metadata__":{"moe.crc32c.w":"aa36f2c9"},)" + t +
+           R"(,"z":{"dtype":"F32","shape":[0],"data_offsets":[8,8]}})",
+       {"'z'", "no checksum"}},
+      {R"({"__metadata__":{"moe.crc32c.w":"aa36f2c8"},)" + t + "}",
+       {"'w'", "corrupted", "aa36f2c9", "aa36f2c8"}},
+  };
+  for (const auto& [h, parts] : cases) {
+    write_bytes(path, hand_file(h, data));
+    auto expect = parts;
+    expect.push_back(path);
+    EXPECT_TRUE(mt::throws_with([&] { moe::io::load_safetensors(path); }, expect)) << h;
+  }
+  write_bytes(path, hand_file(R"({"__metadata__":{"moe.crc32c.w":"AA36F2C9"},)" + t + "}", data));
+  EXPECT_TRUE(torch::equal(moe::io::load_safetensors(path).find("w"), w));  // either case
+  EXPECT_TRUE(mt::throws_with(
+      [&] {
+        moe::io::save_safetensors(path, {{"w", w}}, {{"moe.crc32c.w", "00000000"}});
+      },
+      {"moe.crc32c.w", "reserved"}));
 }
 
 struct Damage {
