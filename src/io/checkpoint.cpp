@@ -47,9 +47,10 @@ ModuleLoad check_module_load(torch::nn::Module& module, const TensorFile& file,
                       " expert slots but the checkpoint has ", w.size(0),
                       "; a pool-mode layer cannot resize (build it with max_experts=", w.size(0),
                       " or with storage(ExpertStorage::kResize))");
-    TORCH_CHECK_VALUE(w.size(0) <= layer->options.max_experts(), who, ": ", path, ": TopAnyMoE '",
-                      mprefix, "' allows at most max_experts=", layer->options.max_experts(),
-                      " but the checkpoint has ", w.size(0));
+    TORCH_CHECK_VALUE(w.size(0) >= 1 && w.size(0) <= layer->options.max_experts(), who, ": ", path,
+                      ": TopAnyMoE '", mprefix,
+                      "' allows 1 to max_experts=", layer->options.max_experts(),
+                      " experts but the checkpoint has ", w.size(0));
     load.resizes.push_back({layer, mprefix, w.size(0)});
   }
   std::set<std::string> used;

@@ -8,9 +8,13 @@
 #include <torch/optim/optimizer.h>
 #include <torch/optim/sgd.h>
 
+#include <charconv>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <mutex>
 #include <set>
+#include <sstream>
 
 #include "io/module_loader.h"
 #include "moe/io/safetensors.h"
@@ -65,6 +69,156 @@ std::vector<std::pair<std::string, torch::Tensor>> fields(torch::optim::Optimize
   return {};
 }
 
+// A metadata value in an error message: long ones (a crafted file) cut short.
+std::string shown(const std::string& value) {
+  return value.size() <= 80 ? value : value.substr(0, 77) + "...";
+}
+
+// The learning rate of every parameter group: moe.lr.0 .. moe.lr.<groups - 1>, no other moe.lr.*
+// key, and no moe.* key this library does not write.
+std::vector<double> read_learning_rates(const std::map<std::string, std::string>& meta,
+                                        const std::string& where, size_t groups) {
+  const std::string prefix = "moe.lr.";
+  for (const auto& [k, v] : meta) {
+    if (k.compare(0, 4, "moe.") != 0 || k == "moe.optimizer") continue;
+    TORCH_CHECK_VALUE(k.compare(0, prefix.size(), prefix) == 0, where, " holds metadata ", k,
+                      " = '", shown(v), "', which this version of the library does not know");
+    const std::string g = k.substr(prefix.size());
+    bool known = false;
+    for (size_t i = 0; i < groups && !known; ++i) known = g == std::to_string(i);
+    const std::string keys =
+        groups == 1 ? "moe.lr.0" : "moe.lr.0 to moe.lr." + std::to_string(groups - 1);
+    TORCH_CHECK_VALUE(known, where, " holds metadata ", k, " = '", shown(v),
+                      "' but the optimizer has ", groups, " parameter group",
+                      groups == 1 ? "" : "s", " (", keys, ")");
+  }
+  std::vector<double> out;
+  for (size_t g = 0; g < groups; ++g) {
+    const auto key = prefix + std::to_string(g);
+    TORCH_CHECK_VALUE(meta.count(key), where, " has no learning rate for parameter group ", g, " (",
+                      key, "; the optimizer has ", groups, " groups)");
+    out.push_back(metadata_double(meta, key, 0, INFINITY, where));
+  }
+  return out;
+}
+
+// rng.cpu must be a state LibTorch's CPU generator accepts: its own dtype and size (those of
+// get_state()), and contents that set_state() takes, tried on a scratch generator.
+void check_rng_state(const torch::Tensor& t, const std::string& where) {
+  TORCH_CHECK_VALUE(t.defined(), where, " has no tensor rng.cpu (the CPU generator's state)");
+  int64_t size = 0;
+  {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    size = gen.get_state().numel();
+  }
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kByte && t.dim() == 1 && t.numel() == size, where,
+                    ": tensor rng.cpu is ", t.scalar_type(), " ", t.sizes(),
+                    ", expected the CPU generator's state: Byte [", size, "]");
+  auto scratch = at::make_generator<at::CPUGeneratorImpl>();
+  try {
+    scratch.set_state(t);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK_VALUE(false, where, ": tensor rng.cpu is not a valid CPU generator state (",
+                      e.what_without_backtrace(), ")");
+  }
+}
+
+// The tensor fields an optimizer kind keeps per parameter.
+std::vector<const char*> field_names(const std::string& kind) {
+  if (kind == "sgd") return {"momentum_buffer"};
+  return {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+}
+
+bool uses_amsgrad(torch::optim::Optimizer& opt, const torch::Tensor& p) {
+  for (auto& g : opt.param_groups())
+    for (const auto& q : g.params())
+      if (q.unsafeGetTensorImpl() == p.unsafeGetTensorImpl()) {
+        if (auto* o = dynamic_cast<torch::optim::AdamOptions*>(&g.options())) return o->amsgrad();
+        if (auto* o = dynamic_cast<torch::optim::AdamWOptions*>(&g.options())) return o->amsgrad();
+      }
+  return false;
+}
+
+// Every optim.* tensor: a field of `kind` for a parameter the optimizer holds, with the
+// parameter's dtype and (loaded) shape; Adam's step one int64 >= 0; a parameter's state complete
+// (Adam: step, exp_avg and exp_avg_sq together, max_exp_avg_sq too with amsgrad) or absent.
+void check_optimizer_state(const torch::nn::Module& model, torch::optim::Optimizer& opt,
+                           const std::string& kind, const TensorFile& file,
+                           const detail::ModuleLoad& load, const std::string& where) {
+  std::set<std::string> known;
+  for (const auto& [name, p] : optimized(model, opt)) {
+    const auto& shape = load.shapes.at(name);
+    std::vector<std::string> present, missing;
+    for (const char* field : field_names(kind)) {
+      const auto key = kOptim + name + "." + field;
+      known.insert(key);
+      const auto t = file.find(key);
+      (t.defined() ? present : missing).push_back(field);
+      if (!t.defined()) continue;
+      if (std::string(field) == "step") {
+        TORCH_CHECK_VALUE(t.numel() == 1 && t.scalar_type() == at::kLong, where, ": tensor ", key,
+                          " is ", t.scalar_type(), " ", t.sizes(), ", expected one int64");
+        TORCH_CHECK_VALUE(t.item<int64_t>() >= 0, where, ": tensor ", key, " = ", t.item<int64_t>(),
+                          ", expected a step count >= 0");
+        continue;
+      }
+      TORCH_CHECK_VALUE(t.sizes().vec() == shape && t.scalar_type() == p.scalar_type(), where,
+                        ": tensor ", key, " is ", t.scalar_type(), " ", t.sizes(), ", expected ",
+                        p.scalar_type(), " ", c10::IntArrayRef(shape));
+    }
+    if (kind == "sgd" || present.empty()) continue;
+    bool complete = file.find(kOptim + name + ".step").defined() &&
+                    file.find(kOptim + name + ".exp_avg").defined() &&
+                    file.find(kOptim + name + ".exp_avg_sq").defined();
+    if (uses_amsgrad(opt, p))
+      complete = complete && file.find(kOptim + name + ".max_exp_avg_sq").defined();
+    TORCH_CHECK_VALUE(complete, where, ": the ", kind, " state of parameter ", name,
+                      " is incomplete: it has ", c10::Join(", ", present), " but not ",
+                      c10::Join(", ", missing));
+  }
+  for (const auto& [name, t] : file.tensors)
+    TORCH_CHECK_VALUE(name.compare(0, 6, kOptim) != 0 || known.count(name), where,
+                      " holds optimizer state '", name, "' that a ", kind,
+                      " optimizer of this model does not have");
+}
+
+// Installs the file's state for every parameter the optimizer holds; a parameter without state in
+// the file gets none (as in a fresh optimizer), whatever it had before.
+void apply_optimizer_state(const torch::nn::Module& model, torch::optim::Optimizer& opt,
+                           const std::string& kind, const TensorFile& file) {
+  for (const auto& [name, p] : optimized(model, opt)) {
+    auto get = [&](const char* field) {
+      const auto t = file.find(kOptim + name + "." + field);
+      return t.defined() ? t.to(p.device()) : torch::Tensor();
+    };
+    std::unique_ptr<torch::optim::OptimizerParamState> state;
+    if (kind == "sgd") {
+      if (const auto m = get("momentum_buffer"); m.defined()) {
+        auto st = std::make_unique<torch::optim::SGDParamState>();
+        st->momentum_buffer(m);
+        state = std::move(st);
+      }
+    } else if (const auto step = file.find(kOptim + name + ".step"); step.defined()) {
+      auto fill = [&](auto st) {
+        st->step(step.item<int64_t>());
+        st->exp_avg(get("exp_avg"));
+        st->exp_avg_sq(get("exp_avg_sq"));
+        st->max_exp_avg_sq(get("max_exp_avg_sq"));
+        return st;
+      };
+      if (kind == "adam")
+        state = fill(std::make_unique<torch::optim::AdamParamState>());
+      else
+        state = fill(std::make_unique<torch::optim::AdamWParamState>());
+    }
+    if (state)
+      moe::detail::set_param_state(opt, p, std::move(state));
+    else
+      moe::detail::erase_param_state(opt, p);
+  }
+}
+
 }  // namespace
 
 void save_checkpoint(const torch::nn::Module& model, torch::optim::Optimizer& optimizer,
@@ -104,79 +258,30 @@ std::map<std::string, std::string> load_checkpoint(torch::nn::Module& model,
                                                    const std::string& path) {
   const char* who = "load_checkpoint";
   const TensorFile file = load_safetensors(path);
+  const std::string where = std::string(who) + ": " + path;
   const char* kind = kind_of(optimizer);
   const auto saved_kind =
       file.metadata.count("moe.optimizer") ? file.metadata.at("moe.optimizer") : "";
-  TORCH_CHECK_VALUE(kind != nullptr && saved_kind == kind, who, ": ", path, " holds ",
+  TORCH_CHECK_VALUE(kind != nullptr && saved_kind == kind, where, " holds ",
                     saved_kind.empty() ? "no optimizer state (not a save_checkpoint file?)"
                                        : saved_kind + " state",
                     " but the optimizer is ", kind ? kind : "of another type");
-  TORCH_CHECK_VALUE(file.find("rng.cpu").defined(), who, ": ", path, " has no rng.cpu state");
-  const auto groups = optimizer.param_groups().size();
-  for (size_t g = 0; g < groups; ++g)
-    TORCH_CHECK_VALUE(file.metadata.count("moe.lr." + std::to_string(g)), who, ": ", path,
-                      " has no learning rate for parameter group ", g, " (", groups, " groups)");
 
-  // Check everything first.
+  // Check everything first: a failed load changes nothing.
+  const auto lrs = read_learning_rates(file.metadata, where, optimizer.param_groups().size());
+  check_rng_state(file.find("rng.cpu"), where);
   const auto load = detail::check_module_load(model, file, path, kModel, who);
-  std::set<std::string> known;
-  for (const auto& [name, p] : optimized(model, optimizer)) {
-    const auto& shape = load.shapes.at(name);
-    for (const char* field : {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"}) {
-      const auto key = kOptim + name + "." + field;
-      const auto t = file.find(key);
-      known.insert(key);
-      if (!t.defined()) continue;
-      TORCH_CHECK_VALUE(t.sizes().vec() == shape && t.scalar_type() == p.scalar_type(), who, ": ",
-                        path, ": ", key, " is ", t.scalar_type(), t.sizes(), ", expected ",
-                        p.scalar_type(), c10::IntArrayRef(shape));
-    }
-    const auto step_key = kOptim + name + ".step";
-    known.insert(step_key);
-    if (const auto s = file.find(step_key); s.defined())
-      TORCH_CHECK_VALUE(s.numel() == 1 && s.scalar_type() == at::kLong, who, ": ", path, ": ",
-                        step_key, " must be one int64");
-  }
+  check_optimizer_state(model, optimizer, kind, file, load, where);
   for (const auto& [name, t] : file.tensors)
-    TORCH_CHECK_VALUE(name.compare(0, 6, kOptim) != 0 || known.count(name), who, ": ", path,
-                      " holds optimizer state '", name,
-                      "' for a parameter the optimizer does not have");
+    TORCH_CHECK_VALUE(
+        name.compare(0, 6, kModel) == 0 || name.compare(0, 6, kOptim) == 0 || name == "rng.cpu",
+        where, " holds tensor '", name,
+        "', which is not model.*, optim.* or rng.cpu (not a save_checkpoint file?)");
 
-  // Then apply.
+  // Then apply; nothing below throws on a checked file.
   detail::apply_module_load(model, load, file, kModel);
-  for (size_t g = 0; g < groups; ++g)
-    optimizer.param_groups()[g].options().set_lr(
-        std::stod(file.metadata.at("moe.lr." + std::to_string(g))));
-  for (const auto& [name, p] : optimized(model, optimizer)) {
-    auto get = [&](const char* field) {
-      const auto t = file.find(kOptim + name + "." + field);
-      return t.defined() ? t.to(p.device()) : torch::Tensor();
-    };
-    const auto step = file.find(kOptim + name + ".step");
-    const auto exp_avg = get("exp_avg"), momentum = get("momentum_buffer");
-    if (std::string(kind) == "sgd") {
-      if (!momentum.defined()) continue;
-      auto st = std::make_unique<torch::optim::SGDParamState>();
-      st->momentum_buffer(momentum);
-      moe::detail::set_param_state(optimizer, p, std::move(st));
-    } else if (exp_avg.defined() && step.defined()) {
-      if (std::string(kind) == "adam") {
-        auto st = std::make_unique<torch::optim::AdamParamState>();
-        st->step(step.item<int64_t>());
-        st->exp_avg(exp_avg);
-        st->exp_avg_sq(get("exp_avg_sq"));
-        st->max_exp_avg_sq(get("max_exp_avg_sq"));
-        moe::detail::set_param_state(optimizer, p, std::move(st));
-      } else {
-        auto st = std::make_unique<torch::optim::AdamWParamState>();
-        st->step(step.item<int64_t>());
-        st->exp_avg(exp_avg);
-        st->exp_avg_sq(get("exp_avg_sq"));
-        st->max_exp_avg_sq(get("max_exp_avg_sq"));
-        moe::detail::set_param_state(optimizer, p, std::move(st));
-      }
-    }
-  }
+  for (size_t g = 0; g < lrs.size(); ++g) optimizer.param_groups()[g].options().set_lr(lrs[g]);
+  apply_optimizer_state(model, optimizer, kind, file);
   {
     at::Generator gen = at::detail::getDefaultCPUGenerator();  // shares the default generator
     std::lock_guard<std::mutex> lock(gen.mutex());
@@ -186,6 +291,52 @@ std::map<std::string, std::string> load_checkpoint(torch::nn::Module& model,
   for (const auto& [k, v] : file.metadata)
     if (k.compare(0, 4, "moe.") != 0) meta[k] = v;
   return meta;
+}
+
+namespace {
+
+const std::string& metadata_value(const std::map<std::string, std::string>& metadata,
+                                  const std::string& key, const std::string& where,
+                                  const char* expected) {
+  const auto it = metadata.find(key);
+  TORCH_CHECK_VALUE(it != metadata.end(), where, " has no metadata ", key, " (expected ", expected,
+                    ")");
+  return it->second;
+}
+
+}  // namespace
+
+int64_t metadata_int(const std::map<std::string, std::string>& metadata, const std::string& key,
+                     int64_t min, int64_t max, const std::string& where) {
+  const std::string expected =
+      max == std::numeric_limits<int64_t>::max()
+          ? "an integer >= " + std::to_string(min)
+          : "an integer in [" + std::to_string(min) + ", " + std::to_string(max) + "]";
+  const auto& text = metadata_value(metadata, key, where, expected.c_str());
+  int64_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  TORCH_CHECK_VALUE(!text.empty() && ec == std::errc() && end == text.data() + text.size() &&
+                        v >= min && v <= max,
+                    where, ": metadata ", key, " = '", shown(text), "': expected ", expected);
+  return v;
+}
+
+double metadata_double(const std::map<std::string, std::string>& metadata, const std::string& key,
+                       double min, double max, const std::string& where) {
+  std::ostringstream e;
+  e << "a finite number ";
+  if (std::isinf(max))
+    e << ">= " << min;
+  else
+    e << "in [" << min << ", " << max << "]";
+  const std::string expected = e.str();
+  const auto& text = metadata_value(metadata, key, where, expected.c_str());
+  double v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  TORCH_CHECK_VALUE(!text.empty() && ec == std::errc() && end == text.data() + text.size() &&
+                        std::isfinite(v) && v >= min && v <= max,
+                    where, ": metadata ", key, " = '", shown(text), "': expected ", expected);
+  return v;
 }
 
 }  // namespace moe::io

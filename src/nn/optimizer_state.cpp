@@ -51,6 +51,11 @@ void set_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p,
   map[key_of(map, p)] = std::move(state);
 }
 
+void erase_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p) {
+  auto& map = optimizer.state();
+  map.erase(key_of(map, p));
+}
+
 void transform_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p,
                            const std::function<torch::Tensor(const torch::Tensor&)>& fn,
                            const char* who) {

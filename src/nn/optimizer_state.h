@@ -30,4 +30,7 @@ torch::optim::OptimizerParamState* find_param_state(torch::optim::Optimizer& opt
 void set_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p,
                      std::unique_ptr<torch::optim::OptimizerParamState> state);
 
+/// Removes the optimizer's state for p, if any (p then starts afresh, as in a new optimizer).
+void erase_param_state(torch::optim::Optimizer& optimizer, const torch::Tensor& p);
+
 }  // namespace moe::detail

@@ -3,18 +3,25 @@
 // router and the batch sampling draw from the restored RNG). Also for a TopAnyMoE whose expert
 // count changed, and the errors.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/sgd.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <functional>
+#include <map>
 
 #include "moe/io/checkpoint.h"
+#include "moe/io/safetensors.h"
 #include "moe/io/training_state.h"
 #include "moe/nn/sparse_moe.h"
 #include "moe/nn/top_any_moe.h"
+#include "nn/optimizer_state.h"
 #include "support/test_util.h"
 
 namespace {
@@ -139,6 +146,180 @@ TEST(TrainingCheckpoint, MismatchesAreErrorsThatChangeNothing) {
   EXPECT_TRUE(mt::throws_with([&] { moe::io::load_checkpoint(*other, adam2, path); },
                               {"no optimizer state"}));
   fs::remove(path);
+}
+
+// Everything a load may change: every parameter and buffer, the optimizer's state and learning
+// rates, the CPU generator's state.
+struct Snapshot {
+  std::vector<torch::Tensor> tensors;
+  std::vector<double> lrs;
+  torch::Tensor rng;
+
+  Snapshot(Net& net, torch::optim::Adam& opt) {
+    for (const auto& t : net->parameters()) tensors.push_back(t.detach().clone());
+    for (const auto& t : net->buffers()) tensors.push_back(t.clone());
+    for (const auto& p : net->parameters()) {
+      auto* state = moe::detail::find_param_state(opt, p);
+      if (state == nullptr) {
+        tensors.emplace_back();
+        continue;
+      }
+      const auto& st = dynamic_cast<const torch::optim::AdamParamState&>(*state);
+      tensors.push_back(torch::tensor({st.step()}, at::kLong));
+      tensors.push_back(st.exp_avg().clone());
+      tensors.push_back(st.exp_avg_sq().clone());
+    }
+    for (const auto& g : opt.param_groups()) lrs.push_back(g.options().get_lr());
+    rng = at::detail::getDefaultCPUGenerator().get_state();
+  }
+
+  ::testing::AssertionResult same_as(const Snapshot& o) const {
+    if (tensors.size() != o.tensors.size() || lrs != o.lrs)
+      return ::testing::AssertionFailure() << "the optimizer state or learning rates changed";
+    for (size_t i = 0; i < tensors.size(); ++i)
+      if (tensors[i].defined() != o.tensors[i].defined() ||
+          (tensors[i].defined() && !mt::bitwise_equal(tensors[i], o.tensors[i])))
+        return ::testing::AssertionFailure() << "tensor " << i << " changed";
+    if (!mt::bitwise_equal(rng, o.rng)) return ::testing::AssertionFailure() << "the RNG changed";
+    return ::testing::AssertionSuccess();
+  }
+};
+
+// A copy of a checkpoint with its metadata and tensors edited.
+void rewrite(const std::string& from, const std::string& to,
+             const std::function<void(std::map<std::string, std::string>&,
+                                      std::vector<std::pair<std::string, torch::Tensor>>&)>& edit) {
+  auto f = moe::io::load_safetensors(from);
+  edit(f.metadata, f.tensors);
+  moe::io::save_safetensors(to, f.tensors, f.metadata);
+}
+
+void set_tensor(std::vector<std::pair<std::string, torch::Tensor>>& ts, const std::string& name,
+                const torch::Tensor& t) {
+  for (auto& [n, v] : ts)
+    if (n == name) {
+      v = t;
+      return;
+    }
+  ts.emplace_back(name, t);
+}
+
+void drop_tensor(std::vector<std::pair<std::string, torch::Tensor>>& ts, const std::string& name) {
+  for (auto it = ts.begin(); it != ts.end(); ++it)
+    if (it->first == name) {
+      ts.erase(it);
+      return;
+    }
+}
+
+// A load that fails on any bad metadata value, optimizer state or RNG state leaves the model, the
+// optimizer and the RNG bitwise as they were, and its error names the file, the key and the value.
+TEST(TrainingCheckpoint, FailedLoadsChangeNothing) {
+  using Meta = std::map<std::string, std::string>;
+  using Tensors = std::vector<std::pair<std::string, torch::Tensor>>;
+  const auto data = torch::randn({50, 6});
+  const auto good = temp_path("moe_ckpt_good_"), bad = temp_path("moe_ckpt_bad_");
+  {
+    torch::manual_seed(6);
+    Net net;
+    torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(1e-2));
+    step(net, opt, data);
+    moe::io::save_checkpoint(*net, opt, good, {{"step", "1"}});
+  }
+  torch::manual_seed(7);  // another model with its own optimizer state
+  Net net;
+  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(3e-3));
+  step(net, opt, data);
+  step(net, opt, data);
+  auto rng_with = [](int64_t offset, int32_t value) {
+    auto s = at::detail::getDefaultCPUGenerator().get_state();
+    std::memcpy(s.data_ptr<uint8_t>() + offset, &value, 4);
+    return s;
+  };
+  struct Case {
+    std::function<void(Meta&, Tensors&)> edit;
+    std::vector<std::string> expect;
+  };
+  const std::vector<Case> cases = {
+      {[](Meta& m, Tensors&) { m["moe.lr.0"] = "abc"; }, {"moe.lr.0", "'abc'", "finite"}},
+      {[](Meta& m, Tensors&) { m["moe.lr.0"] = "-0.5"; }, {"moe.lr.0", "'-0.5'", ">= 0"}},
+      {[](Meta& m, Tensors&) { m["moe.lr.0"] = "nan"; }, {"moe.lr.0", "'nan'"}},
+      {[](Meta& m, Tensors&) { m["moe.lr.0"] = "inf"; }, {"moe.lr.0", "'inf'"}},
+      {[](Meta& m, Tensors&) { m["moe.lr.0"] = "0.01x"; }, {"moe.lr.0", "'0.01x'"}},
+      {[](Meta& m, Tensors&) { m["moe.lr.0"] = " 0.01"; }, {"moe.lr.0", "' 0.01'"}},
+      {[](Meta& m, Tensors&) { m.erase("moe.lr.0"); }, {"moe.lr.0", "no learning rate"}},
+      {[](Meta& m, Tensors&) { m["moe.lr.1"] = "0.1"; },
+       {"moe.lr.1", "'0.1'", "1 parameter group"}},
+      {[](Meta& m, Tensors&) { m["moe.lr.00"] = "0.1"; }, {"moe.lr.00", "'0.1'"}},
+      {[](Meta& m, Tensors&) { m["moe.seed"] = "3"; }, {"moe.seed", "'3'", "does not know"}},
+      {[&](Meta&, Tensors& t) { set_tensor(t, "rng.cpu", rng_with(0, 0).view(at::kChar)); },
+       {"rng.cpu", "Char", "Byte"}},
+      {[](Meta&, Tensors& t) { set_tensor(t, "rng.cpu", torch::zeros({8}, at::kByte)); },
+       {"rng.cpu", "[8]", "Byte"}},
+      {[&](Meta&, Tensors& t) { set_tensor(t, "rng.cpu", rng_with(8, 0)); },  // left = 0
+       {"rng.cpu", "not a valid CPU generator state"}},
+      {[](Meta&, Tensors& t) { drop_tensor(t, "rng.cpu"); }, {"rng.cpu"}},
+      {[](Meta&, Tensors& t) { set_tensor(t, "optim.in.weight.step", torch::tensor({-1L})); },
+       {"optim.in.weight.step", "-1", ">= 0"}},
+      {[](Meta&, Tensors& t) { set_tensor(t, "optim.in.weight.step", torch::tensor({1.0})); },
+       {"optim.in.weight.step", "Float", "int64"}},
+      {[](Meta&, Tensors& t) { drop_tensor(t, "optim.in.weight.exp_avg_sq"); },
+       {"in.weight", "incomplete", "exp_avg_sq"}},
+      {[](Meta&, Tensors& t) {
+         set_tensor(t, "optim.in.weight.exp_avg", torch::zeros({2, 6}));
+       },
+       {"optim.in.weight.exp_avg", "[2, 6]", "[8, 6]"}},
+      {[](Meta&, Tensors& t) {
+         set_tensor(t, "optim.in.weight.momentum_buffer", torch::zeros({8, 6}));
+       },
+       {"optim.in.weight.momentum_buffer", "adam"}},
+      {[](Meta&, Tensors& t) { set_tensor(t, "extra", torch::zeros({1})); }, {"'extra'"}},
+      {[](Meta&, Tensors& t) { set_tensor(t, "model.in.bias", torch::zeros({3})); },
+       {"model.in.bias", "[3]", "[8]"}},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    rewrite(good, bad, cases[i].edit);
+    const Snapshot before(net, opt);
+    auto expect = cases[i].expect;
+    expect.push_back(bad);
+    EXPECT_TRUE(mt::throws_with([&] { moe::io::load_checkpoint(*net, opt, bad); }, expect))
+        << "case " << i;
+    EXPECT_TRUE(Snapshot(net, opt).same_as(before)) << "case " << i;
+  }
+  EXPECT_EQ(moe::io::load_checkpoint(*net, opt, good).at("step"), "1");  // the good file loads
+  fs::remove(good);
+  fs::remove(bad);
+}
+
+// A load makes the optimizer's state the file's: a parameter without state in the file loses the
+// state it had, as in the freshly built optimizer the checkpoint continues.
+TEST(TrainingCheckpoint, ALoadReplacesStaleOptimizerState) {
+  const auto path = temp_path("moe_ckpt_fresh_");
+  torch::manual_seed(8);
+  Net net;
+  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(1e-2));
+  moe::io::save_checkpoint(*net, opt, path);  // before any step: no state
+  step(net, opt, torch::randn({20, 6}));
+  ASSERT_FALSE(opt.state().empty());
+  moe::io::load_checkpoint(*net, opt, path);
+  EXPECT_TRUE(opt.state().empty());
+  fs::remove(path);
+}
+
+TEST(TrainingCheckpoint, MetadataReadersNameTheKeyTheValueAndTheExpectation) {
+  const std::map<std::string, std::string> m = {
+      {"n", "12"}, {"neg", "-3"}, {"x", "2.5"}, {"bad", "1e"}, {"big", "99999999999999999999"}};
+  EXPECT_EQ(moe::io::metadata_int(m, "n", 0, 100, "f"), 12);
+  EXPECT_EQ(moe::io::metadata_double(m, "x", 0, INFINITY, "f"), 2.5);
+  EXPECT_TRUE(mt::throws_with([&] { moe::io::metadata_int(m, "neg", 0, 100, "here: f"); },
+                              {"here: f", "neg", "'-3'", "integer in [0, 100]"}));
+  EXPECT_TRUE(mt::throws_with([&] { moe::io::metadata_int(m, "x", 0, 100, "f"); }, {"x", "'2.5'"}));
+  EXPECT_TRUE(mt::throws_with([&] { moe::io::metadata_int(m, "big", 0, INT64_MAX, "f"); },
+                              {"big", "'99999999999999999999'"}));
+  EXPECT_TRUE(mt::throws_with([&] { moe::io::metadata_double(m, "bad", 0, 1, "f"); },
+                              {"bad", "'1e'", "finite number in [0, 1]"}));
+  EXPECT_TRUE(mt::throws_with([&] { moe::io::metadata_int(m, "missing", 0, 1, "f"); },
+                              {"f has no metadata missing"}));
 }
 
 }  // namespace
