@@ -11,7 +11,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "cli/run_config.h"
@@ -269,19 +272,78 @@ void save_open_records(torch::nn::Module& m, std::map<std::string, std::string>*
   }
 }
 
-void restore_open_records(torch::nn::Module& m, const std::map<std::string, std::string>& meta) {
-  for (const auto& [name, layer] : top_any_layers(m)) {
-    const auto it = meta.find("top_any_records." + name);
-    if (it == meta.end()) continue;
-    const json j = json::parse(it->second);
-    nn::RoutingRecords r;
-    r.expert_counts =
-        torch::tensor(j.at("expert_counts").get<std::vector<int64_t>>(), torch::kLong);
-    r.unrouted_sum = torch::tensor(j.at("unrouted_sum").get<std::vector<double>>(), torch::kDouble);
-    r.tokens = j.at("tokens").get<int64_t>();
-    r.unrouted_tokens = j.at("unrouted_tokens").get<int64_t>();
-    layer->resume_recording(std::move(r));
+std::string shown(const std::string& value) {
+  return value.size() <= 80 ? value : value.substr(0, 77) + "...";
+}
+
+// A DynMoE layer's open window as save_open_records writes it; `fail` names what is wrong.
+nn::RoutingRecords parse_open_records(const std::string& text, int64_t experts, int64_t d_model,
+                                      const std::function<void(const std::string&)>& fail) {
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  const std::set<std::string> fields = {"expert_counts", "unrouted_sum", "tokens",
+                                        "unrouted_tokens"};
+  std::set<std::string> found;
+  if (j.is_object())
+    for (const auto& [k, v] : j.items()) found.insert(k);
+  if (found != fields)
+    fail(std::string(j.is_discarded() ? "not JSON; " : "") +
+         "expected a JSON object with expert_counts, unrouted_sum, tokens and unrouted_tokens");
+  auto count = [](const json& v) {
+    return v.is_number_unsigned() && v.get<uint64_t>() <= uint64_t{1} << 62;
+  };
+  auto list = [&](const char* name, int64_t size, const char* of) {
+    const auto& a = j.at(name);
+    if (!a.is_array() || static_cast<int64_t>(a.size()) != size)
+      fail(std::string(name) + " is " + shown(a.dump()) + ", expected an array of " +
+           std::to_string(size) + " " + of);
+    return a;
+  };
+  const auto counts = list("expert_counts", experts, "integers >= 0 (the layer's experts)");
+  const auto sum = list("unrouted_sum", d_model, "finite numbers (d_model)");
+  for (size_t i = 0; i < counts.size(); ++i)
+    if (!count(counts[i]))
+      fail("expert_counts[" + std::to_string(i) + "] = " + counts[i].dump() +
+           ", expected an integer >= 0");
+  for (size_t i = 0; i < sum.size(); ++i)
+    if (!sum[i].is_number() || !std::isfinite(sum[i].get<double>()))
+      fail("unrouted_sum[" + std::to_string(i) + "] = " + sum[i].dump() +
+           ", expected a finite number");
+  if (!count(j.at("tokens")))
+    fail("tokens = " + j.at("tokens").dump() + ", expected an integer >= 0");
+  const auto& unrouted = j.at("unrouted_tokens");
+  if (!count(unrouted) || unrouted.get<uint64_t>() > j.at("tokens").get<uint64_t>())
+    fail("unrouted_tokens = " + unrouted.dump() +
+         ", expected an integer in [0, tokens = " + j.at("tokens").dump() + "]");
+  nn::RoutingRecords r;
+  r.expert_counts = torch::tensor(counts.get<std::vector<int64_t>>(), torch::kLong);
+  r.unrouted_sum = torch::tensor(sum.get<std::vector<double>>(), torch::kDouble);
+  r.tokens = j.at("tokens").get<int64_t>();
+  r.unrouted_tokens = unrouted.get<int64_t>();
+  return r;
+}
+
+// The open DynMoE recording windows of a checkpoint, checked against the model before anything is
+// loaded: each names a TopAnyMoE layer and has its shape (the expert count in the checkpoint).
+std::vector<std::pair<nn::TopAnyMoEImpl*, nn::RoutingRecords>> read_open_records(
+    torch::nn::Module& m, const io::TensorFile& file, const std::string& path) {
+  std::map<std::string, nn::TopAnyMoEImpl*> layers;
+  for (const auto& [name, layer] : top_any_layers(m)) layers[name] = layer;
+  const std::string prefix = "top_any_records.";
+  std::vector<std::pair<nn::TopAnyMoEImpl*, nn::RoutingRecords>> out;
+  for (const auto& [key, text] : file.metadata) {
+    if (key.compare(0, prefix.size(), prefix) != 0) continue;
+    auto fail = [&](const std::string& what) {
+      throw std::runtime_error("moe train --resume: " + path + ": metadata " + key + " = '" +
+                               shown(text) + "': " + what);
+    };
+    const auto it = layers.find(key.substr(prefix.size()));
+    if (it == layers.end()) fail("the model has no TopAnyMoE layer of that name");
+    const auto w = file.find("model." + it->first + ".router.weight");
+    const int64_t experts = w.defined() && w.dim() == 2 ? w.size(0) : it->second->num_slots();
+    out.emplace_back(it->second,
+                     parse_open_records(text, experts, it->second->options.d_model(), fail));
   }
+  return out;
 }
 
 // SIGINT / SIGTERM: finish the current step, write a checkpoint, stop.
@@ -301,6 +363,39 @@ struct StopSignals {
   void (*prev_int_)(int);
   void (*prev_term_)(int);
 };
+
+struct ResumePoint {
+  int64_t step = 0;
+  double elapsed_s = 0;  // training time of the earlier sessions
+};
+
+// The trainer's own checkpoint metadata, checked before anything changes: step in [1, run.steps],
+// elapsed_s finite and >= 0 (absent in old checkpoints), task = run.task, and no key that neither
+// the trainer nor the library writes (the library checks its moe.* keys itself).
+ResumePoint read_resume_point(const std::map<std::string, std::string>& meta,
+                              const std::string& path, const TrainConfig& c) {
+  const std::string where = "moe train --resume: " + path;
+  for (const auto& [k, v] : meta)
+    if (k != "step" && k != "elapsed_s" && k != "config" && k != "task" &&
+        k.rfind("top_any_records.", 0) != 0 && k.rfind("moe.", 0) != 0)
+      throw std::runtime_error(where + ": metadata " + k + " = '" + shown(v) +
+                               "': not a key of moe train (step, elapsed_s, config, task, "
+                               "top_any_records.<layer>)");
+  const std::string task = to_string(c.run.task);
+  if (meta.count("task") && meta.at("task") != task)
+    throw std::runtime_error(where + ": metadata task = '" + shown(meta.at("task")) +
+                             "': expected " + task + " (run.task)");
+  ResumePoint p;
+  p.step = io::metadata_int(meta, "step", 1, std::numeric_limits<int64_t>::max(), where);
+  if (p.step > c.run.steps)
+    throw std::invalid_argument(
+        where + " is at step " + std::to_string(p.step) +
+        " but run.steps = " + std::to_string(c.run.steps) +
+        "; continue with --set run.steps=N, N >= " + std::to_string(p.step));
+  if (meta.count("elapsed_s"))
+    p.elapsed_s = io::metadata_double(meta, "elapsed_s", 0, INFINITY, where);
+  return p;
+}
 
 // Keys a resumed run may change: logging, evaluation, checkpoints, where the data is, and the
 // length of the run (which stretches the learning-rate and k schedules from the next step on).
@@ -396,9 +491,15 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
                                 run_dir + " or choose another --out folder");
   }
   fs::create_directories(dir);
-  if (resume) {  // before anything is built: a changed model would fail later with a shape error
-    const auto meta = io::load_safetensors(checkpoint.string()).metadata;
+  // A resumed run's checkpoint is checked before anything is built (a changed model would fail
+  // later with a shape error) and before anything in the run folder changes.
+  io::TensorFile saved;
+  ResumePoint point;
+  if (resume) {
+    saved = io::load_safetensors(checkpoint.string());
+    const auto& meta = saved.metadata;
     if (meta.count("config")) check_resume_config(config, meta.at("config"), checkpoint.string());
+    point = read_resume_point(meta, checkpoint.string(), c);
   }
 
   torch::manual_seed(c.run.seed);
@@ -414,10 +515,12 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   double earlier_seconds = 0;  // training time of the earlier sessions of a resumed run
   std::vector<json> kept;      // a resumed run's records up to its checkpoint
   if (resume) {
-    const auto meta = io::load_checkpoint(module, *opt, checkpoint.string());
-    step = std::stoll(meta.at("step"));
-    if (meta.count("elapsed_s")) earlier_seconds = std::stod(meta.at("elapsed_s"));
-    restore_open_records(module, meta);
+    auto open = read_open_records(module, saved, checkpoint.string());
+    saved = {};
+    io::load_checkpoint(module, *opt, checkpoint.string());  // checks everything, then loads
+    for (auto& [layer, r] : open) layer->resume_recording(std::move(r));
+    step = point.step;
+    earlier_seconds = point.elapsed_s;
     kept = log.truncate_after(step);
     // temporary files of writes that a killed session never finished
     for (const auto& e : fs::directory_iterator(dir)) {
@@ -426,7 +529,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
         if (name.rfind(std::string(f) + ".tmp.", 0) == 0) fs::remove(e.path());
     }
     spdlog::info("resuming {} from step {}", run_dir, step);
-    if (step >= c.run.steps)
+    if (step == c.run.steps)
       spdlog::warn(
           "the checkpoint is at step {} and run.steps = {}: nothing to train (raise it "
           "with --set run.steps=N)",
