@@ -2,16 +2,15 @@
 #include "moe/data/char_corpus.h"
 
 #include <ATen/ATen.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <memory>
 #include <sstream>
+
+#include "data/run_program.h"
 
 namespace moe::data {
 namespace {
@@ -31,10 +30,21 @@ bool split_verse_line(const std::string& line, std::string* text) {
 }
 
 std::string read_file(const fs::path& p) {
+  // A folder opens as a stream on Linux and fails on the first read with the stream library's
+  // own words ("basic_filebuf::underflow"), naming no file: say what it is instead.
+  std::error_code ec;
+  TORCH_CHECK(
+      !fs::is_directory(p, ec), "char corpus: ", p.string(),
+      " is a folder, expected a text file (prepare the corpus with `moe data kjv --out DIR`)");
   std::ifstream f(p, std::ios::binary);
   TORCH_CHECK(f.good(), "char corpus: cannot read ", p.string(),
               " (prepare it with `moe data kjv --out DIR`)");
-  return std::string(std::istreambuf_iterator<char>(f), {});
+  try {
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "char corpus: cannot read ", p.string(), ": ", e.what());
+  }
+  return {};  // not reached
 }
 
 void write_file(const fs::path& p, const std::string& s) {
@@ -111,19 +121,12 @@ TextSplits split_text(const std::string& text, double valid_fraction, double tes
 }
 
 int64_t prepare_kjv(const std::string& out_dir, const std::string& bible_program) {
-  const std::string cmd = "'" + bible_program + "' -l100000 gen1:1-rev22:21 2>&1";
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), &::pclose);
-  TORCH_CHECK(pipe != nullptr, "moe data kjv: cannot run ", bible_program);
-  std::string raw;
-  std::array<char, 1 << 16> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), pipe.get())) > 0) raw.append(buf.data(), n);
-  const int status = ::pclose(pipe.release());
-  TORCH_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "moe data kjv: `", bible_program,
-              "` failed (exit status ", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-              "); it comes from the Debian packages bible-kjv and bible-kjv-text (`make deps`). "
-              "Output: ",
-              raw.substr(0, 200));
+  // An argument vector, not a command line: the program's path is never read by a shell.
+  const auto r = detail::run_program({bible_program, "-l100000", "gen1:1-rev22:21"});
+  const std::string& raw = r.output;
+  TORCH_CHECK(r.ok(), "moe data kjv: the bible program '", bible_program, "' ", r.status_text(),
+              "; it comes from the Debian packages bible-kjv and bible-kjv-text (`make deps`)",
+              raw.empty() ? "" : ". Output: ", raw.substr(0, 200));
   const std::string verses = verses_from_bible_output(raw);
   const auto count = static_cast<int64_t>(std::count(verses.begin(), verses.end(), '\n'));
   TORCH_CHECK(count > 0, "moe data kjv: `", bible_program,

@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 
+#include "data/run_program.h"
 #include "moe/data/char_corpus.h"
 #include "support/test_util.h"
 
@@ -75,6 +77,57 @@ TEST(CharCorpus, LoadsIdsOverTheTrainingVocabularyAndRejectsUnknownBytes) {
       mt::throws_with([&] { moe::data::prepare_kjv((dir / "out").string(), "/nonexistent/bible"); },
                       {"/nonexistent/bible", "bible-kjv"}));
   fs::remove_all(dir);
+}
+
+TEST(CharCorpus, AFileThatIsAFolderIsNamed) {
+  std::string tmpl = (fs::temp_directory_path() / "moe_corpus_XXXXXX").string();
+  const fs::path dir = ::mkdtemp(tmpl.data());
+  std::ofstream(dir / "valid.txt") << "ab\n";
+  std::ofstream(dir / "test.txt") << "ba\n";
+  fs::create_directories(dir / "train.txt");
+  // was std::ios_base::failure "basic_filebuf::underflow error reading the file: Is a directory"
+  EXPECT_TRUE(mt::throws_with([&] { moe::data::load_char_corpus(dir.string()); },
+                              {(dir / "train.txt").string(), "is a folder"}));
+  fs::remove_all(dir);
+}
+
+// The bible program's path goes to the program as one argument, never through a shell.
+TEST(CharCorpus, TheBibleProgramIsNotRunThroughAShell) {
+  std::string tmpl = (fs::temp_directory_path() / "moe_corpus_XXXXXX").string();
+  const fs::path dir = ::mkdtemp(tmpl.data());
+  const std::string bible = "/nonexistent'; touch " + (dir / "marker").string() + "; echo '";
+  EXPECT_TRUE(mt::throws_with([&] { moe::data::prepare_kjv((dir / "out").string(), bible); },
+                              {bible, "No such file or directory", "bible-kjv"}));
+  EXPECT_FALSE(fs::exists(dir / "marker"));
+  EXPECT_FALSE(fs::exists(dir / "out"));
+  fs::remove_all(dir);
+}
+
+TEST(RunProgram, PassesArgumentsVerbatimAndReportsHowItEnded) {
+  using moe::detail::run_program;
+  auto r = run_program({"/bin/echo", "a b", "c'; touch x; '", "$HOME"});
+  EXPECT_TRUE(r.ok()) << r.status_text();
+  EXPECT_EQ(r.output, "a b c'; touch x; ' $HOME\n");
+  r = run_program({"sh", "-c", "echo out; echo err >&2; exit 3"});  // found in PATH
+  EXPECT_FALSE(r.ok());
+  EXPECT_TRUE(r.exited);
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_EQ(r.status_text(), "exit status 3");
+  EXPECT_EQ(r.output, "out\nerr\n");
+  r = run_program({"sh", "-c", "echo out; echo err >&2"}, /*merge_stderr=*/false);
+  EXPECT_EQ(r.output, "out\n");
+  r = run_program({"sh", "-c", "kill -9 $$"});
+  EXPECT_FALSE(r.exited);
+  EXPECT_EQ(r.signal, 9);
+  EXPECT_NE(r.status_text().find("signal 9"), std::string::npos) << r.status_text();
+  r = run_program({"/nonexistent/program"});
+  EXPECT_EQ(r.start_error, ENOENT);
+  EXPECT_EQ(r.status_text(), "could not start: No such file or directory");
+  r = run_program({"moe-no-such-program-in-path"});
+  EXPECT_EQ(r.start_error, ENOENT);
+  r = run_program({"cat"});  // stdin is /dev/null: does not wait for input
+  EXPECT_TRUE(r.ok());
+  EXPECT_EQ(r.output, "");
 }
 
 TEST(CharCorpus, ExportsTheWholeKingJamesBible) {
