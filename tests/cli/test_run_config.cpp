@@ -77,6 +77,48 @@ TEST(RunConfig, OverridesAreTypedAndCreateTables) {
                {"model.router.name", "router", "not a table"});
 }
 
+// --set takes exactly one TOML value: a newline brought extra keys and tables that were dropped
+// silently, and a comment or a second word after the value was ignored.
+TEST(RunConfig, SetTakesExactlyOneValue) {
+  auto c = RunConfig::from_string(kRun);
+  expect_error([&] { c.set("train.steps=2\n[evil]\nx=1"); },
+               {"--set train.steps=2\\n[evil]\\nx=1", "one TOML value on one line"});
+  expect_error([&] { c.set("train.steps=2\r"); }, {"--set train.steps=2\\r"});
+  expect_error([&] { c.set("train.steps=2 # two"); }, {"--set train.steps=2 # two", "# two"});
+  EXPECT_FALSE(c.has("evil.x"));
+  EXPECT_EQ(c.get_int("train.steps", 0), 1000);  // unchanged by the rejected values
+  c.set("train.steps=2 \t");                     // trailing blanks are fine
+  EXPECT_EQ(c.get_int("train.steps", 0), 2);
+  c.set("model.router=\"top_any\"  ");
+  EXPECT_EQ(c.get_string("model.router", ""), "top_any");
+  c.set("model.name=\"é # not a comment\"");
+  EXPECT_EQ(c.get_string("model.name", ""), "é # not a comment");
+  c.set("model.opts={a = 1, b = \"x\"}");
+  EXPECT_TRUE(c.has("model.opts.b"));
+  c.set("data.dir=runs/a b # c");  // not TOML at all: a plain string, as before
+  EXPECT_EQ(c.get_string("data.dir", ""), "runs/a b # c");
+}
+
+// A key read through a value that is not a table (`--set run=5`, then run.task) was "absent": the
+// error said run.task is missing.
+TEST(RunConfig, AKeyThroughAValueThatIsNoTableIsNamed) {
+  auto c = RunConfig::from_string("[run]\ntask = \"lm\"\n");
+  c.set("run=5");
+  expect_error([&] { c.has("run.task"); }, {"run is integer 5, expected a table", "run.task"});
+  expect_error([&] { c.get_int("run.steps", 1); }, {"run is integer 5", "run.steps"});
+  EXPECT_EQ(c.get_int("run", 0), 5);
+  EXPECT_FALSE(c.has("model.layers"));  // a missing table is still just absent
+}
+
+TEST(RunConfig, AConfigPathThatIsAFolderIsNamed) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("moe_cfg_dir_" + std::to_string(::getpid()) + ".toml");
+  std::filesystem::create_directories(dir);
+  expect_error([&] { RunConfig::from_file(dir.string()); },
+               {dir.string() + " is a folder, expected a TOML file"});
+  std::filesystem::remove(dir);
+}
+
 TEST(RunConfig, TheEffectiveConfigIsWrittenAndReadBack) {
   auto c = RunConfig::from_string(kRun);
   c.set("model.num_experts=4");

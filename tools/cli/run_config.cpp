@@ -3,6 +3,10 @@
 
 #include <toml++/toml.h>
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -29,13 +33,22 @@ std::vector<std::string> split_key(const std::string& key) {
   return parts;
 }
 
+std::string describe(const toml::node& n);
+
+// The node at a dotted key, or nullptr when it is absent. A path through a value that is not a
+// table (`--set run=5`, then run.task) is an error naming that value: reading it as "absent" gave
+// "run.task is missing" for a configuration that has a run key.
 const toml::node* find(const toml::table& t, const std::string& key) {
   const toml::node* n = &t;
+  std::string path;
   for (const auto& part : split_key(key)) {
     const auto* tab = n->as_table();
-    if (tab == nullptr) return nullptr;
+    if (tab == nullptr)
+      throw std::invalid_argument("config: " + path + " is " + describe(*n) +
+                                  ", expected a table (a [" + path + "] section) holding " + key);
     n = tab->get(part);
     if (n == nullptr) return nullptr;
+    path += (path.empty() ? "" : ".") + part;
   }
   return n;
 }
@@ -67,6 +80,38 @@ std::string describe(const toml::node& n) {
   return s.str();
 }
 
+// The byte offset of the code point `index` in UTF-8 `s` (s.size() past the end).
+size_t byte_offset(const std::string& s, size_t index) {
+  size_t i = 0;
+  for (size_t cp = 0; i < s.size() && cp < index; ++cp) {
+    ++i;
+    while (i < s.size() && (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) ++i;
+  }
+  return i;
+}
+
+// An argument as it can be printed on one line: control characters as \n, \t, \xNN.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7F) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02X", c);
+      out += buf;
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
 [[noreturn]] void type_error(const std::string& key, const char* expected, const toml::node& n) {
   throw std::invalid_argument("config: " + key + " must be " + expected + ", got " + describe(n));
 }
@@ -95,10 +140,15 @@ RunConfig RunConfig::from_string(const std::string& text, const std::string& sou
 }
 
 RunConfig RunConfig::from_file(const std::string& path) {
+  // A folder opens as an empty stream: without this check it read as an empty configuration.
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw std::invalid_argument("config: " + path + " is a folder, expected a TOML file");
   std::ifstream f(path);
-  if (!f) throw std::invalid_argument("config: cannot read " + path);
+  if (!f) throw std::invalid_argument("config: cannot read " + path + ": " + std::strerror(errno));
   std::stringstream s;
   s << f.rdbuf();
+  if (f.bad()) throw std::invalid_argument("config: cannot read " + path);
   return from_string(s.str(), path);
 }
 
@@ -120,6 +170,11 @@ void RunConfig::set(const std::string& assignment) {
       throw std::invalid_argument("config: cannot set " + key + ": " + parts[i] + " is " +
                                   describe(*n) + ", not a table");
   }
+  // One line: parsed as TOML, a newline would let the value bring more keys or tables along,
+  // which the parse accepts and only "v" was kept of (the rest silently dropped).
+  if (text.find_first_of("\r\n") != std::string::npos)
+    throw std::invalid_argument("config: --set " + printable(assignment) +
+                                ": the value must be one TOML value on one line");
   // The value as TOML if it is one, else as a plain string.
   toml::table parsed;
   try {
@@ -128,7 +183,14 @@ void RunConfig::set(const std::string& assignment) {
     t->insert_or_assign(parts.back(), text);
     return;
   }
-  t->insert_or_assign(parts.back(), *parsed.get("v"));
+  const toml::node& v = *parsed.get("v");
+  // toml++ counts columns in code points, 1-based, the end exclusive; "v = " is 4 of them.
+  const size_t end = byte_offset(text, static_cast<size_t>(v.source().end.column) - 5);
+  if (text.find_first_not_of(" \t", end) != std::string::npos)
+    throw std::invalid_argument("config: --set " + printable(assignment) + ": '" +
+                                text.substr(end) + "' follows the value " + text.substr(0, end) +
+                                "; give exactly one TOML value (quote a string that has spaces)");
+  t->insert_or_assign(parts.back(), v);
 }
 
 bool RunConfig::has(const std::string& key) const {
