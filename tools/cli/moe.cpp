@@ -26,6 +26,7 @@
 #include "moe/io/safetensors.h"
 #include "moe/runtime.h"
 #include "report/report.h"
+#include "train/memory_estimate.h"
 #include "train/trainer.h"
 
 #ifdef MOE_CLI_HAS_BENCH
@@ -51,6 +52,16 @@ int run_fashion(const std::string& dir) {
 }
 
 int run_synthetic(const std::string& out, double p, int64_t n, int64_t dim, uint64_t seed) {
+  // Before anything is allocated: an absurd --samples was killed by the OOM killer or ended in
+  // LibTorch's "Storage size calculation overflowed", naming no option.
+  const auto limit = moe::train::available_memory();
+  const long double need = moe::train::synthetic_data_bytes(n, dim) + 256.0L * (1 << 20);
+  if (need > limit.bytes)
+    throw std::invalid_argument("moe data synthetic: --samples " + std::to_string(n) +
+                                " with --dim " + std::to_string(dim) + " needs about " +
+                                moe::train::format_bytes(need) + " of memory, more than the " +
+                                moe::train::format_bytes(limit.bytes) + " available (" +
+                                limit.description + "); lower --samples or --dim");
   const moe::data::MMoESynthetic gen(
       moe::data::MMoESyntheticOptions().dim(dim).correlation(p).seed(seed));
   const auto b = gen.sample(n, seed + 1);
@@ -75,7 +86,8 @@ std::string percent_list(const std::vector<double>& share) {
 }
 
 int run_train(const std::string& config_path, const std::string& out, const std::string& resume,
-              const std::vector<std::string>& sets, int64_t stop_at, bool dry_run) {
+              const std::vector<std::string>& sets, int64_t stop_at, bool dry_run,
+              bool memory_check) {
   if (!resume.empty() && !out.empty())
     throw std::invalid_argument("moe train: --resume RUN_DIR continues that run; --out " + out +
                                 " cannot be used with it");
@@ -92,6 +104,9 @@ int run_train(const std::string& config_path, const std::string& out, const std:
   auto config =
       moe::cli::RunConfig::from_file(resume.empty() ? config_path : run_dir + "/config.toml");
   for (const auto& s : sets) config.set(s);
+  // Before anything is built: a configuration the machine cannot hold is rejected in a moment,
+  // naming its keys, instead of being killed by the OOM killer minutes later (a dry run too).
+  if (memory_check) moe::train::check_memory(moe::train::parse_train_config(config));
   if (dry_run) {  // validate every key, print the effective configuration, train nothing
     moe::train::parse_train_config(config);
     std::printf("%s", config.to_toml().c_str());
@@ -125,6 +140,35 @@ int run_eval(const std::string& run_dir, const std::string& split) {
   return 0;
 }
 
+// CLI11 reports a word that is no subcommand (`moe frobnicate`) as "A subcommand is required";
+// this names the word and the subcommands of `app` (called `path`) instead. Empty when `app` left
+// no such word.
+std::string unknown_subcommand(const CLI::App& app, const std::string& path) {
+  for (const auto& a : app.remaining()) {
+    if (a.empty() || a[0] == '-') continue;
+    std::string names;
+    for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    return path + ": unknown subcommand '" + a + "'; expected one of: " + names + " (see `" + path +
+           " --help`)";
+  }
+  return "";
+}
+
+// Reports a command line CLI11 rejected and returns the exit code: 0 for --help and --version, 2
+// (usage error) otherwise; 1 is for runtime errors.
+int parse_error_exit(const CLI::App& app, const CLI::App& data, const CLI::ParseError& e) {
+  for (const auto& [a, path] : {std::pair<const CLI::App*, const char*>{&app, "moe"},
+                                std::pair<const CLI::App*, const char*>{&data, "moe data"}}) {
+    const std::string unknown = unknown_subcommand(*a, path);
+    if (!unknown.empty()) {
+      spdlog::error("{}", unknown);
+      return 2;
+    }
+  }
+  return app.exit(e) == 0 ? 0 : 2;  // app.exit prints the help, the version or the error
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -143,7 +187,7 @@ int main(int argc, char** argv) {
   std::string train_config, train_out, train_resume;
   std::vector<std::string> train_sets;
   int64_t train_stop_at = 0;
-  bool train_dry_run = false;
+  bool train_dry_run = false, train_no_memory_check = false;
   auto* train = app.add_subcommand(
       "train",
       "train a model: `moe train CONFIG.toml --out RUN_DIR` (a new run) or `moe train --resume "
@@ -163,6 +207,8 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   train->add_flag("--dry-run", train_dry_run,
                   "check the configuration and print it with the overrides applied; train nothing");
+  train->add_flag("--no-memory-check", train_no_memory_check,
+                  "skip the check of the estimated memory against the memory available");
 
   auto* eval = app.add_subcommand("eval", "evaluate the checkpoint of a run on a data split");
   eval->add_option("run", eval_run, "run folder")->required();
@@ -221,9 +267,19 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
+    // Before any subcommand runs (the benchmark included): 100000 threads hung the process
+    // creating OpenMP threads. configure_threads checks $MOE_NUM_THREADS the same way.
+    if (threads > moe::runtime::max_threads())
+      throw std::invalid_argument("--threads " + std::to_string(threads) +
+                                  ": expected an integer in [1, " +
+                                  std::to_string(moe::runtime::max_threads()) +
+                                  "] (4 per hardware thread), or 0 for every core");
+    moe::runtime::configure_threads(threads);
   } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);  // prints help / version / the error
-    return rc == 0 ? 0 : 2;      // exit codes: 0 ok, 1 runtime error, 2 usage or config error
+    return parse_error_exit(app, *data, e);
+  } catch (const std::invalid_argument& e) {
+    spdlog::error("{}", e.what());
+    return 2;
   }
 #ifdef MOE_CLI_HAS_BENCH
   if (bench->parsed()) {
@@ -240,10 +296,9 @@ int main(int argc, char** argv) {
   }
 #endif
   try {
-    moe::runtime::configure_threads(threads);
     if (train->parsed())
       return run_train(train_config, train_out, train_resume, train_sets, train_stop_at,
-                       train_dry_run);
+                       train_dry_run, !train_no_memory_check);
     if (eval->parsed()) return run_eval(eval_run, eval_split);
     if (report->parsed()) {
       const auto path = moe::report::write_report({report_run, report_compare, report_out});

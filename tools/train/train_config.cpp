@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -311,7 +312,12 @@ TrainConfig parse_train_config(const RunConfig& c) {
     // of equal active compute.
     t.moe = parse_moe(c);
     const int64_t k = t.moe.router == "top_any" ? 1 : t.moe.top_k;
-    m.dense_hidden = int_at_least(c, "model.dense_hidden", k * t.moe.hidden, 1);
+    // Saturated, not wrapped: an absurd moe.hidden must reach the memory check as absurd, not
+    // as a negative width blamed on model.dense_hidden.
+    const int64_t equal_compute = t.moe.hidden > std::numeric_limits<int64_t>::max() / k
+                                      ? std::numeric_limits<int64_t>::max()
+                                      : k * t.moe.hidden;
+    m.dense_hidden = int_at_least(c, "model.dense_hidden", equal_compute, 1);
   }
   // A key no task or router knows is a typo: an error. A key of another router or task (e.g.
   // moe.top_k after --set moe.router="top_any") is listed in `ignored_keys` for a warning.
