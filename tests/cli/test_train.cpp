@@ -428,6 +428,10 @@ TEST(TrainCli, EndToEndLossDecreasesAndEvalReadsTheCheckpoint) {
     EXPECT_EQ(all.front().at("openblas"),
               moe::testing::openblas_openmp_dir_next_to_mapped().empty() ? "pthread" : "openmp");
   }
+  // The CPU features that decide the kernels, and the bf16 product path.
+  EXPECT_NE(all.front().at("cpu").get<std::string>().find("bf16 GEMM"), std::string::npos);
+  const auto bf16 = all.front().at("bf16_gemm").get<std::string>();
+  EXPECT_TRUE(bf16 == "native" || bf16 == "float32") << bf16;
   EXPECT_EQ(all.back().at("event"), "end");
   const auto train = records(all, "train");
   ASSERT_EQ(train.size(), 16u);

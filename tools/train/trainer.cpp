@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "cli/run_config.h"
+#include "moe/cpu.h"
 #include "moe/io/atomic_file.h"
 #include "moe/io/safetensors.h"
 #include "moe/io/training_state.h"
@@ -551,6 +552,8 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
       {"active_parameters", summary.parameters.active},
       {"threads", at::get_num_threads()},
       {"openblas", moe::runtime::openblas_threading()},
+      {"cpu", moe::cpu::describe()},
+      {"bf16_gemm", moe::cpu::to_string(moe::cpu::bf16_gemm())},
       {"resumed_from", resume ? json(step) : json(nullptr)},
       {"time", iso_time_now()}};
   if (c.run.task != Task::kMultiTask && c.model.moe_every > 0) {
