@@ -2,100 +2,39 @@
 // the checksum of the tensors in the safetensors files this library writes and of the records of
 // TensorBoard event files. x86-64 processors with SSE4.2 compute it with the `crc32` instruction
 // (8 bytes an instruction); other processors use slicing-by-8 tables. Both give the same
-// result (tests/io/test_crc32c.cpp).
-//
-// Header-only: the table code and the SSE4.2 code are small, and the library and the tools share
-// this one definition.
+// result (tests/io/test_crc32c.cpp). The implementation is in src/io/crc32c.cpp, so that the tables
+// and <nmmintrin.h> stay out of the headers of the library's users.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 
+// Whether this build has the SSE4.2 path (which still runs only where the processor has it).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <nmmintrin.h>
 #define MOE_CRC32C_SSE42 1
 #else
 #define MOE_CRC32C_SSE42 0
 #endif
 
 namespace moe::io {
-namespace detail {
-
-struct Crc32cTables {
-  uint32_t t[8][256];  // t[k][b]: the CRC of byte b followed by k zero bytes
-};
-
-inline const Crc32cTables& crc32c_tables() {
-  static const Crc32cTables tables = [] {
-    Crc32cTables s{};
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0x82F63B78u ^ (c >> 1) : c >> 1;
-      s.t[0][i] = c;
-    }
-    for (int k = 1; k < 8; ++k)
-      for (uint32_t i = 0; i < 256; ++i)
-        s.t[k][i] = (s.t[k - 1][i] >> 8) ^ s.t[0][s.t[k - 1][i] & 0xff];
-    return s;
-  }();
-  return tables;
-}
-
-/// Slicing-by-8 on the raw register `c` (not inverted here).
-inline uint32_t crc32c_by_table(uint32_t c, const void* data, size_t n) {
-  const auto& t = crc32c_tables().t;
-  const auto* p = static_cast<const unsigned char*>(data);
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-  for (; n >= 8; p += 8, n -= 8) {
-    uint64_t w;
-    std::memcpy(&w, p, 8);  // the low byte of w is p[0]
-    w ^= c;
-    c = t[7][w & 0xff] ^ t[6][(w >> 8) & 0xff] ^ t[5][(w >> 16) & 0xff] ^ t[4][(w >> 24) & 0xff] ^
-        t[3][(w >> 32) & 0xff] ^ t[2][(w >> 40) & 0xff] ^ t[1][(w >> 48) & 0xff] ^ t[0][w >> 56];
-  }
-#endif
-  for (; n > 0; ++p, --n) c = t[0][(c ^ *p) & 0xff] ^ (c >> 8);
-  return c;
-}
-
-#if MOE_CRC32C_SSE42
-/// The `crc32` instruction on the raw register `c`; call only where crc32c_has_sse42().
-__attribute__((target("sse4.2"))) inline uint32_t crc32c_by_sse42(uint32_t c, const void* data,
-                                                                  size_t n) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t c64 = c;
-  for (; n >= 8; p += 8, n -= 8) {
-    uint64_t w;
-    std::memcpy(&w, p, 8);
-    c64 = _mm_crc32_u64(c64, w);
-  }
-  auto c32 = static_cast<uint32_t>(c64);
-  for (; n > 0; ++p, --n) c32 = _mm_crc32_u8(c32, *p);
-  return c32;
-}
-#endif
-
-/// Whether this processor has the `crc32` instruction (checked once).
-inline bool crc32c_has_sse42() {
-#if MOE_CRC32C_SSE42
-  static const bool has = __builtin_cpu_supports("sse4.2");
-  return has;
-#else
-  return false;
-#endif
-}
-
-}  // namespace detail
 
 /// The CRC-32C of `n` bytes. `crc` continues an earlier result over the bytes that follow it:
 /// crc32c(b, m, crc32c(a, n)) is the CRC of a followed by b.
-inline uint32_t crc32c(const void* data, size_t n, uint32_t crc = 0) {
-  uint32_t c = ~crc;
-#if MOE_CRC32C_SSE42
-  if (detail::crc32c_has_sse42()) return ~detail::crc32c_by_sse42(c, data, n);
-#endif
-  return ~detail::crc32c_by_table(c, data, n);
-}
+uint32_t crc32c(const void* data, size_t n, uint32_t crc = 0);
 
+// The two paths crc32c() chooses between, declared so that the tests can compare them.
+namespace detail {
+
+/// Slicing-by-8 on the raw register `c` (not inverted here).
+uint32_t crc32c_by_table(uint32_t c, const void* data, size_t n);
+
+#if MOE_CRC32C_SSE42
+/// The `crc32` instruction on the raw register `c`; call only where crc32c_has_sse42().
+__attribute__((target("sse4.2"))) uint32_t crc32c_by_sse42(uint32_t c, const void* data, size_t n);
+#endif
+
+/// Whether this processor has the `crc32` instruction (checked once).
+bool crc32c_has_sse42();
+
+}  // namespace detail
 }  // namespace moe::io
