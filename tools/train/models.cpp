@@ -421,4 +421,11 @@ ParameterCount count_parameters(const TrainConfig& c, Model& model) {
   return n;
 }
 
+std::vector<std::pair<std::string, nn::TopAnyMoEImpl*>> top_any_layers(torch::nn::Module& m) {
+  std::vector<std::pair<std::string, nn::TopAnyMoEImpl*>> out;
+  for (const auto& item : m.named_modules())
+    if (auto* t = item.value()->as<nn::TopAnyMoEImpl>()) out.emplace_back(item.key(), t);
+  return out;
+}
+
 }  // namespace moe::train

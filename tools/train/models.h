@@ -10,10 +10,15 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "moe/stats.h"
 #include "train/train_config.h"
+
+namespace moe::nn {
+class TopAnyMoEImpl;
+}
 
 namespace moe::train {
 
@@ -55,5 +60,9 @@ struct ParameterCount {
   int64_t active = 0;
 };
 ParameterCount count_parameters(const TrainConfig& config, Model& model);
+
+/// The TopAnyMoE (DynMoE) layers of a model's module, by name: the trainer drives their recording
+/// windows and expert updates, which are not module state.
+std::vector<std::pair<std::string, nn::TopAnyMoEImpl*>> top_any_layers(torch::nn::Module& m);
 
 }  // namespace moe::train
