@@ -3,12 +3,11 @@
 
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -22,6 +21,7 @@
 #include "moe/nn/top_any_moe.h"
 #include "moe/runtime.h"
 #include "train/interval_stats.h"
+#include "train/metrics_log.h"
 #include "train/progress.h"
 #include "train/resume.h"
 #include "train/tensorboard.h"
@@ -68,69 +68,6 @@ void set_learning_rate(torch::optim::Optimizer& opt, double lr) {
   for (auto& g : opt.param_groups()) g.options().set_lr(lr);
 }
 
-// ---- the run folder
-// ------------------------------------------------------------------------------
-
-class MetricsLog {
- public:
-  explicit MetricsLog(const fs::path& path) : path_(path) {}
-
-  // A resumed run drops the records after the checkpoint's step: they will be written again.
-  // Returns the records kept.
-  std::vector<json> truncate_after(int64_t step) {
-    std::vector<json> records;
-    std::ifstream in(path_);
-    std::string line, kept;
-    for (int64_t n = 1; std::getline(in, line); ++n) {
-      if (line.empty()) continue;
-      json j;
-      try {
-        j = json::parse(line);
-      } catch (const json::exception&) {  // e.g. a line cut short by a kill: dropped
-        spdlog::warn("{}:{}: not JSON, dropped", path_.string(), n);
-        continue;
-      }
-      // an "end" record at or before the step belongs to a session that finished earlier
-      if (j.value("step", int64_t{0}) <= step && j.value("event", "") != "end") {
-        kept += line + "\n";
-        records.push_back(std::move(j));
-      }
-    }
-    io::write_file_atomically(path_.string(), kept, "moe train");
-    return records;
-  }
-
-  void append(const json& j) {
-    std::ofstream out(path_, std::ios::app);
-    out << j.dump() << "\n";
-    out.flush();
-    if (!out) throw std::runtime_error("moe train: cannot append to " + path_.string());
-  }
-
-  // Before a checkpoint: the records up to its step must survive whatever survives it.
-  void sync() const {
-    std::FILE* f = std::fopen(path_.c_str(), "a");
-    if (f == nullptr || ::fsync(::fileno(f)) != 0 || std::fclose(f) != 0)
-      throw std::runtime_error("moe train: cannot sync " + path_.string());
-  }
-
- private:
-  fs::path path_;
-};
-
-json metrics_json(const Metrics& m) {
-  json j = json::object();
-  std::vector<double> mse;
-  for (const auto& [k, v] : m) {
-    if (k.rfind("mse", 0) == 0)
-      mse.push_back(v);
-    else if (k != "tokens")
-      j[k] = v;
-  }
-  if (!mse.empty()) j["mse"] = mse;
-  return j;
-}
-
 // SIGINT / SIGTERM: finish the current step, write a checkpoint, stop.
 volatile std::sig_atomic_t g_stop_signal = 0;
 extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
@@ -155,29 +92,6 @@ std::string fixed(double v, int digits) {
   s.precision(digits);
   s << v;
   return s.str();
-}
-
-// The scalars of a train or eval record, for TensorBoard: train/<key>, moe/<layer>/<key>,
-// <split>/<key> (and <split>/mse<i> for the per-task list).
-std::vector<std::pair<std::string, double>> tensorboard_scalars(const json& rec) {
-  std::vector<std::pair<std::string, double>> out;
-  const bool train = rec.at("event") == "train";
-  const std::string prefix = train ? "train/" : rec.value("split", "valid") + "/";
-  for (const auto& [k, v] : rec.items()) {
-    if (v.is_number() && k != "step" && k != "elapsed_s")
-      out.emplace_back(prefix + k, v.get<double>());
-    if (k == "mse" && v.is_array())
-      for (size_t i = 0; i < v.size(); ++i)
-        if (v[i].is_number())
-          out.emplace_back(prefix + "mse" + std::to_string(i), v[i].get<double>());
-  }
-  if (train && rec.contains("moe"))
-    for (const auto& layer : rec.at("moe"))
-      for (const char* k : {"cv", "dropped", "mean_k", "active_experts", "unrouted"})
-        if (layer.contains(k) && layer.at(k).is_number())
-          out.emplace_back("moe/" + layer.at("name").get<std::string>() + "/" + k,
-                           layer.at(k).get<double>());
-  return out;
 }
 
 double unix_time() {
