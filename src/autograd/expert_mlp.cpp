@@ -29,6 +29,8 @@
 // scalar loop with erf/exp per element was 10x slower and made the elementwise passes rival the
 // GEMMs.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <vector>
@@ -97,6 +99,34 @@ void activation_derivative(Activation act, const at::Tensor& h, at::Tensor& da) 
       at::silu_backward_out(da, da, h);
       break;
   }
+}
+
+// t's rows [r0, r1); undefined stays undefined.
+at::Tensor row_slice(const at::Tensor& t, int64_t r0, int64_t r1) {
+  return t.defined() ? t.narrow(0, r0, r1 - r0) : t;
+}
+
+// Runs fn(r0, r1) over fixed blocks of the rows of an [n, width] elementwise pass, in parallel
+// unless already inside a parallel region (the parallel schedule). ATen splits a large elementwise
+// op into one chunk per thread, and each chunk ends in a scalar loop whose exp and erf round
+// differently from the vectorised body: left to ATen, SiLU's and GELU's results moved with the
+// thread count. Blocks of at most ATen's grain size are one chunk each, at any thread count.
+template <typename F>
+void in_row_blocks(int64_t n, int64_t width, F&& fn) {
+  const int64_t rows = k::row_grain(width);
+  const int64_t blocks = (n + rows - 1) / rows;
+  auto run = [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) fn(b * rows, std::min(n, (b + 1) * rows));
+  };
+  if (blocks <= 1 || at::in_parallel_region()) {
+    run(0, blocks);
+    return;
+  }
+  const at::ThreadLocalState state;  // see schedule::for_each_expert
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    at::ThreadLocalStateGuard guard(state);
+    run(b0, b1);
+  });
 }
 
 // out = a · b (+ bias), out a view into a preallocated buffer.
@@ -248,12 +278,17 @@ void backward_expert(Activation act, ExpertRows& r, at::Tensor& dy_e, const at::
   // it is also the first factor of dg.
   at::Tensor a_e = relu ? r.h : wk.as.rows(n);
   auto fh_e = gated ? wk.fhs.rows(n) : at::Tensor();
-  if (gated && r.h.scalar_type() != at::kBFloat16) {
-    act_out(act, fh_e, r.h);
-    at::mul_out(a_e, fh_e, r.g);
-  } else if (!relu) {
-    if (gated) act_out(act, fh_e, r.h);
-    activation_forward(act, r.h, r.g, a_e);  // bf16: the forward's single rounding
+  if (!relu) {
+    in_row_blocks(n, h, [&](int64_t r0, int64_t r1) {
+      auto a_b = row_slice(a_e, r0, r1), fh_b = row_slice(fh_e, r0, r1);
+      const auto h_b = row_slice(r.h, r0, r1), g_b = row_slice(r.g, r0, r1);
+      if (gated) act_out(act, fh_b, h_b);
+      if (gated && h_b.scalar_type() != at::kBFloat16) {
+        at::mul_out(a_b, fh_b, g_b);
+      } else {
+        activation_forward(act, h_b, g_b, a_b);  // bf16: the forward's single rounding
+      }
+    });
   }
 
   // With o = a·w2 + b2 and y[t] = Σ w_p·o[p]: dL/dw_p = <dy[t], o[p]> = <dy·w2ᵀ, a> + <dy, b2>,
@@ -275,7 +310,12 @@ void backward_expert(Activation act, ExpertRows& r, at::Tensor& dy_e, const at::
   // dy·w2ᵀ above, dW1 and dW3 after dxg below.
   at::mm_out(g.w2, a_e.t(), dy_e);
   if (g.b2.defined()) at::sum_out(g.b2, dy_e, 0);
-  if (!relu) activation_derivative(act, r.h, da_e);  // da_e now holds dL/dh
+  if (!relu) {  // da_e now holds dL/dh
+    in_row_blocks(n, h, [&](int64_t r0, int64_t r1) {
+      auto da_b = row_slice(da_e, r0, r1);
+      activation_derivative(act, row_slice(r.h, r0, r1), da_b);
+    });
+  }
   at::mm_out(dxg_e, da_e, w1_e.t());
   if (gated) dxg_e.addmm_(fh_e, w3_e.t());
   at::mm_out(g.w1, r.xg.t(), da_e);
@@ -336,7 +376,10 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
                          b1.defined() ? b1[e] : b1);
             // a overwrites h unless backward needs h itself.
             auto a_e = keep_h && !relu ? wk.as.rows(n) : r.h;
-            activation_forward(act, r.h, r.g, a_e);
+            in_row_blocks(n, h, [&](int64_t r0, int64_t r1) {
+              auto a_b = row_slice(a_e, r0, r1);
+              activation_forward(act, row_slice(r.h, r0, r1), row_slice(r.g, r0, r1), a_b);
+            });
             if (convert && keep_h) {  // round the kept hidden layer into its stored dtype
               r.h_kept.copy_(relu ? a_e : r.h);
               if (gated) r.g_kept.copy_(r.g);

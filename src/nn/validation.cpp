@@ -22,7 +22,9 @@ torch::Tensor tokens_2d(const torch::Tensor& x, int64_t d_model, const torch::Te
                    " (convert the module with .to(dtype) or the input)");
   TORCH_CHECK(x.device() == expert_param.device(), who, ": input x on ", x.device(),
               " but the experts on ", expert_param.device());
-  return x.reshape({-1, d_model});
+  // Contiguous: the router's GEMM then sees one layout whatever the input's strides, so a strided
+  // input gives bitwise its contiguous copy's result on any BLAS.
+  return x.reshape({-1, d_model}).contiguous();
 }
 
 RoutingStats make_stats(const RoutingPlan& plan, const torch::Tensor& importance,

@@ -3,7 +3,10 @@
 // every update (experts are added while tokens go unrouted; exactly the experts without
 // activations are removed), that the expert count settles, and how the loss compares with softmax
 // top-2 models of fixed size, and that experts idle after a distribution shift are removed. Nothing
-// is tuned toward the number of clusters.
+// is tuned toward the number of clusters. The outcome bounds (settling before the last 20%, the MSE
+// ratios) are empirical: a 3000-step float32 run's trajectory depends on the BLAS kernel and the
+// thread count, and the bounds hold with margin across 3 seeds (docs/dynmoe.md) and with both
+// OpenBLAS's Cooperlake and Zen kernels (the same outcome: 13 experts, ratio 2.51).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 

@@ -146,8 +146,11 @@ TEST(EdgeCases, NonFiniteSkipPolicyZeroesOnlyThoseTokens) {
     EXPECT_EQ(out.stats.skipped_tokens, 2);
     EXPECT_EQ(out.output[3].abs().sum().item<float>(), 0.0f);
     EXPECT_EQ(out.output[7].abs().sum().item<float>(), 0.0f);
+    // The other tokens are unaffected up to the BLAS's rounding: the skipped tokens move their rows
+    // within the experts' GEMMs, and no BLAS promises that a row's result does not depend on its
+    // position (OpenBLAS's kernels measured bitwise equal).
     for (int64_t t : {0, 1, 2, 4, 5, 6, 8, 9})
-      EXPECT_TRUE(torch::equal(out.output[t], clean[t])) << t;
+      EXPECT_CLOSE(out.output[t], clean[t], 1e-6, 1e-7) << t;
     // Gradients stay finite.
     layer->train();
     auto xb = bad.clone().requires_grad_();

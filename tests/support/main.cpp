@@ -1,17 +1,24 @@
 // The test programs' main: GoogleTest's, after two process-level settings.
 //
 // MOE_TEST_NO_NATIVE_BF16=1 (the no_native_bf16.* runs of tests/CMakeLists.txt) runs the process as
-// if the CPU had no bf16 dot products (an AVX2-only CPU such as AMD Zen 2/3): the library's float32
-// path for bf16 products (MOE_BF16_GEMM=float32 unless set otherwise), ATen's AVX2 kernels
-// (ATEN_CPU_CAPABILITY=avx2) and oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2). ATen and oneDNN
-// read these on their first use, after main() starts; child processes inherit them. One variable,
-// because ctest's ENVIRONMENT property cannot pass a list through gtest_discover_tests.
-//
-// Then moe::runtime::apply_isa_caps turns LibTorch's oneDNN bf16 path off under such a cap, so
-// that any bf16 product that bypasses the library takes LibTorch's bf16-accumulating fallback, as
-// on that CPU, and fails the bf16 tolerances.
+// if the CPU had no bf16 dot products (an AVX2-only CPU such as AMD Zen 2/3):
+//  - the library's float32 path for bf16 products (MOE_BF16_GEMM=float32 unless set otherwise;
+//    MOE_BF16_GEMM=native reproduces the library before that path existed);
+//  - OpenBLAS's AVX2 kernels (OPENBLAS_CORETYPE=Haswell unless the environment sets a core:
+//    OpenBLAS reads it when it is loaded, so the program re-executes itself once);
+//  - ATen's AVX2 kernels (ATEN_CPU_CAPABILITY=avx2; Debian's LibTorch 1.13 has no AVX-512 kernels,
+//    a LibTorch built with them would use them) and oneDNN capped at AVX2
+//    (ONEDNN_MAX_CPU_ISA=AVX2), read on their first use;
+//  - then moe::runtime::apply_isa_caps turns LibTorch's oneDNN bf16 path off under that cap, so
+//    any bf16 product that bypasses the library takes LibTorch's bf16-accumulating fallback, as on
+//    such a CPU, and fails the bf16 tolerances.
+// One variable, because ctest's ENVIRONMENT property cannot pass a list through
+// gtest_discover_tests. Child processes inherit the settings.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -20,9 +27,16 @@
 int main(int argc, char** argv) {
   const char* no_bf16 = std::getenv("MOE_TEST_NO_NATIVE_BF16");
   if (no_bf16 != nullptr && std::strcmp(no_bf16, "1") == 0) {
-    setenv("MOE_BF16_GEMM", "float32", 0);  // MOE_BF16_GEMM=native: the old behaviour
+    setenv("MOE_BF16_GEMM", "float32", 0);
     setenv("ATEN_CPU_CAPABILITY", "avx2", 1);
     setenv("ONEDNN_MAX_CPU_ISA", "AVX2", 1);
+    if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+      setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+      execv("/proc/self/exe", argv);
+      std::fprintf(stderr, "test main: could not re-execute with OPENBLAS_CORETYPE (%s)\n",
+                   std::strerror(errno));
+      return 1;
+    }
   }
   moe::runtime::apply_isa_caps();
   ::testing::InitGoogleTest(&argc, argv);

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -44,6 +45,13 @@ namespace moe::testing {
 double nmse(const torch::Tensor& actual, const torch::Tensor& expected) {
   const auto a = actual.detach().to(at::kDouble), b = expected.detach().to(at::kDouble);
   return (a - b).pow(2).sum().item<double>() / std::max(b.pow(2).sum().item<double>(), 1e-300);
+}
+
+double topk_margin(const torch::Tensor& logits, int64_t k) {
+  const int64_t E = logits.size(-1);
+  if (k >= E || logits.numel() == 0) return std::numeric_limits<double>::infinity();
+  const auto top = std::get<0>(logits.detach().to(at::kDouble).reshape({-1, E}).topk(k + 1, 1));
+  return (top.select(1, k - 1) - top.select(1, k)).min().item<double>();
 }
 
 bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {

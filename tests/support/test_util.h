@@ -18,6 +18,12 @@ namespace moe::testing {
 /// Normalised mean squared error ||a - b||² / ||b||², in float64.
 double nmse(const torch::Tensor& actual, const torch::Tensor& expected);
 
+/// The smallest gap, over the rows of `logits` [T, E], between the k-th and (k+1)-th largest
+/// value, in float64 (infinity when k >= E). A routing computed in float32 (or from bf16 inputs)
+/// equals a float64 reference's only when this gap exceeds the float32 rounding of the logits:
+/// tests that compare routings assert it, so that a draw with a near-tie fails clearly.
+double topk_margin(const torch::Tensor& logits, int64_t k);
+
 /// True iff the two tensors are bitwise equal (same shape, dtype and bytes).
 bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b);
 

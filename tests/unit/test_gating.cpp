@@ -165,7 +165,6 @@ TEST(Capacity, RandomTablesRespectTheBound) {
     auto idx = torch::randint(0, E, {T, k}, at::kLong);
     const int64_t cap = moe::expert_capacity(T, k, E, cf, 0);
     auto [kept, dropped] = moe::apply_capacity(idx, E, cap);
-    EXPECT_LE((kept >= 0).sum().item<int64_t>() + dropped, T * k);
     EXPECT_EQ((kept >= 0).sum().item<int64_t>() + dropped, T * k);
     for (int64_t e = 0; e < E; ++e) EXPECT_LE((kept == e).sum().item<int64_t>(), cap);
   }
