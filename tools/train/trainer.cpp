@@ -98,15 +98,8 @@ double unix_time() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-}  // namespace
-
-TrainSummary run_training(const cli::RunConfig& config, const std::string& run_dir, bool resume,
-                          int64_t stop_at) {
-  const TrainConfig c = parse_train_config(config);
-  for (const auto& k : c.ignored_keys)
-    spdlog::warn("config: {} is not used by task {} with this model; ignored", k,
-                 to_string(c.run.task));
-  const fs::path dir(run_dir), checkpoint = dir / kCheckpointFile;
+// A new run needs a folder without a checkpoint, a resumed one its checkpoint.
+void check_run_folder(const fs::path& checkpoint, const std::string& run_dir, bool resume) {
   if (resume) {
     if (!fs::exists(checkpoint))
       throw std::invalid_argument("moe train --resume: " + checkpoint.string() +
@@ -117,6 +110,97 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
                                 "--resume " +
                                 run_dir + " or choose another --out folder");
   }
+}
+
+// A resumed run's state from the checkpoint `saved` (read and checked before the model was built),
+// released before load_checkpoint reads the file again.
+void restore_checkpoint(torch::nn::Module& module, torch::optim::Optimizer& opt,
+                        io::TensorFile saved, const std::string& path) {
+  auto open = read_open_records(module, saved, path);
+  saved = {};
+  io::load_checkpoint(module, opt, path);  // checks everything, then loads
+  for (auto& [layer, r] : open) layer->resume_recording(std::move(r));
+}
+
+// Temporary files of writes that a killed session never finished.
+void remove_unfinished_writes(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    for (const char* f : {kCheckpointFile, kMetricsFile, kConfigFile})
+      if (name.rfind(std::string(f) + ".tmp.", 0) == 0) fs::remove(e.path());
+  }
+}
+
+// The start record of a session of metrics.jsonl.
+json start_record(const TrainConfig& c, Model& model, const ParameterCount& parameters, bool resume,
+                  int64_t step) {
+  json start = {
+      {"event", "start"},
+      {"task", to_string(c.run.task)},
+      {"model", model.description()},
+      {"router", c.run.task == Task::kMultiTask || c.model.moe_every == 0 ? "none" : c.moe.router},
+      {"steps", c.run.steps},
+      {"parameters", parameters.total},
+      {"active_parameters", parameters.active},
+      {"threads", at::get_num_threads()},
+      {"openblas", moe::runtime::openblas_threading()},
+      {"cpu", moe::cpu::describe()},
+      {"bf16_gemm", moe::cpu::to_string(moe::cpu::bf16_gemm())},
+      {"resumed_from", resume ? json(step) : json(nullptr)},
+      {"time", iso_time_now()}};
+  if (c.run.task != Task::kMultiTask && c.model.moe_every > 0) {
+    start["num_experts"] = c.moe.num_experts;
+    if (c.moe.router != "top_any") start["top_k"] = c.moe.top_k;
+  }
+  return start;
+}
+
+// Evaluation must not change training: DynMoE layers record in any mode while a window is open,
+// so their records are put back as they were.
+Metrics evaluate_during_training(Model& model, TaskData& data, const std::string& split,
+                                 int64_t batch_size, int64_t max_batches) {
+  torch::nn::Module& module = model.module();
+  OpenRecords open;
+  for (const auto& [name, layer] : top_any_layers(module))
+    if (layer->recording()) {
+      auto r = layer->records();
+      r.expert_counts = r.expert_counts.clone();
+      r.unrouted_sum = r.unrouted_sum.clone();
+      open.emplace_back(layer, std::move(r));
+    }
+  torch::NoGradGuard no_grad;
+  module.eval();
+  auto m = data.evaluate(model, split, batch_size, max_batches);
+  module.train();
+  for (auto& [layer, r] : open) layer->resume_recording(std::move(r));
+  return m;
+}
+
+// Which evaluations of the checkpoint's step the records a resumed run kept hold.
+struct EvalsDone {
+  bool eval = false;        // an eval record at the step
+  bool final_eval = false;  // the final evaluation (full_split)
+};
+EvalsDone evals_done(const std::vector<json>& kept, int64_t step) {
+  EvalsDone done;
+  for (const auto& r : kept)
+    if (r.value("event", "") == "eval" && r.value("step", int64_t{-1}) == step) {
+      done.eval = true;
+      done.final_eval = done.final_eval || r.value("full_split", false);
+    }
+  return done;
+}
+
+}  // namespace
+
+TrainSummary run_training(const cli::RunConfig& config, const std::string& run_dir, bool resume,
+                          int64_t stop_at) {
+  const TrainConfig c = parse_train_config(config);
+  for (const auto& k : c.ignored_keys)
+    spdlog::warn("config: {} is not used by task {} with this model; ignored", k,
+                 to_string(c.run.task));
+  const fs::path dir(run_dir), checkpoint = dir / kCheckpointFile;
+  check_run_folder(checkpoint, run_dir, resume);
   fs::create_directories(dir);
   // A resumed run's checkpoint is checked before anything is built (a changed model would fail
   // later with a shape error) and before anything in the run folder changes.
@@ -142,19 +226,11 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   double earlier_seconds = 0;  // training time of the earlier sessions of a resumed run
   std::vector<json> kept;      // a resumed run's records up to its checkpoint
   if (resume) {
-    auto open = read_open_records(module, saved, checkpoint.string());
-    saved = {};
-    io::load_checkpoint(module, *opt, checkpoint.string());  // checks everything, then loads
-    for (auto& [layer, r] : open) layer->resume_recording(std::move(r));
+    restore_checkpoint(module, *opt, std::move(saved), checkpoint.string());
     step = point.step;
     earlier_seconds = point.elapsed_s;
     kept = log.truncate_after(step);
-    // temporary files of writes that a killed session never finished
-    for (const auto& e : fs::directory_iterator(dir)) {
-      const std::string name = e.path().filename().string();
-      for (const char* f : {kCheckpointFile, kMetricsFile, kConfigFile})
-        if (name.rfind(std::string(f) + ".tmp.", 0) == 0) fs::remove(e.path());
-    }
+    remove_unfinished_writes(dir);
     spdlog::info("resuming {} from step {}", run_dir, step);
     if (step == c.run.steps)
       spdlog::warn(
@@ -168,25 +244,7 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   summary.first_step = step;
   summary.parameters = count_parameters(c, *model);  // after a resize-mode checkpoint is loaded
 
-  json start = {
-      {"event", "start"},
-      {"task", to_string(c.run.task)},
-      {"model", model->description()},
-      {"router", c.run.task == Task::kMultiTask || c.model.moe_every == 0 ? "none" : c.moe.router},
-      {"steps", c.run.steps},
-      {"parameters", summary.parameters.total},
-      {"active_parameters", summary.parameters.active},
-      {"threads", at::get_num_threads()},
-      {"openblas", moe::runtime::openblas_threading()},
-      {"cpu", moe::cpu::describe()},
-      {"bf16_gemm", moe::cpu::to_string(moe::cpu::bf16_gemm())},
-      {"resumed_from", resume ? json(step) : json(nullptr)},
-      {"time", iso_time_now()}};
-  if (c.run.task != Task::kMultiTask && c.model.moe_every > 0) {
-    start["num_experts"] = c.moe.num_experts;
-    if (c.moe.router != "top_any") start["top_k"] = c.moe.top_k;
-  }
-  log.append(start);
+  log.append(start_record(c, *model, summary.parameters, resume, step));
   EventWriter events(dir.string());  // TensorBoard: the scalars of every train and eval record
   if (resume) events.session_start(step, unix_time());
   auto record = [&](const json& rec) {
@@ -205,23 +263,8 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   IntervalStats interval;
   const int64_t end = stop_at > 0 ? std::min(stop_at, c.run.steps) : c.run.steps;
   Progress progress(end, step);
-  // Evaluation must not change training: DynMoE layers record in any mode while a window is open,
-  // so their records are put back as they were.
   auto evaluate = [&](const std::string& split, int64_t max_batches) {
-    std::vector<std::pair<nn::TopAnyMoEImpl*, nn::RoutingRecords>> open;
-    for (const auto& [name, layer] : top_any_layers(module))
-      if (layer->recording()) {
-        auto r = layer->records();
-        r.expert_counts = r.expert_counts.clone();
-        r.unrouted_sum = r.unrouted_sum.clone();
-        open.emplace_back(layer, std::move(r));
-      }
-    torch::NoGradGuard no_grad;
-    module.eval();
-    auto m = data->evaluate(*model, split, c.run.batch_size, max_batches);
-    module.train();
-    for (auto& [layer, r] : open) layer->resume_recording(std::move(r));
-    return m;
+    return evaluate_during_training(*model, *data, split, c.run.batch_size, max_batches);
   };
   auto save = [&] {
     std::map<std::string, std::string> meta{{"step", std::to_string(step)},
@@ -255,14 +298,9 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   // The checkpoint is written before the evaluations of its step: a session killed during them
   // resumes by running them (evaluation changes nothing, so this is exact).
   if (resume) {
-    bool eval_done = false, final_done = false;
-    for (const auto& r : kept)
-      if (r.value("event", "") == "eval" && r.value("step", int64_t{-1}) == step) {
-        eval_done = true;
-        final_done = final_done || r.value("full_split", false);
-      }
-    if (step < c.run.steps && step % c.run.eval_every == 0 && !eval_done) log_eval();
-    if (step == c.run.steps && !final_done) log_final_eval();
+    const EvalsDone done = evals_done(kept, step);
+    if (step < c.run.steps && step % c.run.eval_every == 0 && !done.eval) log_eval();
+    if (step == c.run.steps && !done.final_eval) log_final_eval();
   }
   StopSignals signals;
   const auto dynmoe = top_any_layers(module);  // DynMoE layers, whose expert updates follow steps
