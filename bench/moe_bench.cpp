@@ -178,7 +178,7 @@ struct Row {
   bool gate_ok = true;
 };
 
-// A JSON string's contents: quotes, backslashes and control characters escaped.
+// A JSON string's contents: quotes and backslashes escaped, control characters made spaces.
 std::string json_escape(const std::string& in) {
   std::string out;
   for (const char c : in) {

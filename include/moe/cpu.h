@@ -6,9 +6,11 @@
 // product of the library therefore goes through one decision: products run natively in bf16 only
 // where the CPU has bf16 dot products; elsewhere their bf16 operands are converted to float32 and
 // multiplied by the float32 BLAS (float32 accumulation, float32 speed), while tensors stay in bf16
-// storage. docs/benchmarks.md measures both paths.
+// storage. Tiny products (at most 16³ multiply-adds), which LibTorch never sends to oneDNN, take
+// the float32 path on every CPU. docs/benchmarks.md measures both paths.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace moe::cpu {
@@ -40,6 +42,14 @@ enum class Bf16Gemm {
 /// The environment variable MOE_BF16_GEMM=native|float32 overrides the choice (read once;
 /// "auto" or unset: the rule above); set_bf16_gemm_override does so within a process.
 Bf16Gemm bf16_gemm();
+
+/// Where bf16 runs natively, LibTorch 1.13 still sends a product of at most 16³ multiply-adds to
+/// its generic bf16-accumulating loop; such a product is computed in float32 instead.
+constexpr int64_t kSmallestNativeBf16Product = 16 * 16 * 16 + 1;
+
+/// True when a bf16 product of [m, k]·[k, n] runs natively: bf16_gemm() is kNative and
+/// m·n·k >= kSmallestNativeBf16Product.
+bool bf16_product_native(int64_t m, int64_t n, int64_t k);
 
 /// For tests and benchmarks that compare the two paths in one process: forces `path` until
 /// clear_bf16_gemm_override(). Not thread-safe against concurrent forwards.

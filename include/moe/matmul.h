@@ -1,8 +1,9 @@
 // Matrix products with float32 accumulation for bf16 on every CPU (include/moe/cpu.h): where bf16
-// products run natively these are the ATen functions of the same name; on the float32 path their
-// bf16 operands are converted to float32, multiplied by the float32 BLAS, and the result is
-// rounded to bf16 once. Autograd flows through both (the gradients of bf16 operands come back in
-// bf16). Other dtypes go straight to ATen. The engine (expert_mlp) makes the same choice inside.
+// products run natively these are the ATen functions of the same name; on the float32 path, and
+// for tiny products (at most 16³ multiply-adds each) and einsums everywhere, their bf16 operands
+// are converted to float32, multiplied by the float32 BLAS, and the result is rounded to bf16 once.
+// Autograd flows through both (the gradients of bf16 operands come back in bf16). Other dtypes go
+// straight to ATen. The engine (expert_mlp) makes the same choice inside.
 #pragma once
 
 #include <ATen/core/Tensor.h>

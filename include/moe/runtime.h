@@ -8,9 +8,10 @@ namespace moe::runtime {
 
 /// Sets the intra-op thread count: `threads` if > 0, else $MOE_NUM_THREADS if set, else every core
 /// (libtorch 1.13 defaults to half of them). Returns the count in effect. Throws
-/// std::invalid_argument, naming the source and the allowed range, for a count below 1 or above
-/// max_threads(), or a MOE_NUM_THREADS that is not such an integer.
-int configure_threads(int threads = 0);
+/// std::invalid_argument, naming the source (`option`, the program's name for `threads`, or
+/// MOE_NUM_THREADS) and the allowed range, for a count below 0 or above max_threads(), or a
+/// MOE_NUM_THREADS that is not an integer in [1, max_threads()].
+int configure_threads(int threads = 0, const char* option = "--threads");
 
 /// The largest thread count configure_threads accepts: 4 per hardware thread.
 int max_threads();
@@ -29,7 +30,8 @@ void apply_isa_caps();
 /// engine's small experts ran at half speed), and spinning OpenMP workers do the same to OpenBLAS.
 /// OpenBLAS's OpenMP build (Debian: libopenblas0-openmp) runs its GEMMs on libgomp's pool itself.
 ///
-/// Call it first thing in main(); it also calls apply_isa_caps(). If the process loaded the pthread
+/// Call it first thing in main(); it also calls apply_isa_caps(), and ends the program (exit code 2,
+/// the message on stderr) when MOE_BF16_GEMM is malformed. If the process loaded the pthread
 /// build and the OpenMP build is installed next to it, this re-executes the program (same argv)
 /// with the OpenMP build first on LD_LIBRARY_PATH. If the process still has two pools and
 /// OMP_WAIT_POLICY is unset, it re-executes with OMP_WAIT_POLICY=PASSIVE, so that idle OpenMP

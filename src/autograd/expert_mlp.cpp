@@ -129,9 +129,21 @@ void in_row_blocks(int64_t n, int64_t width, F&& fn) {
   });
 }
 
-// out = a · b (+ bias), out a view into a preallocated buffer.
-void linear_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias) {
-  if (bias.defined()) {
+// out = a · b (+ bias), or out += a · b when `accumulate`; out a view into a preallocated buffer.
+// Where bf16 runs natively, LibTorch still sends a product of at most 16³ multiply-adds to its
+// generic loop, which accumulates in bf16 (a 1×4096·4096×1 product measured 18% off): such tiny
+// products (an expert with a few rows) are computed in float32 and rounded once.
+void gemm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+              const at::Tensor& bias = {}, bool accumulate = false) {
+  if (out.scalar_type() == at::kBFloat16 &&
+      !cpu::bf16_product_native(a.size(0), b.size(1), a.size(1))) {
+    auto r = at::mm(a.to(at::kFloat), b.to(at::kFloat));
+    if (bias.defined()) r.add_(bias);
+    if (accumulate) r.add_(out);
+    out.copy_(r);
+  } else if (accumulate) {
+    out.addmm_(a, b);
+  } else if (bias.defined()) {
     at::addmm_out(out, bias, a, b);
   } else {
     at::mm_out(out, a, b);
@@ -223,7 +235,7 @@ at::Tensor grad_target(const at::Tensor& g, int64_t e, const at::Tensor& conv) {
   return conv.defined() ? conv : g[e];
 }
 void store_grad(at::Tensor& g, int64_t e, const at::Tensor& computed) {
-  if (!computed.is_same(g[e])) g[e].copy_(computed);
+  if (computed.data_ptr() != g[e].data_ptr()) g[e].copy_(computed);
 }
 
 // The rows one expert works on: its gathered inputs xg [n, d] (worker scratch), its hidden
@@ -253,8 +265,8 @@ ExpertRows expert_rows(const Work& wk, const at::Tensor& x, const int64_t* tok, 
 // h = xg·w1 + b1 and, for gated units, g = xg·w3, into the given views (w1, w3, b1: one expert's).
 void hidden_layer(at::Tensor& h_e, at::Tensor& g_e, const at::Tensor& xg_e, const at::Tensor& w1,
                   const at::Tensor& w3, const at::Tensor& b1) {
-  linear_out(h_e, xg_e, w1, b1);
-  if (g_e.defined()) at::mm_out(g_e, xg_e, w3);
+  gemm_out(h_e, xg_e, w1, b1);
+  if (g_e.defined()) gemm_out(g_e, xg_e, w3);
 }
 
 // Where one expert's gradients go: its weight gradients (slices of the stored gradients or, when
@@ -296,7 +308,7 @@ void backward_expert(Activation act, ExpertRows& r, at::Tensor& dy_e, const at::
   // pass gives dL/dw_p and dL/da, and for ReLU dL/dh, for gated units dL/dg (into fh_e) and
   // dL/df(h).
   auto da_e = wk.das.rows(n);
-  at::mm_out(da_e, dy_e, w2_e.t());
+  gemm_out(da_e, dy_e, w2_e.t());
   const auto mode = relu    ? k::HiddenGrad::kReLU
                     : gated ? k::HiddenGrad::kGated
                             : k::HiddenGrad::kPlain;
@@ -308,7 +320,7 @@ void backward_expert(Activation act, ExpertRows& r, at::Tensor& dy_e, const at::
 
   // The weight gradients may overwrite the converted blocks once these are used: dW2 after
   // dy·w2ᵀ above, dW1 and dW3 after dxg below.
-  at::mm_out(g.w2, a_e.t(), dy_e);
+  gemm_out(g.w2, a_e.t(), dy_e);
   if (g.b2.defined()) at::sum_out(g.b2, dy_e, 0);
   if (!relu) {  // da_e now holds dL/dh
     in_row_blocks(n, h, [&](int64_t r0, int64_t r1) {
@@ -316,11 +328,11 @@ void backward_expert(Activation act, ExpertRows& r, at::Tensor& dy_e, const at::
       activation_derivative(act, row_slice(r.h, r0, r1), da_b);
     });
   }
-  at::mm_out(dxg_e, da_e, w1_e.t());
-  if (gated) dxg_e.addmm_(fh_e, w3_e.t());
-  at::mm_out(g.w1, r.xg.t(), da_e);
+  gemm_out(dxg_e, da_e, w1_e.t());
+  if (gated) gemm_out(dxg_e, fh_e, w3_e.t(), {}, /*accumulate=*/true);
+  gemm_out(g.w1, r.xg.t(), da_e);
   if (g.b1.defined()) at::sum_out(g.b1, da_e, 0);
-  if (gated) at::mm_out(g.w3, r.xg.t(), fh_e);
+  if (gated) gemm_out(g.w3, r.xg.t(), fh_e);
 }
 
 // Which tensors forward keeps for backward.
@@ -384,7 +396,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
               r.h_kept.copy_(relu ? a_e : r.h);
               if (gated) r.g_kept.copy_(r.g);
             }
-            linear_out(o_e, a_e, block(w2, e, wk.w2), b2.defined() ? b2[e] : b2);
+            gemm_out(o_e, a_e, block(w2, e, wk.w2), b2.defined() ? b2[e] : b2);
           });
     });
     auto y = acc.scalar_type() == x.scalar_type() ? acc : acc.to(x.scalar_type());

@@ -137,6 +137,12 @@ Bf16Gemm bf16_gemm() {
   return native ? Bf16Gemm::kNative : Bf16Gemm::kFloat32;
 }
 
+bool bf16_product_native(int64_t m, int64_t n, int64_t k) {
+  // In long double: the product of three sizes may overflow int64_t.
+  return bf16_gemm() == Bf16Gemm::kNative &&
+         static_cast<long double>(m) * n * k >= kSmallestNativeBf16Product;
+}
+
 void set_bf16_gemm_override(Bf16Gemm path) { override_choice.store(static_cast<int>(path)); }
 void clear_bf16_gemm_override() { override_choice.store(-1); }
 
@@ -155,9 +161,13 @@ std::string describe() {
     const char* v = std::getenv(cap);
     if (v != nullptr && *v != '\0') s += std::string("; ") + cap + "=" + v;
   }
-  const Bf16Gemm path = bf16_gemm();
-  s += std::string("; bf16 GEMM ") + to_string(path) +
-       (path == Bf16Gemm::kNative ? " (oneDNN)" : " (float32 BLAS on bf16 storage)");
+  try {
+    const Bf16Gemm path = bf16_gemm();
+    s += std::string("; bf16 GEMM ") + to_string(path) +
+         (path == Bf16Gemm::kNative ? " (oneDNN)" : " (float32 BLAS on bf16 storage)");
+  } catch (const c10::Error& e) {  // a malformed MOE_BF16_GEMM: said here, thrown by bf16 products
+    s += std::string("; bf16 GEMM: ") + e.what_without_backtrace();
+  }
   return s;
 }
 

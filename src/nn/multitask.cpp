@@ -203,10 +203,13 @@ std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor&
   const auto ids = at::arange(E, x.options().dtype(at::kLong)).unsqueeze(0).expand({T, E});
   const auto plan = build_routing_plan(at::where(used, ids, at::full({}, -1, at::kLong)), E);
   const auto y = experts->forward_pairs(x, plan);  // [P, out]
+  // bf16 sums each token's pairs in float32 and rounds once, as the engine does.
+  const auto acc = y.scalar_type() == at::kBFloat16 ? at::kFloat : y.scalar_type();
   for (const auto& g : gates) {
     const auto w = g.reshape(-1).index_select(0, plan.pair_slot);
-    out.push_back(at::zeros({T, experts->out_dim()}, y.options())
-                      .index_add(0, plan.token_index, y * w.unsqueeze(1)));
+    out.push_back(at::zeros({T, experts->out_dim()}, y.options().dtype(acc))
+                      .index_add(0, plan.token_index, (y * w.unsqueeze(1)).to(acc))
+                      .to(y.scalar_type()));
   }
   return out;
 }

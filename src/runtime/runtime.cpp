@@ -2,6 +2,7 @@
 #include "moe/runtime.h"
 
 #include <ATen/Context.h>
+#include <c10/util/Exception.h>
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <unistd.h>
@@ -67,9 +68,9 @@ int max_threads() {
   return 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
-int configure_threads(int threads) {
+int configure_threads(int threads, const char* option) {
   const int cap = max_threads();
-  const char* source = "the requested thread count";
+  const char* source = option;
   if (threads < 0) {
     throw std::invalid_argument(std::string(source) + " must be >= 1 (0: automatic), got " +
                                 std::to_string(threads));
@@ -115,6 +116,12 @@ void apply_isa_caps() {
 }
 
 void configure_threading(char** argv) {
+  try {  // a malformed MOE_BF16_GEMM fails here, before the program does anything
+    cpu::bf16_gemm();
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "%s\n", e.what_without_backtrace());
+    std::exit(2);
+  }
   apply_isa_caps();
   // MOE_THREADING_REEXEC marks a process that was re-executed to load the OpenMP build: if the
   // pthread build is loaded all the same (LD_LIBRARY_PATH overridden by an rpath, say), it is not

@@ -5,7 +5,8 @@
 //  - the library's float32 path for bf16 products (MOE_BF16_GEMM=float32 unless set otherwise;
 //    MOE_BF16_GEMM=native reproduces the library before that path existed);
 //  - OpenBLAS's AVX2 kernels (OPENBLAS_CORETYPE=Haswell unless the environment sets a core:
-//    OpenBLAS reads it when it is loaded, so the program re-executes itself once);
+//    OpenBLAS reads it when it is loaded, so the program re-executes itself once; only on CPUs
+//    with AVX2, as the next);
 //  - ATen's AVX2 kernels (ATEN_CPU_CAPABILITY=avx2; Debian's LibTorch 1.13 has no AVX-512 kernels,
 //    a LibTorch built with them would use them) and oneDNN capped at AVX2
 //    (ONEDNN_MAX_CPU_ISA=AVX2), read on their first use;
@@ -22,15 +23,19 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "moe/cpu.h"
 #include "moe/runtime.h"
 
 int main(int argc, char** argv) {
   const char* no_bf16 = std::getenv("MOE_TEST_NO_NATIVE_BF16");
   if (no_bf16 != nullptr && std::strcmp(no_bf16, "1") == 0) {
     setenv("MOE_BF16_GEMM", "float32", 0);
-    setenv("ATEN_CPU_CAPABILITY", "avx2", 1);
     setenv("ONEDNN_MAX_CPU_ISA", "AVX2", 1);
-    if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+    // ATen and OpenBLAS do not check these against the CPU: AVX2 kernels on a CPU without AVX2
+    // would die of SIGILL. Such a CPU runs its own (older) kernels, and the float32 path anyway.
+    const bool avx2 = moe::cpu::features().avx2;
+    if (avx2) setenv("ATEN_CPU_CAPABILITY", "avx2", 1);
+    if (avx2 && std::getenv("OPENBLAS_CORETYPE") == nullptr) {
       setenv("OPENBLAS_CORETYPE", "Haswell", 1);
       execv("/proc/self/exe", argv);
       std::fprintf(stderr, "test main: could not re-execute with OPENBLAS_CORETYPE (%s)\n",
