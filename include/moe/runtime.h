@@ -30,8 +30,8 @@ void apply_isa_caps();
 /// engine's small experts ran at half speed), and spinning OpenMP workers do the same to OpenBLAS.
 /// OpenBLAS's OpenMP build (Debian: libopenblas0-openmp) runs its GEMMs on libgomp's pool itself.
 ///
-/// Call it first thing in main(); it also calls apply_isa_caps(), and ends the program (exit code 2,
-/// the message on stderr) when MOE_BF16_GEMM is malformed. If the process loaded the pthread
+/// Call it first thing in main(); it also calls apply_isa_caps(), and ends the program (exit code
+/// 2, the message on stderr) when MOE_BF16_GEMM is malformed. If the process loaded the pthread
 /// build and the OpenMP build is installed next to it, this re-executes the program (same argv)
 /// with the OpenMP build first on LD_LIBRARY_PATH. If the process still has two pools and
 /// OMP_WAIT_POLICY is unset, it re-executes with OMP_WAIT_POLICY=PASSIVE, so that idle OpenMP

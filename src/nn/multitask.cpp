@@ -32,8 +32,8 @@ class Bf16SafeLinearImpl : public torch::nn::Cloneable<Bf16SafeLinearImpl> {
   }
   torch::Tensor forward(const torch::Tensor& x) { return ops::linear(x, weight, bias); }
   void pretty_print(std::ostream& os) const override {
-    os << "Linear(in_features=" << options.in_features() << ", out_features="
-       << options.out_features() << ")";
+    os << "Linear(in_features=" << options.in_features()
+       << ", out_features=" << options.out_features() << ")";
   }
   torch::nn::LinearOptions options;
   torch::Tensor weight, bias;

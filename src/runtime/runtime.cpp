@@ -2,8 +2,8 @@
 #include "moe/runtime.h"
 
 #include <ATen/Context.h>
-#include <c10/util/Exception.h>
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 #include <dlfcn.h>
 #include <unistd.h>
 
