@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "autograd/engine_schedule.h"
+#include "autograd/expert_activations.h"
 #include "kernels/cpu/acc_type.h"
 #include "kernels/cpu/kernels.h"
 #include "moe/cpu.h"
@@ -52,81 +53,6 @@ namespace k = moe::kernels::cpu;
 template <typename F>
 void dispatch_dtype(at::ScalarType t, F&& f) {
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "expert_mlp", [&] { f(scalar_t(0)); });
-}
-
-// a = f(h), or f(h) * g for gated units. GELU is the exact (erf) form.
-void act_out(Activation act, at::Tensor& out, const at::Tensor& h) {
-  switch (act) {
-    case Activation::kReLU:
-      at::clamp_min_out(out, h, 0);
-      break;
-    case Activation::kGELU:
-    case Activation::kGEGLU:
-      at::gelu_out(out, h);
-      break;
-    case Activation::kSiLU:
-    case Activation::kSwiGLU:
-      at::silu_out(out, h);
-      break;
-  }
-}
-
-void activation_forward(Activation act, const at::Tensor& h, const at::Tensor& g, at::Tensor& a) {
-  if (is_gated(act) && h.scalar_type() == at::kBFloat16) {
-    // f(h)·g with one bf16 rounding instead of two: f(h) stays float32 until the product.
-    auto f = h.to(at::kFloat);
-    act_out(act, f, f);
-    at::mul_out(a, f, g);
-    return;
-  }
-  act_out(act, a, h);
-  if (is_gated(act)) a.mul_(g);
-}
-
-// da = f'(h) · da in place: the derivative of a smooth activation (ReLU's is applied from its
-// output by hidden_output_backward).
-void activation_derivative(Activation act, const at::Tensor& h, at::Tensor& da) {
-  switch (act) {
-    case Activation::kReLU:
-      TORCH_INTERNAL_ASSERT(false, "ReLU's derivative is fused into hidden_output_backward");
-      break;
-    case Activation::kGELU:
-    case Activation::kGEGLU:
-      at::gelu_backward_out(da, da, h);
-      break;
-    case Activation::kSiLU:
-    case Activation::kSwiGLU:
-      at::silu_backward_out(da, da, h);
-      break;
-  }
-}
-
-// t's rows [r0, r1); undefined stays undefined.
-at::Tensor row_slice(const at::Tensor& t, int64_t r0, int64_t r1) {
-  return t.defined() ? t.narrow(0, r0, r1 - r0) : t;
-}
-
-// Runs fn(r0, r1) over fixed blocks of the rows of an [n, width] elementwise pass, in parallel
-// unless already inside a parallel region (the parallel schedule). ATen splits a large elementwise
-// op into one chunk per thread, and each chunk ends in a scalar loop whose exp and erf round
-// differently from the vectorised body: left to ATen, SiLU's and GELU's results moved with the
-// thread count. Blocks of at most ATen's grain size are one chunk each, at any thread count.
-template <typename F>
-void in_row_blocks(int64_t n, int64_t width, F&& fn) {
-  const int64_t rows = k::row_grain(width);
-  const int64_t blocks = (n + rows - 1) / rows;
-  auto run = [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) fn(b * rows, std::min(n, (b + 1) * rows));
-  };
-  if (blocks <= 1 || at::in_parallel_region()) {
-    run(0, blocks);
-    return;
-  }
-  const at::ThreadLocalState state;  // see schedule::for_each_expert
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    at::ThreadLocalStateGuard guard(state);
-    run(b0, b1);
-  });
 }
 
 // out = a · b (+ bias), or out += a · b when `accumulate`; out a view into a preallocated buffer.
@@ -221,7 +147,7 @@ std::vector<Work> make_workspace(bool parallel, const WorkShape& s, const at::Te
 
 // Expert e's block of a stacked weight in the compute dtype: a view of the weight itself, or its
 // conversion into the worker's scratch `conv` (defined only when converting). An absent weight (the
-// empty placeholder of w3) gives an undefined tensor.
+// empty stand-in for an absent w3) gives an undefined tensor.
 at::Tensor block(const at::Tensor& w, int64_t e, at::Tensor& conv) {
   if (w.numel() == 0) return at::Tensor();
   if (!conv.defined()) return w[e];
