@@ -35,8 +35,8 @@
 
 #include <vector>
 
-#include "autograd/engine_schedule.h"
-#include "autograd/expert_activations.h"
+#include "engine/cpu/engine_schedule.h"
+#include "engine/cpu/expert_activations.h"
 #include "kernels/cpu/acc_type.h"
 #include "kernels/cpu/kernels.h"
 #include "moe/cpu.h"
@@ -48,6 +48,12 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 namespace k = moe::kernels::cpu;
+namespace schedule = moe::engine::cpu::schedule;
+using moe::engine::cpu::act_out;
+using moe::engine::cpu::activation_derivative;
+using moe::engine::cpu::activation_forward;
+using moe::engine::cpu::in_row_blocks;
+using moe::engine::cpu::row_slice;
 
 // One dtype switch for the whole file (float, double, bfloat16).
 template <typename F>

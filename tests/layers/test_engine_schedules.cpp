@@ -1,4 +1,4 @@
-// The engine's two expert schedules (one expert at a time with a multi-threaded BLAS; many experts
+// The two engine schedules (one expert at a time with a multi-threaded BLAS; many experts
 // at once, in chunks of consecutive experts) against the dense float64 reference, output and every
 // gradient (the reference's gradients come from autograd through plain LibTorch ops). Shapes are
 // chosen so that each schedule, several chunks, a token sent twice to one expert and zero pair

@@ -1,12 +1,12 @@
-// The engine's expert schedule (engine_schedule.h).
-#include "autograd/engine_schedule.h"
+// The CPU engine schedule and BLAS thread control (engine_schedule.h).
+#include "engine/cpu/engine_schedule.h"
 
 #include <dlfcn.h>
 
 #include <cstdlib>
 #include <cstring>
 
-namespace moe::functional::schedule {
+namespace moe::engine::cpu::schedule {
 namespace {
 
 // Mean rows per expert below which experts run in parallel (one per thread) rather than one after
@@ -18,6 +18,12 @@ constexpr int64_t kParallelExpertRows = 512;
 // (or the largest expert), so the buffer stays small while each parallel region still has many
 // experts to balance.
 constexpr int64_t kChunkRows = 4096;
+
+// MOE_ENGINE_SCHEDULE, or where it is unset its former name MOE_EXPERT_SCHEDULE; null if neither.
+const char* schedule_override() {
+  const char* env = std::getenv("MOE_ENGINE_SCHEDULE");
+  return env ? env : std::getenv("MOE_EXPERT_SCHEDULE");
+}
 
 }  // namespace
 
@@ -46,7 +52,7 @@ int64_t largest_segment(const int64_t* offsets, int64_t E) {
 }
 
 bool experts_in_parallel(const int64_t* offsets, int64_t E) {
-  static const char* env = std::getenv("MOE_EXPERT_SCHEDULE");
+  static const char* env = schedule_override();
   if (env && std::strcmp(env, "serial") == 0) return false;
   if (env && std::strcmp(env, "parallel") == 0) return true;
   int64_t busy = 0;
@@ -74,4 +80,4 @@ std::vector<Chunk> make_chunks(const int64_t* offsets, int64_t E, bool parallel,
   return chunks;
 }
 
-}  // namespace moe::functional::schedule
+}  // namespace moe::engine::cpu::schedule

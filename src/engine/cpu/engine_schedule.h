@@ -1,6 +1,8 @@
-// How the engine schedules its experts on the CPU: serial (one expert at a time, multi-threaded
-// BLAS) or parallel (one expert per intra-op thread, single-threaded BLAS), in chunks of
-// consecutive experts whose rows are then summed into the token rows. Used by expert_mlp.cpp.
+// The CPU engine schedule: how the CPU backend runs its experts, serial (one expert at a time,
+// multi-threaded BLAS) or parallel (one expert per intra-op thread, single-threaded BLAS), in
+// chunks of consecutive experts whose rows are then summed into the token rows. Also the BLAS
+// thread control that the parallel schedule needs. Used by cpu_backend.cpp. (Not to be confused
+// with DynMoE's ExpertSchedule, the recording window of include/moe/nn/expert_schedule.h.)
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -14,7 +16,7 @@
 
 #include "kernels/cpu/kernels.h"
 
-namespace moe::functional::schedule {
+namespace moe::engine::cpu::schedule {
 
 /// OpenBLAS's pthread build runs its own thread pool; while experts run in parallel on OpenMP
 /// threads it must run single-threaded in each caller, so that only one threading system is active
@@ -38,7 +40,8 @@ int64_t largest_segment(const int64_t* offsets, int64_t E);
 
 /// Serial or parallel, from the plan alone (never from the thread count: a single-threaded and a
 /// multi-threaded GEMM may round differently, and results must not change with
-/// at::set_num_threads). MOE_EXPERT_SCHEDULE=serial|parallel overrides the choice (benchmarks).
+/// at::set_num_threads). MOE_ENGINE_SCHEDULE=serial|parallel overrides the choice (benchmarks;
+/// the older name MOE_EXPERT_SCHEDULE is still read when MOE_ENGINE_SCHEDULE is unset).
 bool experts_in_parallel(const int64_t* offsets, int64_t E);
 
 /// Rows of the chunk buffer: the largest expert; on the parallel schedule kChunkRows (or the
@@ -105,4 +108,4 @@ void run_chunked(const int64_t* offsets, int64_t E, bool parallel, const int64_t
   }
 }
 
-}  // namespace moe::functional::schedule
+}  // namespace moe::engine::cpu::schedule

@@ -1,9 +1,9 @@
 // The engine's elementwise activation passes (expert_activations.h).
-#include "autograd/expert_activations.h"
+#include "engine/cpu/expert_activations.h"
 
 #include <ATen/ATen.h>
 
-namespace moe::functional {
+namespace moe::engine::cpu {
 
 void act_out(Activation act, at::Tensor& out, const at::Tensor& h) {
   switch (act) {
@@ -51,4 +51,4 @@ void activation_derivative(Activation act, const at::Tensor& h, at::Tensor& da) 
   }
 }
 
-}  // namespace moe::functional
+}  // namespace moe::engine::cpu

@@ -1,6 +1,6 @@
-// The engine's elementwise activation passes (used by expert_mlp.cpp): a = f(h) (or f(h)·g for
-// gated units) and f'(h), on ATen's vectorised kernels, run over fixed row blocks so that results
-// do not depend on the thread count.
+// The CPU engine's elementwise activation passes (used by the CPU backend): a = f(h) (or f(h)·g
+// for gated units) and f'(h), on ATen's vectorised kernels, run over fixed row blocks so that
+// results do not depend on the thread count.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -12,7 +12,7 @@
 #include "kernels/cpu/acc_type.h"
 #include "moe/types.h"
 
-namespace moe::functional {
+namespace moe::engine::cpu {
 
 // a = f(h) into out. GELU is the exact (erf) form. For gated units f alone (no product).
 void act_out(Activation act, at::Tensor& out, const at::Tensor& h);
@@ -52,4 +52,4 @@ void in_row_blocks(int64_t n, int64_t width, F&& fn) {
   });
 }
 
-}  // namespace moe::functional
+}  // namespace moe::engine::cpu
