@@ -6,18 +6,14 @@
 //   in.compare_dirs = {"runs/kjv_dense"};       // their eval curves are overlaid
 //   const std::string path = moe::report::write_report(in);   // runs/kjv_moe/report.html
 //
-// Input, one JSON object per line (unknown events and keys are ignored, null is "missing"):
-//   {"event":"start","task":"lm","model":"moe","router":"top_any","steps":2000,...}   (one per
-//       launch: a resumed run appends another)
-//   {"event":"train","step":10,"loss":2.1,"task_loss":2.0,"aux_loss":0.1,"lr":1e-3,...,
-//    "moe":[{"name":"block1.ffn","share":[...],"cv":0.3,"dropped":0,"active_experts":8,
-//            "mean_k":2,"unrouted":0}, ...]}
-//   {"event":"eval","step":100,"split":"valid","loss":1.9,"bpc":2.7 | "accuracy":0.85 |
-//    "auc":[...],"mse":[...]}
-//   {"event":"end","step":2000,"elapsed_s":300}
-// A record whose event, step and split repeat an earlier one (a resumed run) replaces it.
+// Input: the records of metrics.jsonl as tools/train/metrics_schema.h defines them (start, train,
+// eval, end; unknown events and keys are ignored, null is "missing"). A record whose event, step
+// and split repeat an earlier one (a resumed run) replaces it.
 //
-// Torch-free: this library depends on nlohmann json only, so it builds and tests without LibTorch.
+// Files: run.h reads the run; axis.h, svg.h, line_chart.h and load_charts.h draw the charts;
+// sections.h, page_style.h and report.cpp assemble the page. The page needs nlohmann json only;
+// writing it goes through the library's moe::io::write_file_atomically
+// (include/moe/io/atomic_file.h), so this library links libmoe.
 #pragma once
 
 #include <string>
@@ -37,8 +33,8 @@ struct ReportInput {
 };
 
 /// Reads RUN_DIR/metrics.jsonl and RUN_DIR/config.toml (shown verbatim) and each compare dir's
-/// metrics.jsonl, and writes the page atomically (a temporary file in the same folder, then a
-/// rename). Returns the path written.
+/// metrics.jsonl, and writes the page atomically (moe::io::write_file_atomically: a temporary file
+/// in the same folder, fsync, rename). Returns the path written.
 ///
 /// Throws std::runtime_error naming the file, the line and the problem: a missing metrics file,
 /// invalid JSON, a record without "event" (or a train/eval/end record without "step"), no train
