@@ -99,6 +99,24 @@ TEST(RunConfig, SetTakesExactlyOneValue) {
   EXPECT_EQ(c.get_string("data.dir", ""), "runs/a b # c");
 }
 
+// A rejected --set leaves the configuration as it was: it created the missing tables of its key
+// (`--set new.table.x=1 # one` left an empty [new.table] behind) before the value was rejected.
+TEST(RunConfig, ARejectedSetChangesNothing) {
+  auto c = RunConfig::from_string(kRun);
+  const std::string before = c.to_toml();
+  const auto keys = c.leaves();
+  expect_error([&] { c.set("new.table.x=1 # one"); }, {"' # one' follows the value 1"});
+  expect_error([&] { c.set("new.table.x=1\n[evil]"); }, {"one TOML value on one line"});
+  expect_error([&] { c.set("train.deep.x=[1]  # c"); }, {"'  # c' follows the value [1]"});
+  expect_error([&] { c.set("model.router.name.x=1"); }, {"model.router.name.x", "not a table"});
+  EXPECT_EQ(c.to_toml(), before);
+  EXPECT_EQ(c.leaves(), keys);
+  EXPECT_FALSE(c.has("new"));
+  EXPECT_FALSE(c.has("train.deep"));
+  c.set("new.table.x=1");  // accepted: the tables are created
+  EXPECT_EQ(c.get_int("new.table.x", 0), 1);
+}
+
 // A key read through a value that is not a table (`--set run=5`, then run.task) was "absent": the
 // error said run.task is missing.
 TEST(RunConfig, AKeyThroughAValueThatIsNoTableIsNamed) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -112,6 +113,31 @@ std::string printable(const std::string& s) {
   return out;
 }
 
+// The value of `--set key=text` as the table {v = value}, or nothing when `text` is not TOML (a
+// plain string, such as a path without quotes). Throws when the value is not one TOML value on
+// one line.
+std::optional<toml::table> parse_value(const std::string& assignment, const std::string& text) {
+  // One line: parsed as TOML, a newline would let the value bring more keys or tables along,
+  // which the parse accepts and only "v" was kept of (the rest silently dropped).
+  if (text.find_first_of("\r\n") != std::string::npos)
+    throw std::invalid_argument("config: --set " + printable(assignment) +
+                                ": the value must be one TOML value on one line");
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + text);
+  } catch (const toml::parse_error&) {
+    return std::nullopt;
+  }
+  const toml::node& v = *parsed.get("v");
+  // toml++ counts columns in code points, 1-based, the end exclusive; "v = " is 4 of them.
+  const size_t end = byte_offset(text, static_cast<size_t>(v.source().end.column) - 5);
+  if (text.find_first_not_of(" \t", end) != std::string::npos)
+    throw std::invalid_argument("config: --set " + printable(assignment) + ": '" +
+                                text.substr(end) + "' follows the value " + text.substr(0, end) +
+                                "; give exactly one TOML value (quote a string that has spaces)");
+  return parsed;
+}
+
 [[noreturn]] void type_error(const std::string& key, const char* expected, const toml::node& n) {
   throw std::invalid_argument("config: " + key + " must be " + expected + ", got " + describe(n));
 }
@@ -158,39 +184,27 @@ void RunConfig::set(const std::string& assignment) {
     throw std::invalid_argument("config: --set expects key=value, got '" + assignment + "'");
   const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
   const auto parts = split_key(key);
-  toml::table* t = &impl_->table;
+  // Every check comes before the first change, so that a rejected --set leaves the configuration
+  // as it was (it used to create the missing tables of its key first).
+  const toml::table* t = &impl_->table;
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    auto* n = t->get(parts[i]);
-    if (n == nullptr) {
-      t->insert(parts[i], toml::table{});
-      n = t->get(parts[i]);
-    }
+    const auto* n = t->get(parts[i]);
+    if (n == nullptr) break;  // created below, with the tables under it
     t = n->as_table();
     if (t == nullptr)
       throw std::invalid_argument("config: cannot set " + key + ": " + parts[i] + " is " +
                                   describe(*n) + ", not a table");
   }
-  // One line: parsed as TOML, a newline would let the value bring more keys or tables along,
-  // which the parse accepts and only "v" was kept of (the rest silently dropped).
-  if (text.find_first_of("\r\n") != std::string::npos)
-    throw std::invalid_argument("config: --set " + printable(assignment) +
-                                ": the value must be one TOML value on one line");
-  // The value as TOML if it is one, else as a plain string.
-  toml::table parsed;
-  try {
-    parsed = toml::parse("v = " + text);
-  } catch (const toml::parse_error&) {
-    t->insert_or_assign(parts.back(), text);
-    return;
+  const std::optional<toml::table> parsed = parse_value(assignment, text);
+  toml::table* table = &impl_->table;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    if (table->get(parts[i]) == nullptr) table->insert(parts[i], toml::table{});
+    table = table->get(parts[i])->as_table();
   }
-  const toml::node& v = *parsed.get("v");
-  // toml++ counts columns in code points, 1-based, the end exclusive; "v = " is 4 of them.
-  const size_t end = byte_offset(text, static_cast<size_t>(v.source().end.column) - 5);
-  if (text.find_first_not_of(" \t", end) != std::string::npos)
-    throw std::invalid_argument("config: --set " + printable(assignment) + ": '" +
-                                text.substr(end) + "' follows the value " + text.substr(0, end) +
-                                "; give exactly one TOML value (quote a string that has spaces)");
-  t->insert_or_assign(parts.back(), v);
+  if (parsed)
+    table->insert_or_assign(parts.back(), *parsed->get("v"));
+  else
+    table->insert_or_assign(parts.back(), text);
 }
 
 bool RunConfig::has(const std::string& key) const {
