@@ -88,10 +88,12 @@ int configure_threads(int threads, const char* option) {
       threads = static_cast<int>(v);
     }
   }
-  // Thousands of OpenMP threads on a few cores do not fail: they thrash for minutes.
+  // Thousands of OpenMP threads on a few cores do not fail: they thrash for minutes (100000 hung
+  // the process creating them). The one check of the option's range, the `moe` command's included.
   if (threads > cap) {
-    throw std::invalid_argument(std::string(source) + " must be in [1, " + std::to_string(cap) +
-                                "] (4 per hardware thread), got " + std::to_string(threads));
+    throw std::invalid_argument(std::string(source) + " " + std::to_string(threads) +
+                                ": expected an integer in [1, " + std::to_string(cap) +
+                                "] (4 per hardware thread), or 0 for every core");
   }
   if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
