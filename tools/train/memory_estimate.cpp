@@ -15,8 +15,7 @@ namespace moe::train {
 namespace {
 
 using LD = long double;
-constexpr LD kFloat = 4;                       // float32 parameters and activations
-constexpr LD kBaseBytes = 256.0L * (1 << 20);  // LibTorch, thread pools, allocator slack
+constexpr LD kFloat = 4;  // float32 parameters and activations
 
 template <typename T>
 std::string kv(const std::string& key, T value) {
@@ -261,7 +260,7 @@ long double synthetic_data_bytes(int64_t samples, int64_t dim) {
 
 MemoryEstimate estimate_memory(const TrainConfig& c, int64_t vocab_size, int64_t input_dim) {
   MemoryEstimate e;
-  add(&e, "LibTorch and thread pools", kBaseBytes, {});
+  add(&e, "LibTorch and thread pools", kProcessBaseBytes, {});
   if (c.run.task == Task::kMultiTask)
     estimate_multitask(c, input_dim > 0 ? input_dim : c.data.dim, &e);
   else

@@ -38,6 +38,10 @@ struct MemoryLimit {
   std::string description;  ///< "MemAvailable 20.1 GiB, cgroup limit 4 GiB"
 };
 
+/// What every process needs before its model and data: LibTorch, thread pools, allocator slack. A
+/// term of every estimate, and added to the data of `moe data synthetic`.
+inline constexpr long double kProcessBaseBytes = 256.0L * (1 << 20);
+
 /// The bytes of `moe data synthetic --samples n --dim dim` (and of generating that data for a
 /// multitask run): float64 features, their float32 copy, the labels' sine terms.
 long double synthetic_data_bytes(int64_t samples, int64_t dim);
