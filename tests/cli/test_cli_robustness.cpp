@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/cli_test_util.h"
 #include "cli/run_config.h"
 #include "moe/io/safetensors.h"
 #include "support/test_util.h"
@@ -30,6 +31,7 @@ namespace {
 namespace fs = std::filesystem;
 using moe::cli::RunConfig;
 using moe::testing::TempDir;
+using moe::testing::write_corpus;
 
 struct Timed {
   int status = -1;
@@ -60,17 +62,6 @@ const char* kLmConfig =
 std::string write(const fs::path& p, const std::string& text) {
   std::ofstream(p) << text;
   return p.string();
-}
-
-void write_corpus(const fs::path& dir) {
-  fs::create_directories(dir);
-  std::mt19937 rng(3);
-  std::string text;
-  const char* words[] = {"and ", "the ", "lord ", "said ", "unto ", "moses.\n"};
-  while (text.size() < 20000) text += words[rng() % 6];
-  std::ofstream(dir / "train.txt") << text.substr(0, 18000);
-  std::ofstream(dir / "valid.txt") << text.substr(18000, 1000);
-  std::ofstream(dir / "test.txt") << text.substr(19000);
 }
 
 // ---- 1. external programs run without a shell ---------------------------------------------------

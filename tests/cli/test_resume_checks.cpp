@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/cli_test_util.h"
 #include "cli/run_config.h"
 #include "moe/io/safetensors.h"
 #include "support/test_util.h"
@@ -23,16 +24,7 @@ using json = nlohmann::json;
 using Meta = std::map<std::string, std::string>;
 using moe::cli::RunConfig;
 using moe::testing::TempDir;
-
-void write_corpus(const fs::path& dir) {
-  std::string text;
-  for (int i = 0; text.size() < 20000; ++i)
-    text +=
-        std::string(i % 3 ? "the king went unto the city.\n" : "a shepherd blessed his father.\n");
-  fs::create_directories(dir);
-  for (const char* split : {"train.txt", "valid.txt", "test.txt"})
-    std::ofstream(dir / split) << text;
-}
+using moe::testing::write_corpus;
 
 // 10 steps, checkpoints at 5 and 10, records at 5 and 10 and the final evaluation.
 RunConfig config(const fs::path& corpus, const std::vector<std::string>& sets = {}) {

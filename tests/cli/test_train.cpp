@@ -18,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/cli_test_util.h"
 #include "cli/run_config.h"
 #include "support/test_util.h"
 #include "train/progress.h"
@@ -31,28 +32,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using moe::cli::RunConfig;
 using moe::testing::TempDir;
-
-// A learnable corpus: sentences from a small grammar (fixed seed), split 90/5/5 by lines.
-void write_corpus(const fs::path& dir) {
-  const std::vector<std::string> subjects = {"the king", "a shepherd", "his servant", "the people",
-                                             "my brother"},
-                                 verbs = {"went unto", "spake to", "looked upon", "gave bread to",
-                                          "blessed"},
-                                 objects = {"the city.", "the house of god.", "his father.",
-                                            "the children.", "the river."};
-  std::mt19937 rng(7);
-  std::string text;
-  while (text.size() < 80000) {
-    text += subjects[rng() % subjects.size()] + " " + verbs[rng() % verbs.size()] + " " +
-            objects[rng() % objects.size()] + "\n";
-  }
-  fs::create_directories(dir);
-  const size_t a = text.find('\n', text.size() * 9 / 10) + 1,
-               b = text.find('\n', text.size() * 95 / 100) + 1;
-  std::ofstream(dir / "train.txt") << text.substr(0, a);
-  std::ofstream(dir / "valid.txt") << text.substr(a, b - a);
-  std::ofstream(dir / "test.txt") << text.substr(b);
-}
+using moe::testing::write_corpus;
 
 std::string lm_config(const fs::path& corpus) {
   return "[run]\ntask = \"lm\"\nsteps = 40\nbatch_size = 8\nlr = 3e-3\nwarmup_steps = 5\n"
