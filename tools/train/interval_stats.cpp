@@ -23,31 +23,31 @@ void LayerAccumulator::add(const LayerProbe& p, int64_t batch_tokens) {
   ++forwards;
   tokens += batch_tokens;
   if (sparse) {
-    cv += p.stats.cv_load;
-    dropped += p.stats.dropped_fraction;
-    mean_k += p.stats.experts_per_token_mean;
-    unrouted_tokens += p.stats.tokens_without_expert;
-    active = p.stats.active_experts;
+    cv += p.stats.cv_load();
+    dropped += p.stats.dropped_fraction();
+    mean_k += p.stats.experts_per_token_mean();
+    unrouted_tokens += p.stats.tokens_without_expert();
+    active = p.stats.active_experts();
   }
 }
 
-json LayerAccumulator::record() const {
-  json j = {{"name", name}};
+metrics::LayerRecord LayerAccumulator::record() const {
+  metrics::LayerRecord r;
+  r.name = name;
   const double total = counts.sum().item<double>();
-  std::vector<double> share(counts.data_ptr<double>(), counts.data_ptr<double>() + counts.numel());
-  for (auto& s : share) s = total > 0 ? s / total : 0;
-  j["share"] = share;
+  r.share.assign(counts.data_ptr<double>(), counts.data_ptr<double>() + counts.numel());
+  for (auto& s : r.share) s = total > 0 ? s / total : 0;
   if (sparse && forwards > 0) {
-    j["cv"] = cv / forwards;
-    j["dropped"] = dropped / forwards;
-    j["mean_k"] = mean_k / forwards;
-    j["active_experts"] = active;
-    j["unrouted"] = tokens > 0 ? unrouted_tokens / tokens : 0.0;
+    r.cv = cv / forwards;
+    r.dropped = dropped / forwards;
+    r.mean_k = mean_k / forwards;
+    r.active_experts = static_cast<double>(active);
+    r.unrouted = tokens > 0 ? unrouted_tokens / tokens : 0.0;
   } else if (forwards > 0) {  // gates: the CV of the mean gate mass
     const auto m = counts / forwards;
-    j["cv"] = (m.std(/*unbiased=*/false) / m.mean().clamp_min(1e-12)).item<double>();
+    r.cv = (m.std(/*unbiased=*/false) / m.mean().clamp_min(1e-12)).item<double>();
   }
-  return j;
+  return r;
 }
 
 void IntervalStats::add(const ModelOutput& out, const Metrics& batch_metrics, double task_loss,
@@ -66,25 +66,23 @@ void IntervalStats::add(const ModelOutput& out, const Metrics& batch_metrics, do
 }
 
 json IntervalStats::flush(int64_t step, double elapsed, double interval_seconds, double lr) {
-  json j = {{"event", "train"},
-            {"step", step},
-            {"elapsed_s", elapsed},
-            {"loss", (task_loss_ + aux_loss_) / steps_},
-            {"task_loss", task_loss_ / steps_},
-            {"aux_loss", aux_loss_ / steps_},
-            {"lr", lr},
-            {"tokens_per_s", interval_seconds > 0 ? tokens_ / interval_seconds : 0.0}};
-  for (const auto& [k, v] : metrics_) j[k] = v / steps_;
-  json layers = json::array();
+  metrics::TrainRecord r;
+  r.step = step;
+  r.elapsed_s = elapsed;
+  r.loss = (task_loss_ + aux_loss_) / steps_;
+  r.task_loss = task_loss_ / steps_;
+  r.aux_loss = aux_loss_ / steps_;
+  r.lr = lr;
+  r.tokens_per_s = interval_seconds > 0 ? tokens_ / interval_seconds : 0.0;
+  for (const auto& [k, v] : metrics_) r.metrics[k] = v / steps_;
   for (auto& l : layers_) {
-    layers.push_back(l.record());
+    r.moe.push_back(l.record());
     l = LayerAccumulator(l.name);
   }
-  if (!layers.empty()) j["moe"] = layers;
   metrics_.clear();
   task_loss_ = aux_loss_ = 0;
   tokens_ = steps_ = 0;
-  return j;
+  return r;
 }
 
 std::vector<LayerLoad> IntervalStats::run_load() const {

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "train/metrics_schema.h"
 #include "train/tasks.h"
 #include "train/trainer.h"
 
@@ -29,8 +30,9 @@ struct LayerAccumulator {
   /// One forward pass over `batch_tokens` tokens. A changed expert count (DynMoE's resize mode)
   /// starts over.
   void add(const LayerProbe& p, int64_t batch_tokens);
-  /// The layer's entry of a train record: name, share per expert, and the means of the statistics.
-  nlohmann::json record() const;
+  /// The layer's entry of a train record: name, share per expert, and the means of the statistics
+  /// (sparse layers; gates: the CV of the mean gate mass).
+  metrics::LayerRecord record() const;
 };
 
 class IntervalStats {
@@ -39,7 +41,7 @@ class IntervalStats {
   void add(const ModelOutput& out, const Metrics& batch_metrics, double task_loss, double aux_loss,
            int64_t tokens);
   bool empty() const { return steps_ == 0; }
-  /// The train record of the interval, then a fresh interval.
+  /// The train record of the interval (metrics::TrainRecord), then a fresh interval.
   nlohmann::json flush(int64_t step, double elapsed, double interval_seconds, double lr);
   /// Load over the whole session (since the start or the resume).
   std::vector<LayerLoad> run_load() const;

@@ -10,10 +10,13 @@
 #include <stdexcept>
 
 #include "moe/io/atomic_file.h"
+#include "train/metrics_schema.h"
 
 namespace moe::train {
 
 using json = nlohmann::json;
+namespace key = metrics::key;
+namespace layer_key = metrics::layer_key;
 
 std::vector<json> MetricsLog::truncate_after(int64_t step) {
   std::vector<json> records;
@@ -29,7 +32,8 @@ std::vector<json> MetricsLog::truncate_after(int64_t step) {
       continue;
     }
     // an "end" record at or before the step belongs to a session that finished earlier
-    if (j.value("step", int64_t{0}) <= step && j.value("event", "") != "end") {
+    if (j.value(key::kStep, int64_t{0}) <= step &&
+        j.value(key::kEvent, "") != metrics::event::kEnd) {
       kept += line + "\n";
       records.push_back(std::move(j));
     }
@@ -51,36 +55,27 @@ void MetricsLog::sync() const {
     throw std::runtime_error("moe train: cannot sync " + path_.string());
 }
 
-json metrics_json(const std::map<std::string, double>& m) {
-  json j = json::object();
-  std::vector<double> mse;
-  for (const auto& [k, v] : m) {
-    if (k.rfind("mse", 0) == 0)
-      mse.push_back(v);
-    else if (k != "tokens")
-      j[k] = v;
-  }
-  if (!mse.empty()) j["mse"] = mse;
-  return j;
-}
+json metrics_json(const std::map<std::string, double>& m) { return metrics::eval_metrics(m); }
 
 std::vector<std::pair<std::string, double>> tensorboard_scalars(const json& rec) {
   std::vector<std::pair<std::string, double>> out;
-  const bool train = rec.at("event") == "train";
-  const std::string prefix = train ? "train/" : rec.value("split", "valid") + "/";
+  const bool train = rec.at(key::kEvent) == metrics::event::kTrain;
+  const std::string prefix =
+      train ? "train/" : rec.value(key::kSplit, metrics::kDefaultSplit) + std::string("/");
   for (const auto& [k, v] : rec.items()) {
-    if (v.is_number() && k != "step" && k != "elapsed_s")
+    if (v.is_number() && k != key::kStep && k != key::kElapsedS)
       out.emplace_back(prefix + k, v.get<double>());
-    if (k == "mse" && v.is_array())
+    if (k == key::kMse && v.is_array())
       for (size_t i = 0; i < v.size(); ++i)
         if (v[i].is_number())
-          out.emplace_back(prefix + "mse" + std::to_string(i), v[i].get<double>());
+          out.emplace_back(prefix + metrics::per_task_key(key::kMse, i), v[i].get<double>());
   }
-  if (train && rec.contains("moe"))
-    for (const auto& layer : rec.at("moe"))
-      for (const char* k : {"cv", "dropped", "mean_k", "active_experts", "unrouted"})
+  if (train && rec.contains(key::kMoe))
+    for (const auto& layer : rec.at(key::kMoe))
+      for (const char* k : {layer_key::kCv, layer_key::kDropped, layer_key::kMeanK,
+                            layer_key::kActiveExperts, layer_key::kUnrouted})
         if (layer.contains(k) && layer.at(k).is_number())
-          out.emplace_back("moe/" + layer.at("name").get<std::string>() + "/" + k,
+          out.emplace_back("moe/" + layer.at(layer_key::kName).get<std::string>() + "/" + k,
                            layer.at(k).get<double>());
   return out;
 }

@@ -1,5 +1,6 @@
 // metrics.jsonl, the records of a `moe train` run (one JSON object a line: start, train, eval,
-// end; docs/cli.md), and the scalars of those records for the TensorBoard event file.
+// end; tools/train/metrics_schema.h, docs/cli.md), and the scalars of those records for the
+// TensorBoard event file.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +30,7 @@ class MetricsLog {
 };
 
 /// The fields of an eval record from a task's metrics (Metrics): the per-task "mse<i>" as one list
-/// "mse", without "tokens".
+/// "mse", without "tokens" (metrics::eval_metrics).
 nlohmann::json metrics_json(const std::map<std::string, double>& m);
 
 /// The scalars of a train or eval record, for TensorBoard: train/<key>, moe/<layer>/<key>,

@@ -13,9 +13,12 @@
 #include "moe/data/mmoe_synthetic.h"
 #include "moe/io/safetensors.h"
 #include "moe/multitask_loss.h"
+#include "train/metrics_schema.h"
 
 namespace moe::train {
 namespace {
+
+namespace key = metrics::key;  // the names of the metrics in metrics.jsonl
 
 const double kLn2 = std::log(2.0);
 
@@ -57,7 +60,7 @@ class CharLM : public TaskData {
   torch::Tensor loss(const ModelOutput& out, const Batch& b, Metrics* m) override {
     auto l = torch::nn::functional::cross_entropy(out.logits.reshape({-1, out.logits.size(-1)}),
                                                   b.target.reshape({-1}));
-    (*m)["bpc"] = l.item<double>() / kLn2;
+    (*m)[key::kBpc] = l.item<double>() / kLn2;
     return l;
   }
 
@@ -82,7 +85,9 @@ class CharLM : public TaskData {
                   .item<double>();
       chars += nw * context_;
     }
-    return {{"loss", nats / chars}, {"bpc", nats / chars / kLn2}, {"tokens", double(chars)}};
+    return {{key::kLoss, nats / chars},
+            {key::kBpc, nats / chars / kLn2},
+            {key::kTokens, double(chars)}};
   }
 
   int64_t vocab_size() const override { return static_cast<int64_t>(corpus_.vocab.size()); }
@@ -119,7 +124,8 @@ class FashionMnist : public TaskData {
   }
 
   torch::Tensor loss(const ModelOutput& out, const Batch& b, Metrics* m) override {
-    (*m)["accuracy"] = out.logits.argmax(1).eq(b.target).to(torch::kDouble).mean().item<double>();
+    (*m)[key::kAccuracy] =
+        out.logits.argmax(1).eq(b.target).to(torch::kDouble).mean().item<double>();
     return torch::nn::functional::cross_entropy(out.logits, b.target);
   }
 
@@ -140,7 +146,8 @@ class FashionMnist : public TaskData {
       correct += out.logits.argmax(1).eq(y).sum().item<double>();
       seen += x.size(0);
     }
-    return {{"loss", nats / seen}, {"accuracy", correct / seen}, {"tokens", double(seen)}};
+    return {
+        {key::kLoss, nats / seen}, {key::kAccuracy, correct / seen}, {key::kTokens, double(seen)}};
   }
 
   std::string describe() const override {
@@ -206,7 +213,7 @@ class SyntheticMultiTask : public TaskData {
     std::vector<torch::Tensor> per_task;
     auto l = loss_(out.outputs, b.target, {}, 0, &per_task);
     for (size_t k = 0; k < per_task.size(); ++k)
-      (*m)["mse" + std::to_string(k)] = per_task[k].item<double>();
+      (*m)[metrics::per_task_key(key::kMse, k)] = per_task[k].item<double>();
     return l;
   }
 
@@ -220,11 +227,11 @@ class SyntheticMultiTask : public TaskData {
     double total = 0;
     for (int k = 0; k < 2; ++k) {
       const double mse = masked_mse(out.outputs[k], s.second.slice(0, 0, n).select(1, k));
-      m["mse" + std::to_string(k)] = mse;
+      m[metrics::per_task_key(key::kMse, k)] = mse;
       total += mse;
     }
-    m["loss"] = total;
-    m["tokens"] = double(n);
+    m[key::kLoss] = total;
+    m[key::kTokens] = double(n);
     return m;
   }
 

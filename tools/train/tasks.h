@@ -23,7 +23,7 @@ struct Batch {
   int64_t tokens = 0;  ///< tokens the MoE layers see (characters or samples)
 };
 
-/// Scalar results by name ("loss", "bpc", "accuracy", "mse0", ...).
+/// Scalar results by name ("loss", "bpc", "accuracy", "mse0", ...: tools/train/metrics_schema.h).
 using Metrics = std::map<std::string, double>;
 
 class TaskData {
