@@ -1,0 +1,84 @@
+// The expert engine's backend boundary.
+//
+// The engine computes y[t] = Σ_{pairs p of token t} w_p · expert_{e(p)}(x[t]) over a RoutingPlan,
+// and its backward. Its autograd function (src/autograd/expert_mlp.cpp) validates the tensors,
+// looks up the backend registered for their device type, and hands the backend one
+// ExpertProblem; the backend owns everything below that: kernels, scratch, threads, dtypes of
+// computation. The CPU backend lives in src/engine/cpu/ (cpu_backend.cpp drives the plan,
+// expert_ffn_cpu.cpp holds the kernels as forward/backward pairs).
+//
+// Adding a backend (say CUDA): new files that implement ExpertBackend, plus one registration,
+// either a line in builtin_backends() (src/engine/backend.cpp) or a call to register_backend()
+// from the backend's own code. Neither the autograd function nor the layers change.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/DeviceType.h>
+
+#include <memory>
+#include <vector>
+
+#include "moe/types.h"
+
+namespace moe::engine {
+
+/// One call of the engine as a backend receives it. Every tensor lives on one device and has one
+/// dtype (float32, float64 or bfloat16; the plan's tensors are int64); x and pair_weight are
+/// contiguous. Absent optional weights are undefined (w3 is present for gated activations).
+struct ExpertProblem {
+  at::Tensor x;               ///< [T, d]
+  at::Tensor pair_weight;     ///< [P], in plan order
+  at::Tensor w1;              ///< [E, d, h]
+  at::Tensor w2;              ///< [E, h, d]
+  at::Tensor w3;              ///< [E, d, h] or undefined
+  at::Tensor b1;              ///< [E, h] or undefined
+  at::Tensor b2;              ///< [E, d] or undefined
+  at::Tensor expert_offsets;  ///< [E+1]: the pairs of expert e are [offsets[e], offsets[e+1])
+  at::Tensor token_index;     ///< [P]: the token of each pair
+  Activation act = Activation::kReLU;
+};
+
+/// What forward keeps of its hidden layer for backward, in x's dtype ([P, h] each), or undefined
+/// (backward then recomputes it). Its contents are the backend's own business: backward gets back
+/// exactly what forward returned.
+struct SavedHidden {
+  at::Tensor h, g;
+};
+
+struct ForwardResult {
+  at::Tensor y;        ///< [T, d], x's dtype
+  SavedHidden hidden;  ///< defined only when forward was asked to keep the hidden layer
+};
+
+/// dL/d of every input of ExpertProblem, in its dtype; undefined for an absent weight.
+struct ExpertGradients {
+  at::Tensor x, pair_weight, w1, w2, w3, b1, b2;
+};
+
+/// A device's implementation of the engine. Implementations are stateless between calls (one
+/// object serves every layer and thread) and must give deterministic results.
+class ExpertBackend {
+ public:
+  virtual ~ExpertBackend() = default;
+
+  /// y for problem p; keeps the hidden layer in the result when keep_hidden.
+  virtual ForwardResult forward(const ExpertProblem& p, bool keep_hidden) const = 0;
+
+  /// The gradients of p's inputs from dy = dL/dy [T, d] (contiguous, x's dtype), with `hidden` as
+  /// forward returned it.
+  virtual ExpertGradients backward(const ExpertProblem& p, const SavedHidden& hidden,
+                                   const at::Tensor& dy) const = 0;
+};
+
+/// Registers (or replaces) the backend for tensors of `type`. Thread-safe.
+void register_backend(c10::DeviceType type, std::shared_ptr<const ExpertBackend> backend);
+
+/// The backend for tensors on `device`. Throws c10::NotImplementedError naming the device and the
+/// device types that have a backend when there is none.
+std::shared_ptr<const ExpertBackend> backend_for(const c10::Device& device);
+
+/// The device types that have a backend, in DeviceType order.
+std::vector<c10::DeviceType> registered_backends();
+
+}  // namespace moe::engine

@@ -1,0 +1,201 @@
+// The CPU backend: drives one forward or backward of the engine over a RoutingPlan.
+//
+// Forward, for each expert e with pairs [s, s+n) in the plan:
+//   xg = x[token_index[s:s+n]]                       gather into an [n, d] scratch buffer
+//   o  = expert_e(xg)                                [n, d] rows of a chunk buffer
+//   (expert_ffn_cpu.h) y[t] += w_p · o[p]                               summed into the token rows
+//   in expert order
+// Experts run in chunks (one expert, or on the parallel schedule several consecutive experts up to
+// a row budget; engine_schedule.h); after each chunk its rows are added into y, split over threads
+// by columns, so nothing of size [P, d] is ever allocated and every y[t] sums its pairs in expert
+// order on either schedule and at any thread count.
+// Kept for backward when asked: the hidden layer [P, h] (ReLU: a itself, which serves both dW2 and
+// the derivative mask since a > 0 exactly where h > 0; otherwise h, and g for gated units). Without
+// it backward recomputes h from x (one more GEMM per expert, two for gated units).
+//
+// Backward, per expert: xg and dy rows gathered; the hidden layer restored; expert_backward gives
+// the weight and pair-weight gradients and dxg into the chunk buffer, summed into dx like the
+// forward's outputs.
+//
+// bf16 experts compute in float32 where the CPU has no bf16 dot products (gemm.h compute_dtype):
+// the weight blocks and the gathered rows are converted on the way in, the hidden layers stay
+// float32, and only what is stored (the saved hidden layer, outputs, gradients) is rounded to bf16.
+// The token rows y and dx are summed in float32 for bf16 (docs/routing.md) and rounded once.
+#include "engine/cpu/cpu_backend.h"
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "engine/cpu/engine_schedule.h"
+#include "engine/cpu/expert_ffn_cpu.h"
+#include "engine/cpu/gemm.h"
+#include "engine/cpu/workspace.h"
+#include "kernels/cpu/acc_type.h"
+#include "kernels/cpu/kernels.h"
+
+namespace moe::engine::cpu {
+namespace {
+
+namespace k = moe::kernels::cpu;
+
+// One dtype switch for the backend (float, double, bfloat16).
+template <typename F>
+void dispatch_dtype(at::ScalarType t, F&& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "expert_mlp", [&] { f(scalar_t(0)); });
+}
+
+// The zeroed accumulator of run_chunked for an output of type `opts`: the output itself, or a
+// float32 buffer for bf16 (accumulation in float32, docs/routing.md).
+at::Tensor make_accumulator(int64_t T, int64_t d, const at::TensorOptions& opts) {
+  return at::zeros({T, d}, opts.dtype() == at::kBFloat16 ? opts.dtype(at::kFloat) : opts);
+}
+
+// The accumulator in the stored dtype.
+at::Tensor stored(const at::Tensor& acc, at::ScalarType store) {
+  return acc.scalar_type() == store ? acc : acc.to(store);
+}
+
+// What both passes derive from the problem: sizes, the plan's host pointers, the schedule.
+struct Pass {
+  int64_t T, d, h, E, P;
+  at::ScalarType store, cdt;  // the stored and the compute dtype
+  bool convert, gated, relu, parallel;
+  const int64_t* offsets;
+  const int64_t* tok;
+  int64_t rows;  // of the largest expert
+  at::TensorOptions copts;
+  StackedWeights w;  // biases in the compute dtype
+
+  explicit Pass(const ExpertProblem& p)
+      : T(p.x.size(0)),
+        d(p.x.size(1)),
+        h(p.w1.size(2)),
+        E(p.w1.size(0)),
+        P(p.token_index.size(0)),
+        store(p.x.scalar_type()),
+        cdt(compute_dtype(store)),
+        convert(cdt != store),
+        gated(is_gated(p.act)),
+        relu(p.act == Activation::kReLU),
+        offsets(p.expert_offsets.data_ptr<int64_t>()),
+        tok(p.token_index.data_ptr<int64_t>()),
+        rows(schedule::largest_segment(offsets, E)),
+        copts(p.x.options().dtype(cdt)),
+        w{p.w1, p.w2, p.w3, in_dtype(p.b1, cdt), in_dtype(p.b2, cdt)} {
+    parallel = schedule::experts_in_parallel(offsets, E);
+  }
+
+  std::vector<Work> workspace(bool keep_h, bool backward) const {
+    return make_workspace(parallel, {rows, d, h, keep_h, gated, relu, backward, convert}, copts);
+  }
+  at::Tensor chunk_buffer() const {
+    return at::empty({schedule::chunk_rows(parallel, rows, P), d}, copts);
+  }
+};
+
+class CpuBackend final : public ExpertBackend {
+ public:
+  ForwardResult forward(const ExpertProblem& p, bool keep_hidden) const override;
+  ExpertGradients backward(const ExpertProblem& p, const SavedHidden& hidden,
+                           const at::Tensor& dy) const override;
+};
+
+ForwardResult CpuBackend::forward(const ExpertProblem& p, bool keep_h) const {
+  const Pass ps(p);
+  const auto opts = p.x.options();
+  const auto xc = in_dtype(p.x, ps.cdt);
+  const auto wc = in_dtype(p.pair_weight, ps.cdt);
+  // Kept for backward, in the stored dtype (see the top of this file).
+  auto hall = keep_h ? at::empty({ps.P, ps.h}, opts) : at::Tensor();
+  auto gall = keep_h && ps.gated ? at::empty({ps.P, ps.h}, opts) : at::Tensor();
+  auto work = ps.workspace(keep_h, /*backward=*/false);
+  auto chunk = ps.chunk_buffer();
+  auto acc = make_accumulator(ps.T, ps.d, ps.copts);
+
+  dispatch_dtype(ps.cdt, [&](auto tag) {
+    using T_ = decltype(tag);
+    schedule::run_chunked<T_>(
+        ps.offsets, ps.E, ps.parallel, ps.tok, wc.data_ptr<T_>(), chunk,
+        acc.data_ptr<k::acc_t<T_>>(), [&](int64_t e, int64_t worker, at::Tensor& o_e) {
+          Work& wk = work[worker];
+          const int64_t s = ps.offsets[e], n = ps.offsets[e + 1] - s;
+          auto r = expert_rows<T_>(wk, xc, ps.tok, s, n, hall, gall, ps.gated);
+          // a overwrites h unless backward needs h itself.
+          auto a_e = keep_h && !ps.relu ? wk.as.rows(n) : r.h;
+          expert_forward(p.act, r, expert_blocks(ps.w, e, wk), a_e, o_e);
+          if (ps.convert && keep_h) {  // round the kept hidden layer into its stored dtype
+            r.h_kept.copy_(ps.relu ? a_e : r.h);
+            if (ps.gated) r.g_kept.copy_(r.g);
+          }
+        });
+  });
+  return {stored(acc, ps.store), {hall, gall}};
+}
+
+// The stored weight gradients, and the bias gradients in the compute dtype. Every expert with
+// pairs writes its whole slice; the others are zeroed here (never left uninitialised).
+ExpertGradients allocate_gradients(const ExpertProblem& p, const Pass& ps) {
+  ExpertGradients g;
+  g.w1 = at::empty_like(p.w1);
+  g.w2 = at::empty_like(p.w2);
+  if (ps.gated) g.w3 = at::empty_like(p.w3);
+  if (ps.w.b1.defined()) g.b1 = at::empty({ps.E, ps.h}, ps.copts);
+  if (ps.w.b2.defined()) g.b2 = at::empty({ps.E, ps.d}, ps.copts);
+  for (int64_t e = 0; e < ps.E; ++e) {
+    if (ps.offsets[e + 1] > ps.offsets[e]) continue;
+    for (auto* t : {&g.w1, &g.w2, &g.w3, &g.b1, &g.b2})
+      if (t->defined()) (*t)[e].zero_();
+  }
+  g.pair_weight = at::empty({ps.P}, ps.copts);
+  return g;
+}
+
+ExpertGradients CpuBackend::backward(const ExpertProblem& p, const SavedHidden& hidden,
+                                     const at::Tensor& dy_in) const {
+  const Pass ps(p);
+  const auto x = in_dtype(p.x, ps.cdt);
+  const auto pw = in_dtype(p.pair_weight, ps.cdt);
+  const auto dy = in_dtype(dy_in, ps.cdt);
+  const bool keep_h = hidden.h.defined();
+  auto g = allocate_gradients(p, ps);
+  auto work = ps.workspace(keep_h, /*backward=*/true);
+  auto chunk = ps.chunk_buffer();
+  auto acc = make_accumulator(ps.T, ps.d, ps.copts);
+
+  dispatch_dtype(ps.cdt, [&](auto tag) {
+    using T_ = decltype(tag);
+    schedule::run_chunked<T_>(
+        ps.offsets, ps.E, ps.parallel, ps.tok, static_cast<const T_*>(nullptr), chunk,
+        acc.data_ptr<k::acc_t<T_>>(), [&](int64_t e, int64_t worker, at::Tensor& dxg_e) {
+          Work& wk = work[worker];
+          const int64_t s = ps.offsets[e], n = ps.offsets[e + 1] - s;
+          auto r = expert_rows<T_>(wk, x, ps.tok, s, n, hidden.h, hidden.g, ps.gated);
+          auto dy_e = wk.dy.rows(n);  // the upstream rows, not yet scaled by the pair weights
+          k::gather_rows<T_>(dy.data_ptr<T_>(), ps.tok + s, n, ps.d, dy_e.data_ptr<T_>());
+          const auto w = expert_blocks(ps.w, e, wk);
+          restore_hidden(p.act, keep_h, r, w);
+          ExpertGrads ge{grad_target(g.w1, e, wk.w1),
+                         grad_target(g.w2, e, wk.w2),
+                         ps.gated ? grad_target(g.w3, e, wk.w3) : at::Tensor(),
+                         g.b1.defined() ? g.b1[e] : g.b1,
+                         g.b2.defined() ? g.b2[e] : g.b2,
+                         g.pair_weight.narrow(0, s, n)};
+          expert_backward<T_>(p.act, r, w, pw.narrow(0, s, n), dy_e, wk, dxg_e, ge);
+          store_grad(g.w1, e, ge.w1);
+          store_grad(g.w2, e, ge.w2);
+          if (ps.gated) store_grad(g.w3, e, ge.w3);
+        });
+  });
+  g.x = stored(acc, ps.store);
+  g.pair_weight = in_dtype(g.pair_weight, ps.store);
+  g.b1 = in_dtype(g.b1, ps.store);
+  g.b2 = in_dtype(g.b2, ps.store);
+  return g;
+}
+
+}  // namespace
+
+std::shared_ptr<const ExpertBackend> make_cpu_backend() { return std::make_shared<CpuBackend>(); }
+
+}  // namespace moe::engine::cpu
