@@ -1,4 +1,4 @@
-// The implementations the benchmark compares (BENCHMARKS.md §5), all on one Workload's inputs,
+// The implementations the benchmark compares (docs/benchmarks.md), all on one Workload's inputs,
 // weights and routing table. Each returns the layer output [T, d] (with a graph when grads are on).
 #pragma once
 

@@ -1,5 +1,5 @@
 // moe_bench: this library side by side with the MoE implementations users would otherwise write, on
-// identical inputs, weights and routing (docs/benchmarks.md; protocol of BENCHMARKS.md §5-§9).
+// identical inputs, weights and routing (docs/benchmarks.md).
 //
 //   build/bench/moe_bench --quick                    # C0, uniform, fp32: the smoke test make test
 //   runs build/bench/moe_bench --shapes C1,C4 --dtypes fp32,bf16 --json results.jsonl

@@ -17,15 +17,15 @@ struct Shape {
   Activation act;
   /// Weight matrices per expert: 2 for an MLP, 3 for SwiGLU.
   int64_t matrices() const { return is_gated(act) ? 3 : 2; }
-  /// Useful forward FLOPs 2·m·T·k·d·d_ff (BENCHMARKS.md §2.1).
+  /// Useful forward FLOPs 2·m·T·k·d·d_ff (docs/benchmarks.md, "Metrics and timing").
   double forward_flops() const { return 2.0 * matrices() * T * k * d * d_ff; }
 };
 
-/// C0-C5 of BENCHMARKS.md §3.1.
+/// C0-C5 of docs/benchmarks.md, "Shapes".
 const std::vector<Shape>& cpu_shapes();
 const Shape& shape_by_id(const std::string& id);
 
-/// Routing distributions (BENCHMARKS.md §6): "balanced" (round robin), "uniform" (top-k of Gaussian
+/// Routing distributions (docs/benchmarks.md): "balanced" (round robin), "uniform" (top-k of normal
 /// logits), "skewed" (k distinct experts drawn with Zipf(1.2) probabilities).
 const std::vector<std::string>& distributions();
 

@@ -1,4 +1,4 @@
-// Gating functions: the math of the routers, as plain functions over logits (docs/ALGORITHMS.md).
+// Gating functions: the math of the routers, as plain functions over logits (docs/algorithms.md).
 //
 // Routers (router.h) compose these; tests check them against the paper formulas directly.
 // Every function here expects router-precision tensors (float32 or float64) and keeps the graph, so

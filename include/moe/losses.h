@@ -1,4 +1,4 @@
-// Auxiliary losses of sparse MoE layers (docs/ALGORITHMS.md §1.3, §1.4, §5.1, §5.3).
+// Auxiliary losses of sparse MoE layers (docs/algorithms.md §1.3, §1.4, §5.1, §5.3).
 #pragma once
 
 #include <torch/types.h>

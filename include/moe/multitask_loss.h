@@ -1,4 +1,4 @@
-// The multi-task loss of PLE (Tang et al. 2020, Eq. 8–10; docs/ALGORITHMS.md §4.5) and the metrics
+// The multi-task loss of PLE (Tang et al. 2020, Eq. 8–10; docs/algorithms.md §4.5) and the metrics
 // of the multi-task experiments.
 //
 //   L   = Σ_k ω_k(t) · L_k,   ω_k(t) = ω_{k,0} · γ_k^t

@@ -1,9 +1,9 @@
-// RoutingPlan: the one data structure between routing and expert compute (DESIGN.md §1).
+// RoutingPlan: the one data structure between routing and expert compute (docs/design.md §1).
 //
 // A router fills K slots per token (slot s of token t has flat id t*K + s); each slot names an
 // expert or is unused (-1: not chosen, dropped by capacity, or a skipped token). The plan lists the
 // used slots as (token, expert) pairs in expert-major CSR order, plus the token-major inverse
-// (DESIGN.md §1) for kernels that work token by token (the CPU engine sums expert by expert and
+// (docs/design.md §1) for kernels that work per token (the CPU engine sums expert by expert and
 // uses only the expert-major view). A variable number of experts per token is just a ragged plan.
 // Nothing of size T·E·capacity is ever allocated.
 #pragma once

@@ -4,31 +4,47 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace moe {
 
-/// Routing statistics of one forward pass. Tensors are detached.
+/// Routing statistics of one forward pass, as detached tensors on the layer's device: computing
+/// them never waits for the device. The methods turn them into numbers; each of those reads the
+/// device, so call them only where a number is wanted (a log line, a test).
 struct RoutingStats {
-  torch::Tensor
-      tokens_per_expert;     ///< [E] int64: pairs each expert computed (after capacity drops)
-  torch::Tensor importance;  ///< [E] Σ_x G(x)_e, the gate mass per expert (Shazeer Eq. 6)
+  torch::Tensor tokens_per_expert;  ///< [E] int64: pairs each expert computed (after capacity)
+  torch::Tensor importance;         ///< [E] Σ_x G(x)_e, the gate mass per expert (Shazeer Eq. 6)
   torch::Tensor load;  ///< [E] smooth load Σ_x P(x,e) for noisy gates, else assignment counts
-  double dropped_fraction = 0.0;  ///< assignments dropped by capacity / assignments chosen
-  int64_t skipped_tokens = 0;     ///< tokens routed nowhere by NonFinitePolicy::kSkip
-  double experts_per_token_mean = 0.0;
-  int64_t experts_per_token_min = 0;
-  int64_t experts_per_token_max = 0;
-  double cv_importance = 0.0;  ///< coefficient of variation std/mean (population std) of importance
-  double cv_load = 0.0;        ///< same for load
-  int64_t active_experts = 0;  ///< experts that may receive tokens (E except for TopAnyMoE)
-  int64_t tokens_without_expert = 0;  ///< TopAnyMoE: tokens that activated no expert
+  torch::Tensor experts_per_token;  ///< [T] int64: experts each token used
+  torch::Tensor assigned;           ///< 0-dim int64: choices the router made (before capacity)
+  torch::Tensor dropped;            ///< 0-dim int64: choices dropped by capacity
+  torch::Tensor skipped;            ///< 0-dim int64: tokens routed nowhere by NonFinitePolicy::kSkip
+  /// 0-dim int64: tokens that chose no expert by the router's own rule (top-any, expert choice);
+  /// undefined for routers that route every token.
+  torch::Tensor unrouted;
+  torch::Tensor num_active_experts;  ///< 0-dim int64: experts that may receive tokens
+  /// The router's unweighted auxiliary terms by name (see RoutingResult::loss_terms).
+  std::vector<std::pair<std::string, torch::Tensor>> loss_terms;
+
+  double dropped_fraction() const;  ///< dropped / assigned (0 when nothing was assigned)
+  int64_t skipped_tokens() const;
+  double experts_per_token_mean() const;
+  int64_t experts_per_token_min() const;
+  int64_t experts_per_token_max() const;
+  double cv_importance() const;  ///< coefficient of variation std/mean (population std)
+  double cv_load() const;        ///< same for load
+  int64_t active_experts() const;
+  int64_t tokens_without_expert() const;  ///< 0 for routers that route every token
+  /// The named loss term as a number, or NaN when the router did not compute it.
+  double loss_term(const std::string& name) const;
 };
 
 /// The routing decision of a forward pass, for inspection and tests.
 struct Routing {
-  torch::Tensor expert_index;  ///< [T, K] int64, -1 = unused slot (dropped or skipped)
-  torch::Tensor gate;          ///< [T, K] combine weight per slot (router dtype), 0 where unused
+  torch::Tensor expert_index;  ///< [T, K] int64, -1 = unused choice (dropped or skipped)
+  torch::Tensor gate;          ///< [T, K] combine weight per choice (router dtype), 0 where unused
 };
 
 /// Output of every single-task MoE layer.

@@ -5,7 +5,7 @@
 
 namespace moe {
 
-/// How a token chooses its experts (docs/ALGORITHMS.md §1, §5).
+/// How a token chooses its experts (docs/algorithms.md §1, §5).
 enum class RouterKind {
   kSoftmaxTopK,   ///< softmax over all experts, keep the top k (renormalised over them by default)
   kNoisyTopK,     ///< Shazeer et al. 2017: noisy logits, softmax over the k kept (§1.2)

@@ -1,18 +1,77 @@
-// moe::nn::HyperRouterMoE (include/moe/nn/hyper_router_moe.h).
+// moe::nn::HyperRouterMoE: a named constructor of RoutedMoE with a k schedule
+// (include/moe/nn/hyper_router_moe.h).
 #include "moe/nn/hyper_router_moe.h"
 
 #include <ATen/ATen.h>
 
 #include <ostream>
 
-#include "moe/plan.h"
-#include "nn/common.h"
-#include "nn/router_slot.h"
-
 namespace moe::nn {
 namespace {
+
 constexpr const char* kWho = "HyperRouterMoE";
+
+RoutedMoEOptions routed_options(const HyperRouterMoEOptions& o) {
+  TORCH_CHECK_VALUE(o.num_experts() >= 1, kWho, ": num_experts must be >= 1, got ",
+                    o.num_experts());
+  TORCH_CHECK_VALUE(o.top_k() >= 1 && o.top_k() <= o.num_experts(), kWho,
+                    ": top_k must be in [1, num_experts=", o.num_experts(), "], got ", o.top_k());
+  if (const auto& s = o.k_schedule()) {
+    TORCH_CHECK_VALUE(s->k_max() <= o.num_experts(), kWho, ": the k schedule reaches k_max=",
+                      s->k_max(), " but there are only num_experts=", o.num_experts());
+  }
+  RouterFactory router;
+  if (o.router() == HyperRouterKind::kHyper) {
+    const auto ho = o.hyper_router_options();
+    router = [ho] { return HyperRouter(ho).ptr(); };
+  } else {
+    const auto ro = o.random_router_options();
+    router = [ro] { return TopKRouter(ro).ptr(); };
+  }
+  return RoutedMoEOptions(o.d_model(), std::move(router), o.expert_options()).name(kWho);
 }
+
+}  // namespace
+
+// The k of each forward (SMoE-Dropout's growing k, docs/algorithms.md §3.1): a training forward
+// takes k from the schedule and counts itself in the buffer "step"; an eval forward uses the
+// inference k, else the k of the latest training forward, and restores the training k afterwards.
+class TopKScheduleComponent : public LayerComponent {
+ public:
+  TopKScheduleComponent(RoutedMoEImpl& layer, c10::optional<TopKSchedule> schedule)
+      : schedule_(std::move(schedule)) {
+    // The schedule's position is a buffer, so that checkpoints resume the k schedule.
+    step = layer.register_buffer("step", torch::zeros({1}, torch::kLong));
+  }
+
+  void before_routing(RoutedMoEImpl& layer) override {
+    int64_t k = layer.top_k();
+    saved_k_ = k;
+    if (layer.is_training()) {
+      const int64_t t = step.item<int64_t>();
+      if (schedule_) k = schedule_->at(t);
+      step.fill_(t + 1);
+    } else if (inference_k) {
+      k = *inference_k;
+    } else if (schedule_) {
+      const int64_t t = step.item<int64_t>();
+      k = schedule_->at(t > 0 ? t - 1 : 0);  // the k of the latest training forward
+    }
+    layer.set_top_k(k);
+  }
+  // A training forward keeps the scheduled k (it is the layer's current k); eval restores it.
+  void after_routing(RoutedMoEImpl& layer, const torch::Tensor&, const RoutingResult&) override {
+    if (!layer.is_training()) layer.set_top_k(saved_k_);
+  }
+  void routing_failed(RoutedMoEImpl& layer) override { layer.set_top_k(saved_k_); }
+
+  torch::Tensor step;  // [1] int64
+  c10::optional<int64_t> inference_k;
+
+ private:
+  c10::optional<TopKSchedule> schedule_;
+  int64_t saved_k_ = 0;
+};
 
 HyperRouterOptions HyperRouterMoEOptions::hyper_router_options() const {
   return HyperRouterOptions(d_model(), num_experts())
@@ -48,107 +107,50 @@ ExpertBankOptions HyperRouterMoEOptions::expert_options() const {
       .recompute_hidden(recompute_hidden());
 }
 
-HyperRouterMoEImpl::HyperRouterMoEImpl(HyperRouterMoEOptions options_)
-    : options(std::move(options_)) {
-  TORCH_CHECK_VALUE(options.num_experts() >= 1, kWho, ": num_experts must be >= 1, got ",
-                    options.num_experts());
-  TORCH_CHECK_VALUE(options.top_k() >= 1 && options.top_k() <= options.num_experts(), kWho,
-                    ": top_k must be in [1, num_experts=", options.num_experts(), "], got ",
-                    options.top_k());
-  if (const auto& s = options.k_schedule()) {
-    TORCH_CHECK_VALUE(s->k_max() <= options.num_experts(), kWho,
-                      ": the k schedule reaches k_max=", s->k_max(),
-                      " but there are only num_experts=", options.num_experts());
+HyperRouterMoEImpl::HyperRouterMoEImpl(HyperRouterMoEOptions options)
+    : RoutedMoEImpl(routed_options(options)), layer_options_(std::move(options)) {
+  const auto router_module = named_children()["router"];
+  if (layer_options_.router() == HyperRouterKind::kHyper) {
+    hyper_router = HyperRouter(std::dynamic_pointer_cast<HyperRouterImpl>(router_module));
+  } else {
+    random_router = TopKRouter(std::dynamic_pointer_cast<TopKRouterImpl>(router_module));
   }
-  reset();
+  schedule_ = std::make_shared<TopKScheduleComponent>(*this, layer_options_.k_schedule());
+  add_component(schedule_);
 }
 
-void HyperRouterMoEImpl::reset() {
-  detail::register_router(*this, options.router() == HyperRouterKind::kHyper,
-                          options.hyper_router_options(), options.random_router_options(),
-                          &hyper_router, &random_router);
-  experts = register_module("experts", ExpertBank(options.expert_options()));
-  // The schedule's position is a buffer, so that checkpoints resume the k schedule.
-  step_ = register_buffer("step", torch::zeros({1}, torch::kLong));
-  inference_k_ = c10::nullopt;
-}
-
-void HyperRouterMoEImpl::reset_parameters() {
-  detail::reset_router_parameters(hyper_router, random_router);
-  experts->reset_parameters();
+std::shared_ptr<RoutedMoEImpl> HyperRouterMoEImpl::make_copy() const {
+  return std::make_shared<HyperRouterMoEImpl>(layer_options_);
 }
 
 void HyperRouterMoEImpl::pretty_print(std::ostream& stream) const {
+  const auto& o = layer_options_;
   stream << "moe::nn::HyperRouterMoE(router="
-         << (options.router() == HyperRouterKind::kHyper ? "hyper" : "frozen_random")
-         << ", d_model=" << options.d_model() << ", num_experts=" << options.num_experts()
-         << ", hidden_size=" << options.hidden_size() << ", top_k=" << top_k();
-  if (options.k_schedule()) {
-    const auto& s = *options.k_schedule();
+         << (o.router() == HyperRouterKind::kHyper ? "hyper" : "frozen_random")
+         << ", d_model=" << o.d_model() << ", num_experts=" << o.num_experts()
+         << ", hidden_size=" << o.hidden_size() << ", top_k=" << top_k();
+  if (o.k_schedule()) {
+    const auto& s = *o.k_schedule();
     stream << ", k_schedule=" << to_string(s.mode()) << "(" << s.k_min() << "->" << s.k_max()
            << " over " << s.total_steps() << ")";
   }
   stream << ")";
 }
 
-int64_t HyperRouterMoEImpl::top_k() const {
-  return detail::router_top_k(hyper_router, random_router);
-}
-
-void HyperRouterMoEImpl::set_top_k(int64_t k) {
-  TORCH_CHECK_VALUE(k >= 1 && k <= options.num_experts(), kWho, ": top_k must be in [1, ",
-                    "num_experts=", options.num_experts(), "], got ", k);
-  detail::set_router_top_k(hyper_router, random_router, k);
-}
-
 void HyperRouterMoEImpl::set_inference_top_k(c10::optional<int64_t> k) {
   if (k) {
-    TORCH_CHECK_VALUE(*k >= 1 && *k <= options.num_experts(), kWho,
-                      ": inference top_k must be in [1, num_experts=", options.num_experts(),
+    TORCH_CHECK_VALUE(*k >= 1 && *k <= layer_options_.num_experts(), kWho,
+                      ": inference top_k must be in [1, num_experts=", layer_options_.num_experts(),
                       "], got ", *k);
   }
-  inference_k_ = k;
+  schedule_->inference_k = k;
 }
+
+int64_t HyperRouterMoEImpl::step() const { return schedule_->step.item<int64_t>(); }
 
 void HyperRouterMoEImpl::set_step(int64_t step) {
   TORCH_CHECK_VALUE(step >= 0, kWho, ": step must be >= 0, got ", step);
-  step_.fill_(step);
-}
-
-void HyperRouterMoEImpl::to(torch::Dtype dtype, bool non_blocking) {
-  detail::move_routed_layer(hyper_router, random_router, experts, c10::nullopt, dtype,
-                            non_blocking);
-}
-
-void HyperRouterMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
-  detail::move_routed_layer(hyper_router, random_router, experts, device, dtype, non_blocking);
-}
-
-MoEOutput HyperRouterMoEImpl::forward(const torch::Tensor& x) {
-  const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, kWho);
-  const auto& schedule = options.k_schedule();
-  int64_t k = top_k();
-  if (is_training()) {
-    const int64_t t = step();
-    if (schedule) k = schedule->at(t);
-    step_.fill_(t + 1);
-  } else if (inference_k_) {
-    k = *inference_k_;
-  } else if (schedule) {
-    k = schedule->at(step() > 0 ? step() - 1 : 0);  // the k of the latest training forward
-  }
-  const int64_t saved_k = top_k();
-  set_top_k(k);
-  RouterOutput r;
-  try {
-    r = detail::route(hyper_router, random_router, xf);
-  } catch (...) {
-    set_top_k(saved_k);
-    throw;
-  }
-  // A training forward keeps the scheduled k (it is the layer's current k); eval restores it.
-  if (!is_training()) set_top_k(saved_k);
-  return detail::run_routed_experts(x, xf, r, experts);
+  schedule_->step.fill_(step);
 }
 
 }  // namespace moe::nn

@@ -1,15 +1,33 @@
-// moe::nn::SparseMoE: router → RoutingPlan → expert bank (include/moe/nn/sparse_moe.h).
+// moe::nn::SparseMoE: a named constructor of RoutedMoE (include/moe/nn/sparse_moe.h).
 #include "moe/nn/sparse_moe.h"
 
 #include <ATen/ATen.h>
 
 #include <ostream>
 
-#include "moe/plan.h"
-#include "nn/common.h"
-#include "nn/router_slot.h"
-
 namespace moe::nn {
+namespace {
+
+constexpr const char* kWho = "SparseMoE";
+
+RoutedMoEOptions routed_options(const SparseMoEOptions& o) {
+  RouterFactory router;
+  if (o.router() == RouterKind::kHyper) {
+    TORCH_CHECK_VALUE(o.capacity_factor() == 0, kWho, ": RouterKind::kHyper is dropless; ",
+                      "capacity_factor must be 0, got ", o.capacity_factor());
+    auto ro = o.router_options();
+    check_router_options(ro.kind(RouterKind::kSoftmaxTopK), kWho);
+    const auto ho = o.hyper_router_options();
+    router = [ho] { return HyperRouter(ho).ptr(); };
+  } else {
+    const auto ro = o.router_options();
+    check_router_options(ro, kWho);
+    router = [ro] { return TopKRouter(ro).ptr(); };
+  }
+  return RoutedMoEOptions(o.d_model(), std::move(router), o.expert_options()).name(kWho);
+}
+
+}  // namespace
 
 RouterOptions SparseMoEOptions::router_options() const {
   return RouterOptions(d_model(), num_experts())
@@ -30,7 +48,7 @@ RouterOptions SparseMoEOptions::router_options() const {
       .zero_init(router_zero_init())
       .router_init_std(router_init_std())
       .frozen(freeze_router())
-      .name("SparseMoE");
+      .name(kWho);
 }
 
 HyperRouterOptions SparseMoEOptions::hyper_router_options() const {
@@ -43,7 +61,7 @@ HyperRouterOptions SparseMoEOptions::hyper_router_options() const {
       .z_loss_coef(z_loss_coef().value_or(0.0))
       .aux_loss_in_eval(aux_loss_in_eval())
       .non_finite(non_finite())
-      .name("SparseMoE");
+      .name(kWho);
 }
 
 ExpertBankOptions SparseMoEOptions::expert_options() const {
@@ -55,56 +73,26 @@ ExpertBankOptions SparseMoEOptions::expert_options() const {
       .recompute_hidden(recompute_hidden());
 }
 
-SparseMoEImpl::SparseMoEImpl(SparseMoEOptions options_) : options(std::move(options_)) {
-  auto ro = options.router_options();
-  if (options.router() == RouterKind::kHyper) {
-    TORCH_CHECK_VALUE(options.capacity_factor() == 0, "SparseMoE: RouterKind::kHyper is dropless; ",
-                      "capacity_factor must be 0, got ", options.capacity_factor());
-    ro.kind(RouterKind::kSoftmaxTopK);
+SparseMoEImpl::SparseMoEImpl(SparseMoEOptions options)
+    : RoutedMoEImpl(routed_options(options)), layer_options_(std::move(options)) {
+  if (layer_options_.router() == RouterKind::kHyper) {
+    hyper_router = HyperRouter(std::dynamic_pointer_cast<HyperRouterImpl>(
+        named_children()["router"]));
+  } else {
+    router = TopKRouter(std::dynamic_pointer_cast<TopKRouterImpl>(named_children()["router"]));
   }
-  check_router_options(ro, "SparseMoE");
-  reset();
 }
 
-void SparseMoEImpl::reset() {
-  detail::register_router(*this, options.router() == RouterKind::kHyper,
-                          options.hyper_router_options(), options.router_options(), &hyper_router,
-                          &router);
-  experts = register_module("experts", ExpertBank(options.expert_options()));
-}
-
-void SparseMoEImpl::reset_parameters() {
-  detail::reset_router_parameters(hyper_router, router);
-  experts->reset_parameters();
+std::shared_ptr<RoutedMoEImpl> SparseMoEImpl::make_copy() const {
+  return std::make_shared<SparseMoEImpl>(layer_options_);
 }
 
 void SparseMoEImpl::pretty_print(std::ostream& stream) const {
-  stream << "moe::nn::SparseMoE(d_model=" << options.d_model()
-         << ", num_experts=" << options.num_experts() << ", hidden_size=" << options.hidden_size()
-         << ", top_k=" << options.top_k() << ", router=" << to_string(options.router())
-         << ", activation=" << to_string(options.activation())
-         << ", capacity_factor=" << options.capacity_factor() << ")";
-}
-
-void SparseMoEImpl::to(torch::Dtype dtype, bool non_blocking) {
-  detail::move_routed_layer(hyper_router, router, experts, c10::nullopt, dtype, non_blocking);
-}
-
-void SparseMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
-  detail::move_routed_layer(hyper_router, router, experts, device, dtype, non_blocking);
-}
-
-void SparseMoEImpl::set_top_k(int64_t k) {
-  TORCH_CHECK_VALUE(k >= 1 && k <= options.num_experts(), "SparseMoE: top_k must be in [1, ",
-                    "num_experts=", options.num_experts(), "], got ", k);
-  options.top_k(k);
-  detail::set_router_top_k(hyper_router, router, k);
-}
-
-MoEOutput SparseMoEImpl::forward(const torch::Tensor& x) {
-  const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, "SparseMoE");
-  RouterOutput r = detail::route(hyper_router, router, xf);
-  return detail::run_routed_experts(x, xf, r, experts);
+  const auto& o = layer_options_;
+  stream << "moe::nn::SparseMoE(d_model=" << o.d_model() << ", num_experts=" << o.num_experts()
+         << ", hidden_size=" << o.hidden_size() << ", top_k=" << top_k()
+         << ", router=" << to_string(o.router()) << ", activation=" << to_string(o.activation())
+         << ", capacity_factor=" << o.capacity_factor() << ")";
 }
 
 }  // namespace moe::nn

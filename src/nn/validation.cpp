@@ -1,8 +1,5 @@
-// Pieces shared by the nn modules: input validation (RELIABILITY.md §3.3), statistics and the
-// expert pass after routing.
+// Input validation of the layers (docs/reliability.md §3.3).
 #include <ATen/ATen.h>
-
-#include <cmath>
 
 #include "nn/common.h"
 
@@ -25,46 +22,6 @@ torch::Tensor tokens_2d(const torch::Tensor& x, int64_t d_model, const torch::Te
   // Contiguous: the router's GEMM then sees one layout whatever the input's strides, so a strided
   // input gives bitwise its contiguous copy's result on any BLAS.
   return x.reshape({-1, d_model}).contiguous();
-}
-
-RoutingStats make_stats(const RoutingPlan& plan, const torch::Tensor& importance,
-                        const torch::Tensor& load, int64_t assigned, int64_t dropped,
-                        int64_t skipped_tokens) {
-  RoutingStats s;
-  s.tokens_per_expert = plan.tokens_per_expert();
-  s.importance = importance.detach();
-  s.load = load.detach();
-  s.dropped_fraction =
-      assigned > 0 ? static_cast<double>(dropped) / static_cast<double>(assigned) : 0.0;
-  s.skipped_tokens = skipped_tokens;
-  s.active_experts = plan.num_experts;
-  if (plan.num_tokens > 0) {
-    const auto ept = plan.experts_per_token();
-    s.experts_per_token_mean = ept.to(at::kDouble).mean().item<double>();
-    s.experts_per_token_min = ept.min().item<int64_t>();
-    s.experts_per_token_max = ept.max().item<int64_t>();
-  }
-  auto cv = [](const torch::Tensor& v) {
-    const auto d = v.detach().to(at::kDouble);
-    const double mean = d.mean().item<double>();
-    if (!(mean > 0)) return 0.0;
-    return std::sqrt((d - mean).pow(2).mean().item<double>()) / mean;
-  };
-  s.cv_importance = cv(importance);
-  s.cv_load = cv(load);
-  return s;
-}
-
-MoEOutput run_routed_experts(const torch::Tensor& x, const torch::Tensor& xf, const RouterOutput& r,
-                             ExpertBank& experts) {
-  const RoutingPlan plan = build_routing_plan(r.expert_index, experts->options.num_experts());
-  const auto w = pair_weights(plan, r.gate).to(xf.scalar_type());
-  MoEOutput out;
-  out.output = experts->forward(xf, plan, w).view(x.sizes());
-  out.aux_loss = r.aux_loss;
-  out.stats = make_stats(plan, r.importance, r.load, r.assigned, r.dropped, r.skipped_tokens);
-  out.routing = {r.expert_index, r.gate.detach()};
-  return out;
 }
 
 }  // namespace moe::detail

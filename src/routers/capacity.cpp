@@ -1,4 +1,4 @@
-// Expert capacity with first-choice priority (docs/ALGORITHMS.md §5.2: all first choices are placed
+// Expert capacity with first-choice priority (docs/algorithms.md §5.2: all first choices are placed
 // before any second choice; within one choice rank, earlier tokens win).
 #include <ATen/ATen.h>
 

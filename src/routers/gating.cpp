@@ -1,4 +1,4 @@
-// Gating math of the top-k routers (see include/moe/gating.h and docs/ALGORITHMS.md §1, §5).
+// Gating math of the top-k routers (see include/moe/gating.h and docs/algorithms.md §1, §5).
 #include "moe/gating.h"
 
 #include <ATen/ATen.h>

@@ -1,4 +1,4 @@
-// TopAnyRouter: DynMoE top-any gating (include/moe/routers/top_any_router.h, ALGORITHMS.md §2.2).
+// TopAnyRouter: DynMoE top-any gating (moe/routers/top_any_router.h, docs/algorithms.md §2.2).
 #include "moe/routers/top_any_router.h"
 
 #include <ATen/ATen.h>
@@ -9,6 +9,8 @@
 #include <ostream>
 
 #include "moe/router.h"
+
+#include "routers/non_finite.h"
 
 namespace moe {
 namespace {
@@ -144,7 +146,30 @@ torch::Tensor TopAnyRouterImpl::logit_scale() const {
   return temperature.clamp_max(kLogScaleMax).exp().squeeze(0);
 }
 
-TopAnyRouting TopAnyRouterImpl::route(const torch::Tensor& x_in) {
+double TopAnyRouting::term(const std::string& name) const {
+  for (const auto& [n, t] : loss_terms)
+    if (n == name) return t.item<double>();
+  return 0.0;
+}
+
+RoutingResult TopAnyRouting::result() const {
+  RoutingResult r;
+  r.expert_index = expert_index;
+  r.gate = gate;
+  const auto used = expert_index >= 0;
+  r.importance = gate.sum(0);
+  r.load = used.sum(0).to(gate.scalar_type());
+  r.aux_loss = aux_loss;
+  r.loss_terms = loss_terms;
+  r.assigned = used.sum();
+  r.dropped = at::zeros({}, r.assigned.options());
+  r.skipped_tokens = skipped_tokens;
+  r.unrouted = unrouted;
+  r.active_experts = active_count;
+  return r;
+}
+
+TopAnyRouting TopAnyRouterImpl::decide(const torch::Tensor& x_in) {
   const char* who = options.name().c_str();
   TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == options.d_model(), who,
               ": router input must be [T, d_model=", options.d_model(), "], got ", x_in.sizes());
@@ -155,29 +180,26 @@ TopAnyRouting TopAnyRouterImpl::route(const torch::Tensor& x_in) {
   auto x = x_in.to(rd);
 
   TopAnyRouting r;
-  // Non-finite tokens (RELIABILITY.md §3.3).
-  auto finite = at::isfinite(x).all(1);
-  const int64_t bad = T - finite.sum().item<int64_t>();
-  if (bad > 0) {
-    TORCH_CHECK_VALUE(options.non_finite() == NonFinitePolicy::kSkip, who, ": ", bad, " of ", T,
-                      " tokens have non-finite values (NaN/Inf); set non_finite(kSkip) to route "
-                      "them nowhere");
-    x = at::where(finite.unsqueeze(1), x, at::zeros({}, x.options()));
-    r.skipped_tokens = bad;
-  }
+  // Non-finite tokens (docs/reliability.md §3.3).
+  const auto finite =
+      detail::check_finite_tokens(x, options.non_finite(), options.name(), "input values");
+  const bool skip = finite.valid.defined();
+  if (skip) x = detail::zero_invalid_rows(x, finite.valid);
+  r.skipped_tokens = finite.skipped;
 
   const auto lambda = logit_scale();
   const auto cos = normalize_rows(x).mm(normalize_rows(weight).t());
   const auto s = at::sigmoid(cos * lambda) * active;  // free slots score 0 and never fire
   const auto theta = at::sigmoid(threshold * lambda);
   auto a = sign_ste(at::relu(s - theta));  // forward: 1 where s > theta
-  if (bad > 0) a = a * finite.unsqueeze(1).to(a.scalar_type());
+  if (skip) a = a * finite.valid.unsqueeze(1).to(a.scalar_type());
   auto fired = a.detach() > 0;
   auto k = fired.sum(1);
   r.fired = fired;
   r.unrouted = (k == 0);
-  if (bad > 0) r.unrouted = r.unrouted & finite;
+  if (skip) r.unrouted = r.unrouted & finite.valid;
   r.scores = s.detach();
+  r.active_count = (active > 0).sum();
 
   // Combine weight a/max(k, 1), k not differentiated (the reference divides by the integer k).
   auto gate = a / k.clamp_min(1).to(a.scalar_type()).unsqueeze(1);
@@ -202,14 +224,14 @@ TopAnyRouting TopAnyRouterImpl::route(const torch::Tensor& x_in) {
   const bool want_aux = is_training() || options.aux_loss_in_eval();
   auto aux = at::zeros({}, x.options());
   if (want_aux) {
-    auto add_term = [&](double& logged, const torch::Tensor& term) {
-      logged = term.item<double>();
+    auto add_term = [&](const char* name, const torch::Tensor& term) {
+      r.loss_terms.emplace_back(name, term.detach());
       aux = aux + term;
     };
-    if (options.diversity_loss()) add_term(r.diversity, top_any_diversity_loss(weight, active));
-    if (options.simplicity_loss()) add_term(r.simplicity, top_any_simplicity_loss(weight));
-    if (options.balance_loss()) add_term(r.balance, top_any_balance_loss(a));
-    if (options.efficiency_loss()) add_term(r.efficiency, top_any_efficiency_loss(a));
+    if (options.diversity_loss()) add_term("diversity", top_any_diversity_loss(weight, active));
+    if (options.simplicity_loss()) add_term("simplicity", top_any_simplicity_loss(weight));
+    if (options.balance_loss()) add_term("balance", top_any_balance_loss(a));
+    if (options.efficiency_loss()) add_term("efficiency", top_any_efficiency_loss(a));
     aux = aux * options.aux_loss_coef();
   }
   r.aux_loss = aux;

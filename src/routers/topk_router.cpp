@@ -1,14 +1,15 @@
-// TopKRouter: softmax top-k, Switch and Shazeer noisy top-k routing (docs/ALGORITHMS.md §1, §5).
+// TopKRouter: softmax top-k, Switch and Shazeer noisy top-k routing (docs/algorithms.md §1, §5).
 #include <ATen/ATen.h>
 #include <torch/nn/init.h>
 
 #include <cmath>
+#include <memory>
 #include <ostream>
 
 #include "moe/gating.h"
 #include "moe/losses.h"
 #include "moe/router.h"
-#include "routers/finite_logits.h"
+#include "routers/top_k_routing.h"
 
 namespace moe {
 
@@ -101,11 +102,14 @@ void TopKRouterImpl::pretty_print(std::ostream& stream) const {
          << ", z=" << c.z << ")";
 }
 
-RouterOutput TopKRouterImpl::route(const torch::Tensor& x) {
-  const auto& who = options.name();
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == options.d_model(), who,
-              ": expected router input of shape [T, ", options.d_model(), "], got ", x.sizes());
-  const int64_t T = x.size(0), E = options.num_experts(), k = options.top_k();
+void TopKRouterImpl::set_top_k(int64_t k) {
+  TORCH_CHECK_VALUE(k >= 1 && k <= options.num_experts(), options.name(), ": top_k must be in [1, ",
+                    "num_experts=", options.num_experts(), "], got ", k);
+  options.top_k(k);
+}
+
+RoutingResult TopKRouterImpl::route(const torch::Tensor& x) {
+  detail::check_router_input(x, options.d_model(), options.name());
   const auto rd = router_dtype(x.scalar_type());
   auto xr = x.to(rd);
   if (is_training() && options.jitter() > 0) {
@@ -113,80 +117,27 @@ RouterOutput TopKRouterImpl::route(const torch::Tensor& x) {
   }
   const auto W = weight.to(rd);
   const auto b = bias.defined() ? bias.to(rd) : torch::Tensor();
-  auto logits = at::linear(xr, W, b);
-
-  int64_t skipped = 0;
-  const auto valid = detail::apply_non_finite_policy(
-      xr, logits, [&](const torch::Tensor& v) { return at::linear(v, W, b); }, options.non_finite(),
-      who, skipped);
-
-  TopKGate g;
-  if (options.kind() == RouterKind::kNoisyTopK) {
-    const auto noise_logits = at::linear(xr, noise_weight.to(rd));
-    const auto noise = is_training() ? at::randn_like(logits) : torch::Tensor();
-    g = noisy_top_k_gating(logits, noise_logits, noise, k, options.noise_epsilon(), valid);
-  } else {
-    // SMoE-Dropout: softmax over the k selected logits = the renormalised probabilities.
-    const bool normalize =
-        options.kind() == RouterKind::kFrozenRandom ||
-        (options.kind() == RouterKind::kSoftmaxTopK && options.normalize_top_k());
-    g = softmax_top_k_gating(logits, k, normalize, valid);
-  }
-
-  RouterOutput out;
-  out.skipped_tokens = skipped;
-  out.assigned = (T - skipped) * k;
-  out.importance = importance(g.expert_index, g.gate, E);
-  out.load = g.load;
-  out.expert_index = g.expert_index;
-  out.gate = g.gate;
-  if (options.capacity_factor() > 0) {
-    const int64_t cap = expert_capacity(T, k, E, options.capacity_factor(), options.min_capacity());
-    std::tie(out.expert_index, out.dropped) = apply_capacity(g.expert_index, E, cap);
-    out.gate = out.gate * (out.expert_index >= 0).to(out.gate.scalar_type());
-  }
-
-  const auto c = resolve_coefficients(options);
-  // Every parameter stays in the graph (a zero-token batch still gets zero, not undefined, grads).
-  auto aux = logits.sum() * 0.0;
-  if (is_training() || options.aux_loss_in_eval()) {
-    if (c.importance > 0) aux = aux + c.importance * cv_squared(out.importance);
-    if (c.load > 0) aux = aux + c.load * cv_squared(out.load);
-    if (c.balance > 0) {
-      const auto probs = at::softmax(logits, -1);
-      const auto kept = valid.defined() ? probs.index({valid}) : probs;
-      const auto chosen = valid.defined() ? g.expert_index.index({valid}) : g.expert_index;
-      aux = aux + c.balance * balance_loss(kept, chosen);
-    }
-    if (c.z > 0) aux = aux + c.z * router_z_loss(valid.defined() ? logits.index({valid}) : logits);
-  }
-  out.aux_loss = aux;
-  return out;
+  detail::TopKRule rule;
+  rule.kind = options.kind();
+  rule.num_experts = options.num_experts();
+  rule.top_k = options.top_k();
+  // SMoE-Dropout: softmax over the k selected logits = the renormalised probabilities. Switch
+  // never renormalises; noisy top-k takes the softmax over the k kept logits (Eq. 3).
+  rule.normalize = options.kind() == RouterKind::kFrozenRandom ||
+                   (options.kind() == RouterKind::kSoftmaxTopK && options.normalize_top_k());
+  rule.noise_epsilon = options.noise_epsilon();
+  rule.capacity_factor = options.capacity_factor();
+  rule.min_capacity = options.min_capacity();
+  rule.coefficients = resolve_coefficients(options);
+  rule.aux_loss_in_eval = options.aux_loss_in_eval();
+  rule.non_finite = options.non_finite();
+  rule.who = options.name();
+  const detail::LogitsOf noise_logits = [&](const torch::Tensor& v) {
+    return at::linear(v, noise_weight.to(rd));
+  };
+  return detail::route_top_k(
+      xr, [&](const torch::Tensor& v) { return at::linear(v, W, b); },
+      noise_weight.defined() ? noise_logits : detail::LogitsOf(), rule, is_training());
 }
 
-namespace detail {
-
-torch::Tensor apply_non_finite_policy(
-    torch::Tensor& xr, torch::Tensor& logits,
-    const std::function<torch::Tensor(const torch::Tensor&)>& logits_of, NonFinitePolicy policy,
-    const std::string& who, int64_t& skipped) {
-  // Check the E-wide logits: NaN must never reach the top-k indices.
-  const int64_t T = logits.size(0);
-  const auto finite = at::isfinite(logits).all(1);
-  const int64_t bad = T - finite.sum().item<int64_t>();
-  skipped = 0;
-  if (bad == 0) return {};
-  TORCH_CHECK(policy == NonFinitePolicy::kSkip, who, ": router logits are non-finite for ", bad,
-              " of ", T, " tokens (NaN or Inf in the input or the router weights); use ",
-              "non_finite(NonFinitePolicy::kSkip) to give such tokens a zero output");
-  skipped = bad;
-  xr = xr.masked_fill(~finite.unsqueeze(1), 0.0);
-  logits = logits_of(xr);
-  TORCH_CHECK(at::isfinite(logits).all().item<bool>(), who,
-              ": router logits are non-finite for finite inputs: the router weights contain NaN "
-              "or Inf");
-  return finite;
-}
-
-}  // namespace detail
 }  // namespace moe

@@ -1,4 +1,4 @@
-// DynMoE's adaptive expert set (docs/ALGORITHMS.md §2.4, §2.7): the update rules on crafted
+// DynMoE's adaptive expert set (docs/algorithms.md §2.4, §2.7): the update rules on crafted
 // records, the schedules, recording, true resizing with the optimizer state carried, and bad input.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -127,8 +127,8 @@ TEST(ExpertRecording, CountsActivationsAndSumsUnroutedInputs) {
   const auto none1 = used(o1).sum(1) == 0, none2 = used(o2).sum(1) == 0;
   EXPECT_CLOSE(rec.unrouted_sum, x1.index({none1}).sum(0) + x2.index({none2}).sum(0), 1e-6, 1e-6);
   EXPECT_EQ(rec.tokens, 35);
-  EXPECT_EQ(rec.unrouted_tokens, none1.sum().item<int64_t>() + none2.sum().item<int64_t>());
-  EXPECT_GT(rec.unrouted_tokens, 0);
+  EXPECT_EQ(rec.unrouted_tokens(), none1.sum().item<int64_t>() + none2.sum().item<int64_t>());
+  EXPECT_GT(rec.unrouted_tokens(), 0);
 }
 
 TEST(ExpertSchedule, ValuesAtChosenCounts) {
@@ -322,7 +322,7 @@ TEST(TopAnyMoEBadInput, ClearErrors) {
   TopAnyMoE skip(TopAnyMoEOptions(3, 3).initial_experts(2).hidden_size(4).non_finite(
       moe::NonFinitePolicy::kSkip));
   const auto out = skip->forward(x);
-  EXPECT_EQ(out.stats.skipped_tokens, 1);
+  EXPECT_EQ(out.stats.skipped_tokens(), 1);
   EXPECT_TRUE(at::isfinite(out.output).all().item<bool>());
 }
 

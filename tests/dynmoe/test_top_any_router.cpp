@@ -1,4 +1,4 @@
-// TopAnyRouter and TopAnyMoE vs hand computations (docs/ALGORITHMS.md §2.2, §2.3): scores, mask,
+// TopAnyRouter and TopAnyMoE vs hand computations (docs/algorithms.md §2.2, §2.3): scores, mask,
 // k and weights on fixed weights; the straight-through gradients vs the reference formula; every
 // auxiliary term vs loops; the layer vs the dense float64 reference.
 #include <ATen/ATen.h>
@@ -82,7 +82,7 @@ TEST_P(TopAnyRouterVsHand, ScoresMaskKAndWeights) {
   }
   r->train(c.train);
   const auto x = torch::randn({T, d}, at::kDouble);
-  const auto out = r->route(x);
+  const auto out = r->decide(x);
   const auto ref = mt::top_any_reference(x, r->weight, r->threshold, r->active, lambda_of(r),
                                          !c.train && c.fallback != TopAnyFallback::kZero,
                                          c.fallback == TopAnyFallback::kArgmaxScore);
@@ -125,7 +125,7 @@ TEST(TopAnyRouter, StraightThroughGradientsMatchTheFormula) {
   }
   const auto x = torch::randn({T, d}, at::kDouble);
   const auto c = torch::randn({T, E}, at::kDouble);
-  const auto out = r->route(x);
+  const auto out = r->decide(x);
   (out.gate * c).sum().backward();
 
   const auto W = r->weight.detach().clone().requires_grad_(true);
@@ -158,7 +158,7 @@ TEST(TopAnyRouter, AuxiliaryTermsMatchHandComputations) {
     r->active[4] = 0.0;
   }
   const auto x = torch::randn({T, d}, at::kDouble);
-  const auto out = r->route(x);
+  const auto out = r->decide(x);
   const auto W = r->weight.detach();
   auto cosine = [&](int64_t i, int64_t j) {
     return W[i].dot(W[j]).item<double>() /
@@ -193,36 +193,36 @@ TEST(TopAnyRouter, AuxiliaryTermsMatchHandComputations) {
   }
   for (int64_t e = 0; e < E; ++e) bal += (me[e] / nz) * (ce[e] / nz) / E;
   bal *= static_cast<double>(E * E);
-  EXPECT_NEAR(out.diversity, div, 1e-12);
-  EXPECT_NEAR(out.simplicity, simple, 1e-12);
-  EXPECT_NEAR(out.balance, bal, 1e-12);
-  EXPECT_NEAR(out.efficiency, eff, 1e-12);
+  EXPECT_NEAR(out.term("diversity"), div, 1e-12);
+  EXPECT_NEAR(out.term("simplicity"), simple, 1e-12);
+  EXPECT_NEAR(out.term("balance"), bal, 1e-12);
+  EXPECT_NEAR(out.term("efficiency"), eff, 1e-12);
   EXPECT_NEAR(out.aux_loss.item<double>(), 0.01 * (div + simple + bal + eff), 1e-12);
 
   // The Tutel set keeps only diversity + simplicity.
   r->options.tutel_losses();
-  const auto tutel = r->route(x);
+  const auto tutel = r->decide(x);
   EXPECT_NEAR(tutel.aux_loss.item<double>(), 0.01 * (div + simple), 1e-12);
-  EXPECT_EQ(tutel.balance, 0.0);
+  EXPECT_EQ(tutel.term("balance"), 0.0);
   // No loss in eval unless asked for.
   r->eval();
-  EXPECT_EQ(r->route(x).aux_loss.item<double>(), 0.0);
+  EXPECT_EQ(r->decide(x).aux_loss.item<double>(), 0.0);
 }
 
 TEST(TopAnyRouter, DiversityGradientIsFiniteWithOneActiveExpert) {
   auto r = make_router(TopAnyRouterOptions(4, 3).initial_active(1), 5);
   const auto x = torch::randn({6, 4}, at::kDouble);
-  const auto out = r->route(x);
-  EXPECT_EQ(out.diversity, 0.0);
+  const auto out = r->decide(x);
+  EXPECT_EQ(out.term("diversity"), 0.0);
   out.aux_loss.backward();
   EXPECT_TRUE(at::isfinite(r->weight.grad()).all().item<bool>());
 }
 
 TEST(TopAnyRouter, AnEmptyBatchHasAFiniteZeroAuxLoss) {
   auto r = make_router(TopAnyRouterOptions(4, 3), 5);
-  const auto out = r->route(torch::zeros({0, 4}, at::kDouble));
+  const auto out = r->decide(torch::zeros({0, 4}, at::kDouble));
   EXPECT_TRUE(std::isfinite(out.aux_loss.item<double>()));
-  EXPECT_EQ(out.efficiency, 0.0);
+  EXPECT_EQ(out.term("efficiency"), 0.0);
 }
 
 TEST(TopAnyRouter, BalanceIsZeroWhenNoTokenFires) {
@@ -231,10 +231,10 @@ TEST(TopAnyRouter, BalanceIsZeroWhenNoTokenFires) {
     torch::NoGradGuard g;
     r->threshold.fill_(50.0);  // sigmoid(50) ≈ 1 > every score
   }
-  const auto out = r->route(torch::randn({8, 4}, at::kDouble));
+  const auto out = r->decide(torch::randn({8, 4}, at::kDouble));
   EXPECT_FALSE(out.fired.any().item<bool>());
-  EXPECT_EQ(out.balance, 0.0);
-  EXPECT_EQ(out.efficiency, 0.0);
+  EXPECT_EQ(out.term("balance"), 0.0);
+  EXPECT_EQ(out.term("efficiency"), 0.0);
   EXPECT_TRUE(torch::equal(out.gate.detach(), torch::zeros({8, 3}, at::kDouble)));
 }
 
@@ -281,11 +281,11 @@ TEST_P(TopAnyMoEVsDense, OutputMatchesTheReference) {
   EXPECT_TRUE(torch::equal(out.routing.expert_index, ref.expert_index));
   // Statistics of the step.
   const auto k_train = ref.fired.sum(1);
-  EXPECT_EQ(out.stats.active_experts, 5);
-  EXPECT_EQ(out.stats.tokens_without_expert, (k_train == 0).sum().item<int64_t>());
-  EXPECT_EQ(out.stats.experts_per_token_min, ref.k.min().item<int64_t>());
-  EXPECT_EQ(out.stats.experts_per_token_max, ref.k.max().item<int64_t>());
-  EXPECT_NEAR(out.stats.experts_per_token_mean, ref.k.to(at::kDouble).mean().item<double>(), 1e-12);
+  EXPECT_EQ(out.stats.active_experts(), 5);
+  EXPECT_EQ(out.stats.tokens_without_expert(), (k_train == 0).sum().item<int64_t>());
+  EXPECT_EQ(out.stats.experts_per_token_min(), ref.k.min().item<int64_t>());
+  EXPECT_EQ(out.stats.experts_per_token_max(), ref.k.max().item<int64_t>());
+  EXPECT_NEAR(out.stats.experts_per_token_mean(), ref.k.to(at::kDouble).mean().item<double>(), 1e-12);
   EXPECT_TRUE(torch::equal(out.stats.tokens_per_expert, (ref.expert_index >= 0).sum(0)));
   if (c.train) {
     // Tokens with k = 0 give exactly zero output in training.
@@ -293,7 +293,7 @@ TEST_P(TopAnyMoEVsDense, OutputMatchesTheReference) {
     ASSERT_GT(none.numel(), 0);
     EXPECT_EQ(out.output.reshape({T, d}).index_select(0, none).abs().max().item<double>(), 0.0);
   } else {
-    EXPECT_GE(out.stats.experts_per_token_min, 1);
+    EXPECT_GE(out.stats.experts_per_token_min(), 1);
   }
 }
 
@@ -338,7 +338,7 @@ TEST(TopAnyMoE, GradientsMatchFiniteDifferences) {
   }
 }
 
-// bf16 experts with a float32 router (RELIABILITY.md §6 A2): routing equals the float64 reference
+// bf16 experts, float32 router (docs/reliability.md §6 A2): routing equals the float64 reference
 // on the same bf16 inputs; values within the bf16 layer tolerance of a float64 computation on the
 // rounded inputs and weights.
 TEST(TopAnyMoE, Bf16ExpertsKeepAFloat32Router) {

@@ -1,4 +1,4 @@
-// A hand-written top-any router for the tests (docs/ALGORITHMS.md §2.2), with explicit loops in
+// A hand-written top-any router for the tests (docs/algorithms.md §2.2), with explicit loops in
 // float64. Nothing here calls the library.
 #pragma once
 

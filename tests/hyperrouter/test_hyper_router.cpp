@@ -1,4 +1,4 @@
-// HyperRouter and SMoE-Dropout (docs/ALGORITHMS.md §3): the generated router vs a hand computation
+// HyperRouter and SMoE-Dropout (docs/algorithms.md §3): the generated router vs a hand computation
 // of the two Linear layers; gradients reach the embedding and the experts, never the hyper-network;
 // the inference cache; the k schedules vs the authors' formula; k = E is dense softmax mixing; the
 // layers vs the dense float64 reference; bad input.
@@ -76,7 +76,7 @@ torch::Tensor reference_output(HyperRouterMoE& layer, const torch::Tensor& x, in
   const auto route = mt::reference_softmax_route(logits, k, /*normalize=*/true);
   const auto& e = layer->experts;
   return mt::dense_moe_reference(x, route.expert_index, route.gate, e->w1, e->w2, e->w3, e->b1,
-                                 e->b2, layer->options.activation());
+                                 e->b2, layer->experts->options.activation());
 }
 
 TEST(HyperRouter, GeneratedRouterEqualsTheHandComputation) {
@@ -282,7 +282,7 @@ TEST(HyperRouterMoE, KEqualsEIsDenseSoftmaxMixing) {
   const auto idx = torch::arange(5, at::kLong).expand({9, 5});
   const auto& e = layer->experts;
   const auto expect = mt::dense_moe_reference(x, idx, p, e->w1, e->w2, e->w3, e->b1, e->b2,
-                                              layer->options.activation());
+                                              layer->experts->options.activation());
   EXPECT_CLOSE(layer->forward(x).output, expect, 1e-10, 1e-12);
 }
 

@@ -1,5 +1,5 @@
 // Bad inputs raise c10 errors whose message names the argument, the value and what was expected
-// (RELIABILITY.md §3). Construction errors are ValueError, dtype errors TypeError.
+// (docs/reliability.md §3). Construction errors are ValueError, dtype errors TypeError.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 

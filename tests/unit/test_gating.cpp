@@ -1,4 +1,4 @@
-// Gating functions vs the formulas of docs/ALGORITHMS.md computed by hand in the test.
+// Gating functions vs the formulas of docs/algorithms.md computed by hand in the test.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 

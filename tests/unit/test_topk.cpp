@@ -1,4 +1,4 @@
-// Deterministic top-k: ties go to the lowest expert index (docs/ALGORITHMS.md §1.9).
+// Deterministic top-k: ties go to the lowest expert index (docs/algorithms.md §1.9).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 

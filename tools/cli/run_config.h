@@ -1,6 +1,6 @@
 // Run configuration of the `moe` command: a TOML file, command-line overrides (`--set
 // model.num_experts=16`), typed reads with clear errors, and the effective configuration written
-// back into the run folder. Only tools/ parses strings (DESIGN.md §2); the library takes typed
+// back into the run folder. Only tools/ parses strings (docs/design.md §2); the library takes typed
 // options.
 #pragma once
 

@@ -46,7 +46,7 @@ AutotuneResult train_dynmoe(const AutotuneConfig& c,
     const bool frozen = c.freeze_router_step > 0 && step >= c.freeze_router_step;
     if (frozen && step == c.freeze_router_step) {
       for (auto& p : layer->router->parameters()) p.set_requires_grad(false);
-      layer->options.schedule(nn::ExpertSchedule::manual());
+      layer->expert_set().set_schedule(nn::ExpertSchedule::manual());
     }
     const bool shifted = c.shift_clusters > 0 && step >= c.shift_step;
     const auto b = task.sample(c.batch, batch_seed(c, step), shifted ? c.shift_clusters : 0);
@@ -57,13 +57,13 @@ AutotuneResult train_dynmoe(const AutotuneConfig& c,
     opt.step();
     AutotunePoint p;
     p.step = step + 1;
-    p.mean_k = out.stats.experts_per_token_mean;
-    p.unrouted = static_cast<double>(out.stats.tokens_without_expert) / c.batch;
+    p.mean_k = out.stats.experts_per_token_mean();
+    p.unrouted = static_cast<double>(out.stats.tokens_without_expert()) / c.batch;
     p.loss = mse.item<double>();
     if (layer->update_pending()) {
       const auto& rec = layer->pending_records();
       p.updated = true;
-      p.window_unrouted = rec.unrouted_tokens;
+      p.window_unrouted = rec.unrouted_tokens();
       p.window_idle =
           ((layer->router->active > 0) & (rec.expert_counts == 0)).sum().item<int64_t>();
     }
@@ -81,7 +81,7 @@ AutotuneResult train_dynmoe(const AutotuneConfig& c,
   const auto test = task.sample(c.test_size, kTestSeed, c.shift_step > 0 ? c.shift_clusters : 0);
   auto out = layer->forward(test.x);
   r.test_mse = torch::mse_loss(out.output, test.y).item<double>();
-  r.test_mean_k = out.stats.experts_per_token_mean;
+  r.test_mean_k = out.stats.experts_per_token_mean();
   // which test tokens fired an expert: the same forward without the inference fallback
   const auto fallback = layer->router->options.fallback();
   layer->router->options.fallback(TopAnyFallback::kZero);

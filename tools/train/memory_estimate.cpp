@@ -5,6 +5,7 @@
 #include "train/memory_estimate.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -38,8 +39,10 @@ int64_t gated_mats(const std::string& activation) {
 }
 
 // Experts each token may use: the activations of the expert hidden layers grow with it.
-LD experts_per_token(const MoESection& m) {
+LD most_experts_per_token(const MoESection& m) {
   if (m.router == "top_any") return static_cast<LD>(m.num_experts);  // up to every expert
+  // Expert choice computes T·cf pairs in all (each expert takes T·cf/E tokens, rounded up).
+  if (m.router == "expert_choice") return std::ceil(static_cast<LD>(m.capacity_factor));
   if (m.router == "hierarchical") return static_cast<LD>(m.top_k) * m.secondary_top_k;
   return static_cast<LD>(std::max(m.top_k, m.k_max));
 }
@@ -190,7 +193,7 @@ void estimate_single_task(const TrainConfig& c, LD vocab, MemoryEstimate* e) {
             static_cast<LD>(c.data.context) * static_cast<LD>(c.data.context),
         {B, kv("data.context", c.data.context), kv("model.heads", m.heads), layers});
   add(e, "activations: expert hidden layers",
-      kFloat * T * S * experts_per_token(x) * 2 * (mats - 1) * x.hidden,
+      kFloat * T * S * most_experts_per_token(x) * 2 * (mats - 1) * x.hidden,
       with({kv("moe.hidden", x.hidden), kv("moe.top_k", x.top_k), layers}));
   add(e, "activations: routers", kFloat * T * S * 6 * x.num_experts, with({E, layers}));
   add(e, "activations: dense feed-forward layers", kFloat * T * D * 2 * (mats - 1) * m.dense_hidden,

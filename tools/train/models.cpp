@@ -31,6 +31,12 @@ TopKSchedule::Mode schedule_mode(const std::string& s) {
   return M::kConstant;
 }
 
+// Every named layer is a RoutedMoE: the model holds that one type.
+template <typename NamedLayer>
+nn::RoutedMoE as_routed(const NamedLayer& layer) {
+  return nn::RoutedMoE(std::shared_ptr<nn::RoutedMoEImpl>(layer.ptr()));
+}
+
 c10::optional<double> optional_coef(double c) {
   return c < 0 ? c10::nullopt : c10::optional<double>(c);
 }
@@ -101,7 +107,17 @@ class FeedForwardImpl : public torch::nn::Module {
         o.schedule(nn::ExpertSchedule::window(m.record, m.period));
       else if (m.schedule == "every_step")
         o.schedule(nn::ExpertSchedule::every_step());
-      any = register_module("moe", nn::TopAnyMoE(o));
+      moe = register_module("moe", as_routed(nn::TopAnyMoE(o)));
+    } else if (m.router == "expert_choice") {
+      const auto ro = ExpertChoiceRouterOptions(d, m.num_experts)
+                          .capacity_factor(m.capacity_factor)
+                          .z_loss_coef(std::max(0.0, m.z_loss_coef))
+                          .name("ExpertChoiceMoE");
+      moe = register_module(
+          "moe", nn::RoutedMoE(nn::RoutedMoEOptions(
+                                   d, [ro] { return ExpertChoiceRouter(ro).ptr(); },
+                                   ExpertBankOptions(m.num_experts, d, m.hidden).activation(act))
+                                   .name("ExpertChoiceMoE")));
     } else if (m.router == "hierarchical") {
       auto o = nn::HierarchicalMoEOptions(d, m.groups, m.num_experts / m.groups)
                    .hidden_size(m.hidden)
@@ -110,7 +126,7 @@ class FeedForwardImpl : public torch::nn::Module {
       o.primary_top_k(m.top_k).secondary_top_k(m.secondary_top_k);
       if (m.importance_coef >= 0) o.importance_coef(m.importance_coef);
       if (m.load_coef >= 0) o.load_coef(m.load_coef);
-      hier = register_module("moe", nn::HierarchicalMoE(o));
+      moe = register_module("moe", as_routed(nn::HierarchicalMoE(o)));
     } else if (m.router == "hyper" || m.router == "smoe_dropout") {
       auto o = nn::HyperRouterMoEOptions(d, m.num_experts)
                    .hidden_size(m.hidden)
@@ -123,23 +139,23 @@ class FeedForwardImpl : public torch::nn::Module {
                    .z_loss_coef(std::max(0.0, m.z_loss_coef));
       if (m.k_schedule != "constant")
         o.k_schedule(TopKSchedule(schedule_mode(m.k_schedule), m.k_min, m.k_max, total_steps));
-      hyper = register_module("moe", nn::HyperRouterMoE(o));
+      moe = register_module("moe", as_routed(nn::HyperRouterMoE(o)));
     } else {
       const RouterKind kind = m.router == "softmax_topk" ? RouterKind::kSoftmaxTopK
                               : m.router == "switch"     ? RouterKind::kSwitch
                                                          : RouterKind::kNoisyTopK;
-      topk = register_module("moe",
-                             nn::SparseMoE(nn::SparseMoEOptions(d, m.num_experts)
-                                               .hidden_size(m.hidden)
-                                               .top_k(m.top_k)
-                                               .router(kind)
-                                               .activation(act)
-                                               .capacity_factor(m.capacity_factor)
-                                               .noise_epsilon(m.noise_epsilon)
-                                               .importance_coef(optional_coef(m.importance_coef))
-                                               .load_coef(optional_coef(m.load_coef))
-                                               .balance_coef(optional_coef(m.balance_coef))
-                                               .z_loss_coef(optional_coef(m.z_loss_coef))));
+      moe = register_module(
+          "moe", as_routed(nn::SparseMoE(nn::SparseMoEOptions(d, m.num_experts)
+                                                 .hidden_size(m.hidden)
+                                                 .top_k(m.top_k)
+                                                 .router(kind)
+                                                 .activation(act)
+                                                 .capacity_factor(m.capacity_factor)
+                                                 .noise_epsilon(m.noise_epsilon)
+                                                 .importance_coef(optional_coef(m.importance_coef))
+                                                 .load_coef(optional_coef(m.load_coef))
+                                                 .balance_coef(optional_coef(m.balance_coef))
+                                                 .z_loss_coef(optional_coef(m.z_loss_coef)))));
     }
   }
 
@@ -147,10 +163,7 @@ class FeedForwardImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const std::string& name, torch::Tensor* aux,
                         std::vector<LayerProbe>* probes) {
     if (!sparse_) return dense->forward(x);
-    MoEOutput r = any     ? any->forward(x)
-                  : hier  ? hier->forward(x)
-                  : hyper ? hyper->forward(x)
-                          : topk->forward(x);
+    MoEOutput r = moe->forward(x);
     *aux = *aux + r.aux_loss;
     probes->push_back({name, std::move(r.stats), {}});
     return r.output;
@@ -159,10 +172,7 @@ class FeedForwardImpl : public torch::nn::Module {
   bool sparse() const { return sparse_; }
 
   DenseFFN dense{nullptr};
-  nn::SparseMoE topk{nullptr};
-  nn::HierarchicalMoE hier{nullptr};
-  nn::TopAnyMoE any{nullptr};
-  nn::HyperRouterMoE hyper{nullptr};
+  nn::RoutedMoE moe{nullptr};  ///< any router, built by its named constructor
 
  private:
   bool sparse_;
@@ -407,13 +417,11 @@ ParameterCount count_parameters(const TrainConfig& c, Model& model) {
   double inactive = 0;
   for (const auto& p : model.module().named_parameters()) {
     n.total += p.value().numel();
-    // expert weights of MoE layers: a token uses k of E (top_any: counted as one)
+    // expert weights of MoE layers: a token uses k of E (experts_per_token)
     const auto& name = p.key();
     if (c.run.task == Task::kMultiTask || name.find(".moe.experts.") == std::string::npos) continue;
     const int64_t E = p.value().size(0);
-    const int64_t k = c.moe.router == "top_any"        ? 1
-                      : c.moe.router == "hierarchical" ? c.moe.top_k * c.moe.secondary_top_k
-                                                       : std::max(c.moe.top_k, c.moe.k_max);
+    const int64_t k = experts_per_token(c.moe);
     inactive +=
         static_cast<double>(p.value().numel()) * (1.0 - static_cast<double>(std::min(k, E)) / E);
   }

@@ -68,7 +68,7 @@ nn::RoutingRecords parse_open_records(const std::string& text, int64_t experts, 
   r.expert_counts = torch::tensor(counts.get<std::vector<int64_t>>(), torch::kLong);
   r.unrouted_sum = torch::tensor(sum.get<std::vector<double>>(), torch::kDouble);
   r.tokens = j.at("tokens").get<int64_t>();
-  r.unrouted_tokens = unrouted.get<int64_t>();
+  r.unrouted_count = torch::full({}, unrouted.get<int64_t>(), torch::kLong);
   return r;
 }
 
@@ -96,7 +96,7 @@ void save_open_records(torch::nn::Module& m, std::map<std::string, std::string>*
               {"unrouted_sum",
                std::vector<double>(sum.data_ptr<double>(), sum.data_ptr<double>() + sum.numel())},
               {"tokens", r.tokens},
-              {"unrouted_tokens", r.unrouted_tokens}};
+              {"unrouted_tokens", r.unrouted_tokens()}};
     (*meta)["top_any_records." + name] = j.dump();
   }
 }

@@ -92,7 +92,8 @@ MoESection parse_moe(const RunConfig& c) {
   MoESection m;
   m.router = one_of(
       c, "moe.router", m.router,
-      {"softmax_topk", "noisy_topk", "switch", "top_any", "hyper", "smoe_dropout", "hierarchical"});
+      {"softmax_topk", "noisy_topk", "switch", "top_any", "hyper", "smoe_dropout", "hierarchical",
+       "expert_choice"});
   m.num_experts = int_at_least(c, "moe.num_experts", m.num_experts, 1);
   m.hidden = int_at_least(c, "moe.hidden", m.hidden, 1);
   m.activation =
@@ -115,6 +116,15 @@ MoESection parse_moe(const RunConfig& c) {
     m.temperature = one_of(c, "moe.temperature", m.temperature, {"frozen", "trainable", "none"});
     m.top_any_aux_coef = number_in(c, "moe.aux_coef", m.top_any_aux_coef, 0, 1e6);
     m.top_k = 0;  // top-any: every token chooses its own k
+    return m;
+  }
+  if (m.router == "expert_choice") {  // each expert takes T·cf/E tokens; on average cf per token
+    m.capacity_factor = number_in(c, "moe.capacity_factor", 2.0, 0, 1e6);
+    if (!(m.capacity_factor > 0))
+      bad("moe.capacity_factor", std::to_string(m.capacity_factor),
+          "> 0 for expert_choice (the tokens each expert takes: T * capacity_factor / E)");
+    m.z_loss_coef = coef(c, "moe.z_loss_coef");
+    m.top_k = 0;  // no k: an expert takes tokens, a token gets 0 to E experts
     return m;
   }
   const int64_t default_k = m.router == "switch" ? 1 : 2;
@@ -173,6 +183,18 @@ MoESection parse_moe(const RunConfig& c) {
     m.noise_epsilon = number_in(c, "moe.noise_epsilon", m.noise_epsilon, 0, 1e3);
   return m;
 }
+
+}  // namespace
+
+int64_t experts_per_token(const MoESection& m) {
+  if (m.router == "top_any") return 1;
+  if (m.router == "expert_choice")
+    return std::max<int64_t>(1, static_cast<int64_t>(std::llround(m.capacity_factor)));
+  if (m.router == "hierarchical") return m.top_k * m.secondary_top_k;
+  return std::max(m.top_k, m.k_max);
+}
+
+namespace {
 
 // Every key of docs/cli.md, for any task and router.
 bool is_known_key(const std::string& key) {
@@ -311,7 +333,7 @@ TrainConfig parse_train_config(const RunConfig& c) {
     // The [moe] section is read even for a dense model: its top_k · hidden sets the dense width
     // of equal active compute.
     t.moe = parse_moe(c);
-    const int64_t k = t.moe.router == "top_any" ? 1 : t.moe.top_k;
+    const int64_t k = experts_per_token(t.moe);
     // Saturated, not wrapped: an absurd moe.hidden must reach the memory check as absurd, not
     // as a negative width blamed on model.dense_hidden.
     const int64_t equal_compute = t.moe.hidden > std::numeric_limits<int64_t>::max() / k

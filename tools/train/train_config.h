@@ -48,7 +48,8 @@ struct DataSection {
 
 /// The MoE layers of the LM and the classifier.
 struct MoESection {
-  std::string router = "noisy_topk";  ///< softmax_topk noisy_topk switch top_any hyper
+  /// softmax_topk noisy_topk switch top_any hyper smoe_dropout hierarchical expert_choice
+  std::string router = "noisy_topk";
                                       ///< smoe_dropout hierarchical
   int64_t num_experts = 8;
   int64_t top_k = 2;
@@ -56,7 +57,7 @@ struct MoESection {
   std::string activation = "relu";
   double capacity_factor = 0.0;
   double noise_epsilon = 1e-2;
-  // < 0 = the router's own default (ALGORITHMS.md); >= 0 = this coefficient
+  // < 0 = the router's own default (docs/algorithms.md); >= 0 = this coefficient
   double importance_coef = -1, load_coef = -1, balance_coef = -1, z_loss_coef = -1;
   // hierarchical: num_experts = groups · experts_per_group
   int64_t groups = 0;  ///< 0 = floor(sqrt(num_experts)) rounded to a divisor
@@ -103,6 +104,10 @@ struct TrainConfig {
   /// moe.top_k in a top_any run): ignored, and reported as a warning.
   std::vector<std::string> ignored_keys;
 };
+
+/// The experts one token uses in `m` (top_any: counted as 1, expert_choice: capacity_factor
+/// rounded), for the dense width of equal active compute and the active-parameter count.
+int64_t experts_per_token(const MoESection& m);
 
 /// Reads and checks every key; an out-of-range value or a key no task or router knows (a typo)
 /// raises std::invalid_argument naming the key, the value and what is expected.

@@ -1,5 +1,5 @@
 // The synthetic two-task regression data of MMoE (Ma et al. 2018 §3.2) with the parameters PLE
-// supplies (§5.2.1); docs/ALGORITHMS.md §4.2:
+// supplies (§5.2.1); docs/algorithms.md §4.2:
 //
 //   u1 ⊥ u2 unit vectors;  w1 = c·u1,  w2 = c·(p·u1 + sqrt(1 − p²)·u2)      (cos(w1, w2) = p)
 //   x ~ N(0, I_d);  y_k = w_kᵀx + Σ_{i=1..m} sin(α_i w_kᵀx + β_i) + ε_k,  α_i, β_i ~ N(0, 1)

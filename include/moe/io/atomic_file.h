@@ -1,5 +1,5 @@
 // Writing a file so that a reader (or a crash) never sees it half-written: a temporary file in the
-// same folder, fsync, rename over the target, fsync of the folder (RELIABILITY.md, checkpoint
+// same folder, fsync, rename over the target, fsync of the folder (docs/reliability.md, checkpoint
 // safety). A process killed at any point leaves either the old file or the new one.
 #pragma once
 

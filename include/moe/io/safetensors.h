@@ -1,6 +1,6 @@
 // safetensors files: a little-endian u64 header length N, N bytes of JSON describing each tensor
 // (dtype, shape, data_offsets into the byte buffer) plus an optional "__metadata__" string map,
-// then the byte buffer. Readable from Python without pickle (DESIGN.md §4).
+// then the byte buffer. Readable from Python without pickle (docs/design.md §4).
 #pragma once
 
 #include <torch/types.h>

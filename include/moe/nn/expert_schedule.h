@@ -1,4 +1,4 @@
-// When a TopAnyMoE layer records its routing and updates its expert set (docs/ALGORITHMS.md §2.4).
+// When a TopAnyMoE layer records its routing and updates its expert set (docs/algorithms.md §2.4).
 //
 // All schedules count the layer's training forward calls (1-based; one call per optimizer step
 // unless gradients are accumulated over micro-batches, as in the reference).

@@ -1,4 +1,4 @@
-// moe::nn::HierarchicalMoE: Shazeer et al. 2017 Appendix B (docs/ALGORITHMS.md §1.7).
+// moe::nn::HierarchicalMoE: Shazeer et al. 2017 Appendix B (docs/algorithms.md §1.7).
 //
 // a groups of b experts. A primary noisy top-k gate picks k1 groups; the secondary noisy top-k gate
 // of each picked group picks k2 of its b experts; the combine weight is the product of the two gate
@@ -7,7 +7,7 @@
 //
 // Parameters: primary_router.weight / noise_weight [a, d], secondary_router.weight / noise_weight
 // [a·b, d] (rows g·b .. g·b+b-1 belong to group g), experts.* as in SparseMoE with E = a·b
-// (expert g·b + j is expert j of group g).
+// (expert g·b + j is expert j of group g). The routing is moe::HierarchicalRouter's.
 #pragma once
 
 #include <c10/util/Optional.h>
@@ -17,7 +17,8 @@
 #include <torch/types.h>
 
 #include "moe/experts.h"
-#include "moe/stats.h"
+#include "moe/nn/routed_moe.h"
+#include "moe/routers/hierarchical_router.h"
 #include "moe/types.h"
 
 namespace moe::nn {
@@ -30,6 +31,9 @@ struct HierarchicalMoEOptions {
         groups_(groups),
         experts_per_group_(experts_per_group),
         hidden_size_(4 * d_model) {}
+  /// The router and expert-bank options these settings describe.
+  HierarchicalRouterOptions router_options() const;
+  ExpertBankOptions expert_options() const;
   /// Sets k for both levels (the paper uses k = 2 at each level).
   HierarchicalMoEOptions& top_k(int64_t k) {
     primary_top_k_ = k;
@@ -53,36 +57,27 @@ struct HierarchicalMoEOptions {
   TORCH_ARG(double, expert_init_std) = 0.02;
 };
 
-/// The primary and secondary noisy gates (zero-initialised, Shazeer §1.5).
-class HierarchicalGateImpl : public torch::nn::Cloneable<HierarchicalGateImpl> {
- public:
-  HierarchicalGateImpl(int64_t d_model, int64_t num_experts);
-  void reset() override;
-  int64_t d_model, num_experts;
-  torch::Tensor weight, noise_weight;
-};
-TORCH_MODULE(HierarchicalGate);
-
-class HierarchicalMoEImpl : public torch::nn::Cloneable<HierarchicalMoEImpl> {
+/// A named constructor of RoutedMoE (moe/nn/routed_moe.h) with a HierarchicalRouter
+/// (moe/routers/hierarchical_router.h).
+class HierarchicalMoEImpl : public RoutedMoEImpl {
  public:
   explicit HierarchicalMoEImpl(HierarchicalMoEOptions options);
-  void reset() override;
   void pretty_print(std::ostream& stream) const override;
 
   /// x: [..., d_model]. Stats are over the a·b experts (flattened group-major).
-  MoEOutput forward(const torch::Tensor& x);
+  using RoutedMoEImpl::forward;
 
-  /// Converts the experts to `dtype`; the router stays float32 (float64 when dtype is float64), as
-  /// routing in bf16 flips expert choices (RELIABILITY.md §2). Children of user modules get this
-  /// too.
-  using torch::nn::Module::to;
-  void to(torch::Dtype dtype, bool non_blocking = false) override;
-  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  /// The options this layer was built from.
+  const HierarchicalMoEOptions& layer_options() const { return layer_options_; }
 
-  HierarchicalMoEOptions options;
   HierarchicalGate primary_router = nullptr;
   HierarchicalGate secondary_router = nullptr;
-  ExpertBank experts = nullptr;
+
+ protected:
+  std::shared_ptr<RoutedMoEImpl> make_copy() const override;
+
+ private:
+  HierarchicalMoEOptions layer_options_;
 };
 TORCH_MODULE(HierarchicalMoE);
 

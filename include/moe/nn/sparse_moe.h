@@ -1,6 +1,6 @@
 // moe::nn::SparseMoE: a router (softmax top-k, Switch, Shazeer noisy top-k, SMoE-Dropout's frozen
 // random router or HyperRouter) and an expert bank
-// behind the engine's RoutingPlan (DESIGN.md §1, §3).
+// behind the engine's RoutingPlan (docs/design.md §1, §3), built as a RoutedMoE.
 //
 // Parameters: router.weight [E, d], router.noise_weight [E, d] (noisy), router.bias [E] (optional),
 //             or router.embedding / router.hypernet_* (kHyper, see moe/routers/hyper_router.h),
@@ -12,38 +12,31 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
-#include "moe/experts.h"
+#include "moe/nn/routed_moe.h"
 #include "moe/nn/sparse_moe_options.h"
 #include "moe/router.h"
-#include "moe/stats.h"
+#include "moe/routers/hyper_router.h"
 
 namespace moe::nn {
 
-class SparseMoEImpl : public torch::nn::Cloneable<SparseMoEImpl> {
+/// A named constructor of RoutedMoE (moe/nn/routed_moe.h): one TopKRouter (or a HyperRouter for
+/// RouterKind::kHyper) and one expert bank.
+class SparseMoEImpl : public RoutedMoEImpl {
  public:
   explicit SparseMoEImpl(SparseMoEOptions options);
-  void reset() override;
-  void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
 
-  /// x: [..., d_model] (any leading dims; float32, float64 or bfloat16 matching the experts).
-  MoEOutput forward(const torch::Tensor& x);
+  /// The options this layer was built from.
+  const SparseMoEOptions& layer_options() const { return layer_options_; }
 
-  /// Changes k (1 <= k <= E) from now on: a k schedule during training (TopKSchedule), or another k
-  /// at inference.
-  void set_top_k(int64_t k);
-
-  /// Converts the experts to `dtype`; the router stays float32 (float64 when dtype is float64), as
-  /// routing in bf16 flips expert choices (RELIABILITY.md §2). Children of user modules get this
-  /// too.
-  using torch::nn::Module::to;
-  void to(torch::Dtype dtype, bool non_blocking = false) override;
-  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
-
-  SparseMoEOptions options;
   TopKRouter router = nullptr;         ///< every kind but kHyper
   HyperRouter hyper_router = nullptr;  ///< kHyper (registered as "router" too)
-  ExpertBank experts = nullptr;
+
+ protected:
+  std::shared_ptr<RoutedMoEImpl> make_copy() const override;
+
+ private:
+  SparseMoEOptions layer_options_;
 };
 TORCH_MODULE(SparseMoE);
 

@@ -1,4 +1,4 @@
-// moe::nn::TopAnyMoE: DynMoE (Guo et al. 2024; docs/ALGORITHMS.md §2) on the shared engine.
+// moe::nn::TopAnyMoE: DynMoE (Guo et al. 2024; docs/algorithms.md §2) on the shared engine.
 //
 // A TopAnyRouter picks any number of experts per token (a ragged RoutingPlan), the ExpertBank
 // computes them, and the set of experts tunes itself during training: while recording, the layer
@@ -23,105 +23,85 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "moe/experts.h"
+#include "moe/nn/dynamic_experts.h"
+#include "moe/nn/routed_moe.h"
 #include "moe/nn/top_any_moe_options.h"
 #include "moe/routers/top_any_router.h"
-#include "moe/stats.h"
-
-namespace torch::optim {
-class Optimizer;
-}
 
 namespace moe::nn {
 
-/// What a recording window saw (§2.4). Layers on several ranks sum these before update_experts().
-struct RoutingRecords {
-  torch::Tensor expert_counts;  ///< R_E [E] int64: activations per slot
-  torch::Tensor unrouted_sum;   ///< R_S [d] float32 (float64 for a float64 layer)
-  int64_t tokens = 0;           ///< tokens recorded (for logging)
-  int64_t unrouted_tokens = 0;  ///< tokens that activated no expert
-};
-
-/// The result of one update. Slot indices are those before the update; in resize mode the
-/// survivors keep their order and an added expert is appended.
-struct ExpertUpdate {
-  std::vector<int64_t> removed;
-  int64_t added = -1;  ///< the new expert's index after the update, -1 if none was added
-  int64_t active_before = 0;
-  int64_t active_after = 0;
-  bool changed() const { return !removed.empty() || added >= 0; }
-};
-
-class TopAnyMoEImpl : public torch::nn::Cloneable<TopAnyMoEImpl> {
+/// A named constructor of RoutedMoE (moe/nn/routed_moe.h) with a TopAnyRouter and a
+/// DynamicExpertSet component (moe/nn/dynamic_experts.h). The methods below forward to the
+/// component (expert_set()).
+class TopAnyMoEImpl : public RoutedMoEImpl {
  public:
   explicit TopAnyMoEImpl(TopAnyMoEOptions options);
-  void reset() override;
+  /// New initial values; every expert starts as a copy of one network (copy_initial_expert).
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
 
   /// x: [..., d_model]. Training forwards advance the schedule; an update due in pool mode is
   /// applied at the start of the next forward if apply_expert_updates() was not called.
-  MoEOutput forward(const torch::Tensor& x);
+  using RoutedMoEImpl::forward;
 
-  /// Keeps the router in float32 (float64 with float64 experts), like SparseMoE.
-  using torch::nn::Module::to;
-  void to(torch::Dtype dtype, bool non_blocking = false) override;
-  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  /// The expert-set lifecycle: recording windows, updates, resizing.
+  DynamicExpertSet& expert_set() const { return *expert_set_; }
 
   /// Starts a recording window (clears the records).
-  void begin_recording();
+  void begin_recording() { expert_set_->begin_recording(); }
   /// Re-opens a recording window with the records it had so far (a training program resuming
   /// from a checkpoint taken inside a window; see records()). Checked as update_experts() checks.
-  void resume_recording(RoutingRecords records);
+  void resume_recording(RoutingRecords records) {
+    expert_set_->resume_recording(std::move(records));
+  }
   /// Ends the window and returns its records.
-  RoutingRecords finish_recording();
-  bool recording() const { return recording_; }
-  const RoutingRecords& records() const { return records_; }
+  RoutingRecords finish_recording() { return expert_set_->finish_recording(); }
+  bool recording() const { return expert_set_->recording(); }
+  const RoutingRecords& records() const { return expert_set_->records(); }
 
   /// Removes the active experts with zero activations, then adds at most one expert (§2.4).
   /// In resize mode the parameter tensors change size; pass the optimizer that holds them so that
   /// the moments of surviving experts move with them (Adam, AdamW, SGD, RMSprop, Adagrad). Call
   /// between optimizer steps: gradients of the resized tensors are cleared.
   ExpertUpdate update_experts(const RoutingRecords& records,
-                              torch::optim::Optimizer* optimizer = nullptr);
+                              torch::optim::Optimizer* optimizer = nullptr) {
+    return expert_set_->update_experts(records, optimizer);
+  }
   /// Whether a schedule has finished a window whose update is not applied yet.
-  bool update_pending() const { return pending_; }
+  bool update_pending() const { return expert_set_->update_pending(); }
   /// The records of the finished window whose update is pending.
-  const RoutingRecords& pending_records() const { return pending_records_; }
+  const RoutingRecords& pending_records() const { return expert_set_->pending_records(); }
   /// Applies the pending update (no-op without one).
-  ExpertUpdate apply_pending_update(torch::optim::Optimizer* optimizer = nullptr);
+  ExpertUpdate apply_pending_update(torch::optim::Optimizer* optimizer = nullptr) {
+    return expert_set_->apply_pending_update(optimizer);
+  }
+  /// Resize mode: sets the number of experts to n, keeping the first min(n, E); new experts get
+  /// zero rows (a zero representation never fires) until a checkpoint fills them; recording
+  /// stops. Used to load a checkpoint whose expert count differs. Pool mode: error.
+  void resize_experts(int64_t n) { expert_set_->resize_experts(n); }
 
-  /// Resize mode: sets the number of experts to n, keeping the first min(n, E); new slots get zero
-  /// rows (a zero representation never fires) until a checkpoint fills them; recording stops.
-  /// Used to load a checkpoint whose expert count differs. Pool mode: error.
-  void resize_experts(int64_t n);
-
-  int64_t num_slots() const { return router->num_slots(); }
+  /// Experts allocated (E: the pool in pool mode, the active experts in resize mode).
+  int64_t num_slots() const { return expert_set_->num_experts(); }
   int64_t num_active_experts() const { return router->num_active(); }
   /// Training forwards so far: the buffer `forward_count`, saved with checkpoints. (The records of
   /// an open recording window are not module state: a program that checkpoints inside a window
   /// saves records() itself and calls resume_recording(), as `moe train` does.)
-  int64_t forward_count() const { return forward_count_.item<int64_t>(); }
+  int64_t forward_count() const { return expert_set_->forward_count(); }
 
-  TopAnyMoEOptions options;
+  /// The options this layer was built from (the schedule as it is now).
+  const TopAnyMoEOptions& layer_options() const { return expert_set_->options(); }
+
   TopAnyRouter router = nullptr;
-  ExpertBank experts = nullptr;
+
+ protected:
+  std::shared_ptr<RoutedMoEImpl> make_copy() const override;
 
  private:
-  void record(const torch::Tensor& x, const TopAnyRouting& r);
-  ExpertUpdate update_pool(const RoutingRecords& rec, torch::optim::Optimizer* optimizer);
-  ExpertUpdate update_resize(const RoutingRecords& rec, torch::optim::Optimizer* optimizer);
-  void check_records(const RoutingRecords& rec) const;
-  void copy_template_into(int64_t slot);
-
-  std::vector<torch::Tensor> template_;  // w1, w2, w3, b1, b2 of the initial network (or undefined)
-  RoutingRecords records_;
-  RoutingRecords pending_records_;
-  bool recording_ = false;
-  bool pending_ = false;
-  torch::Tensor forward_count_;  // buffer "forward_count" [1] int64
+  std::shared_ptr<DynamicExpertSet> expert_set_;
 };
 TORCH_MODULE(TopAnyMoE);
 

@@ -1,4 +1,4 @@
-// Options of moe::nn::TopAnyMoE (DynMoE, docs/ALGORITHMS.md §2).
+// Options of moe::nn::TopAnyMoE (DynMoE, docs/algorithms.md §2).
 #pragma once
 
 #include <c10/util/Optional.h>

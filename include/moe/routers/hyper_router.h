@@ -1,4 +1,4 @@
-// HyperRouter (Do et al., EMNLP 2023; docs/ALGORITHMS.md §3.2): the router's weight and bias are
+// HyperRouter (Do et al., EMNLP 2023; docs/algorithms.md §3.2): the router's weight and bias are
 // generated on every training forward by a frozen random hyper-network from a trainable embedding:
 //
 //   θ = W2·relu(W1·e + b1) + b2        θ ∈ R^{E·(d+1)}, reshaped to [E, d+1]
@@ -46,20 +46,21 @@ class HyperRouterImpl : public torch::nn::Cloneable<HyperRouterImpl>, public Rou
  public:
   explicit HyperRouterImpl(HyperRouterOptions options);
   void reset() override;
-  void reset_parameters();
+  void reset_parameters() override;
   void pretty_print(std::ostream& stream) const override;
 
-  RouterOutput route(const torch::Tensor& x) override;
-  RouterOutput forward(const torch::Tensor& x) { return route(x); }
+  RoutingResult route(const torch::Tensor& x) override;
+  RoutingResult forward(const torch::Tensor& x) { return route(x); }
   int64_t num_experts() const override { return options.num_experts(); }
+  std::string kind() const override { return "hyper"; }
 
   /// The generated router (W_r [E, d], b_r [E]), differentiable w.r.t. the embedding. In eval mode
   /// route() computes it once and reuses it until the embedding (or the hyper-network) changes or
   /// the module goes back to training.
   std::pair<torch::Tensor, torch::Tensor> generate() const;
   /// Sets k (1 <= k <= E), e.g. from a TopKSchedule or to evaluate at another k.
-  void set_top_k(int64_t k);
-  int64_t top_k() const { return options.top_k(); }
+  void set_top_k(int64_t k) override;
+  int64_t top_k() const override { return options.top_k(); }
   /// Whether the next eval route() would reuse the cached router.
   bool cache_valid() const;
 

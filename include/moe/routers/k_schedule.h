@@ -1,5 +1,5 @@
 // The number of experts per token as a function of the training step: SMoE-Dropout's "dropout" is a
-// k that grows during training, and HyperRouter trains with the same schedule (ALGORITHMS.md §3.1).
+// k that grows in training; HyperRouter trains with the same schedule (docs/algorithms.md §3.1).
 #pragma once
 
 #include <cstdint>

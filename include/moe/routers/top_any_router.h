@@ -1,4 +1,4 @@
-// TopAnyRouter: DynMoE's top-any gating (Guo et al. 2024; docs/ALGORITHMS.md §2.1–§2.3).
+// TopAnyRouter: DynMoE's top-any gating (Guo et al. 2024; docs/algorithms.md §2.1–§2.3).
 //
 // Each of E slots has a trainable representation (a row of router.weight) and a trainable
 // threshold. A token activates every active slot whose sigmoid cosine score exceeds the slot's
@@ -19,7 +19,10 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "moe/router.h"
 #include "moe/types.h"
 
 namespace moe {
@@ -73,29 +76,39 @@ struct TopAnyRouterOptions {
   TORCH_ARG(std::string, name) = "TopAnyRouter";  ///< the layer named in error messages
 };
 
-/// The routing decision of one forward pass of a TopAnyRouter.
+/// The routing decision of one forward pass of a TopAnyRouter, with its diagnostics.
 struct TopAnyRouting {
   torch::Tensor expert_index;  ///< [T, E] int64: e where token t uses expert e, else -1
-  torch::Tensor gate;          ///< [T, E] combine weights (1/k on used slots), differentiable
+  torch::Tensor gate;          ///< [T, E] combine weights (1/k on used experts), differentiable
   torch::Tensor scores;        ///< [T, E] sigmoid scores s (0 at free slots), detached
   torch::Tensor fired;         ///< [T, E] bool: s > threshold (before the inference fallback)
   torch::Tensor unrouted;      ///< [T] bool: tokens that activated no expert (before the fallback)
   torch::Tensor aux_loss;      ///< 0-dim, weighted by aux_loss_coef; 0 in eval by default
-  /// The unweighted terms, detached, for logging (0 when switched off or not computed).
-  double diversity = 0, simplicity = 0, balance = 0, efficiency = 0;
-  int64_t skipped_tokens = 0;  ///< non-finite tokens under NonFinitePolicy::kSkip
+  /// The unweighted terms that were computed ("diversity", "simplicity", "balance",
+  /// "efficiency"), detached 0-dim tensors.
+  std::vector<std::pair<std::string, torch::Tensor>> loss_terms;
+  torch::Tensor skipped_tokens;  ///< 0-dim int64: non-finite tokens under NonFinitePolicy::kSkip
+  torch::Tensor active_count;    ///< 0-dim int64: active experts
+
+  /// The unweighted term `name` as a number, 0 when it was switched off or not computed.
+  double term(const std::string& name) const;
+  /// As the routed layer sees it (importance = gate mass, load = tokens per expert).
+  RoutingResult result() const;
 };
 
-class TopAnyRouterImpl : public torch::nn::Cloneable<TopAnyRouterImpl> {
+class TopAnyRouterImpl : public torch::nn::Cloneable<TopAnyRouterImpl>, public RouterInterface {
  public:
   explicit TopAnyRouterImpl(TopAnyRouterOptions options);
   void reset() override;
-  void reset_parameters();
+  void reset_parameters() override;
   void pretty_print(std::ostream& stream) const override;
 
   /// x: [T, d] (any float dtype; computed in float32, float64 for float64 input).
-  TopAnyRouting route(const torch::Tensor& x);
-  TopAnyRouting forward(const torch::Tensor& x) { return route(x); }
+  TopAnyRouting decide(const torch::Tensor& x);
+  RoutingResult route(const torch::Tensor& x) override { return decide(x).result(); }
+  TopAnyRouting forward(const torch::Tensor& x) { return decide(x); }
+  int64_t num_experts() const override { return num_slots(); }
+  std::string kind() const override { return "top_any"; }
 
   int64_t num_slots() const { return weight.size(0); }
   int64_t num_active() const;

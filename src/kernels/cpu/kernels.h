@@ -1,6 +1,6 @@
 // CPU kernels of the sparse MoE engine: raw pointers and sizes in, nothing out but the buffers.
 //
-// No torch frontend header here (DESIGN.md §2): the core wraps these with Tensor checks. Every
+// No torch frontend header here (docs/design.md §2): the core wraps these with Tensor checks. Every
 // kernel is deterministic: each output element is written by one task, and a token's contributions
 // are summed in a fixed order (the plan's expert-major order), never with atomics.
 //
@@ -45,7 +45,7 @@ void hidden_output_backward(T* g, const T* a, const T* w, int64_t n, int64_t h, 
 template <typename T>
 void topk_rows(const T* v, int64_t rows, int64_t cols, int64_t k, int64_t* idx, T* val);
 
-/// Fused softmax top-k router pass, one token per task (docs/ALGORITHMS.md §5.1, §5.2, §5.3):
+/// Fused softmax top-k router pass, one token per task (docs/algorithms.md §5.1, §5.2, §5.3):
 /// lse[t] = logsumexp(logits[t]); idx[t] = the k largest logits (ties to the lowest index);
 /// gate[t, j] = softmax(logits[t])[idx[t, j]], renormalised over the k when `normalize`.
 /// Logits must be finite (callers check first).

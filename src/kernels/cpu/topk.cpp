@@ -1,5 +1,5 @@
 // Row-wise top-k with a deterministic tie-break: the lowest column index wins (as t2t's _MyTopK,
-// docs/ALGORITHMS.md §1.9). torch::topk gives no order among ties, so routing uses this instead.
+// docs/algorithms.md §1.9). torch::topk gives no order among ties, so routing uses this instead.
 #include <ATen/Parallel.h>
 
 #include <algorithm>

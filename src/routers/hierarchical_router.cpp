@@ -1,0 +1,138 @@
+// HierarchicalRouter (Shazeer et al. 2017, Appendix B; include/moe/routers/hierarchical_router.h,
+// docs/algorithms.md §1.7).
+#include "moe/routers/hierarchical_router.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <ostream>
+
+#include "moe/gating.h"
+#include "moe/losses.h"
+#include "routers/non_finite.h"
+#include "routers/top_k_routing.h"
+
+namespace moe {
+
+HierarchicalGateImpl::HierarchicalGateImpl(int64_t d_model_, int64_t num_experts_)
+    : d_model(d_model_), num_experts(num_experts_) {
+  reset();
+}
+
+void HierarchicalGateImpl::reset() {
+  // Zero init (Shazeer §1.5): routing starts uniformly random through the noise alone.
+  weight = register_parameter("weight", torch::zeros({num_experts, d_model}));
+  noise_weight = register_parameter("noise_weight", torch::zeros({num_experts, d_model}));
+}
+
+HierarchicalRouterImpl::HierarchicalRouterImpl(HierarchicalRouterOptions options_)
+    : options(std::move(options_)) {
+  const auto& o = options;
+  const auto& who = o.name();
+  TORCH_CHECK_VALUE(o.d_model() >= 1, who, ": d_model must be >= 1, got ", o.d_model());
+  TORCH_CHECK_VALUE(o.groups() >= 1, who, ": groups must be >= 1, got ", o.groups());
+  TORCH_CHECK_VALUE(o.experts_per_group() >= 1, who, ": experts_per_group must be >= 1, got ",
+                    o.experts_per_group());
+  TORCH_CHECK_VALUE(o.primary_top_k() >= 1 && o.primary_top_k() <= o.groups(), who,
+                    ": primary_top_k must be in [1, groups=", o.groups(), "], got ",
+                    o.primary_top_k());
+  TORCH_CHECK_VALUE(o.secondary_top_k() >= 1 && o.secondary_top_k() <= o.experts_per_group(), who,
+                    ": secondary_top_k must be in [1, experts_per_group=", o.experts_per_group(),
+                    "], got ", o.secondary_top_k());
+  TORCH_CHECK_VALUE(std::isfinite(o.noise_epsilon()) && o.noise_epsilon() >= 0, who,
+                    ": noise_epsilon must be finite and >= 0, got ", o.noise_epsilon());
+  TORCH_CHECK_VALUE(std::isfinite(o.importance_coef()) && o.importance_coef() >= 0, who,
+                    ": importance_coef must be finite and >= 0, got ", o.importance_coef());
+  TORCH_CHECK_VALUE(std::isfinite(o.load_coef()) && o.load_coef() >= 0, who,
+                    ": load_coef must be finite and >= 0, got ", o.load_coef());
+  reset();
+}
+
+void HierarchicalRouterImpl::reset() {
+  const int64_t a = options.groups(), b = options.experts_per_group();
+  primary_router = register_module("primary_router", HierarchicalGate(options.d_model(), a));
+  secondary_router =
+      register_module("secondary_router", HierarchicalGate(options.d_model(), a * b));
+}
+
+void HierarchicalRouterImpl::pretty_print(std::ostream& stream) const {
+  stream << "moe::HierarchicalRouter(d_model=" << options.d_model()
+         << ", groups=" << options.groups() << ", experts_per_group=" << options.experts_per_group()
+         << ", top_k=(" << options.primary_top_k() << ", " << options.secondary_top_k() << "))";
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>
+HierarchicalRouterImpl::layer_modules() {
+  return {{"primary_router", primary_router.ptr()}, {"secondary_router", secondary_router.ptr()}};
+}
+
+RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
+  const auto& who = options.name();
+  detail::check_router_input(x, options.d_model(), who);
+  const int64_t T = x.size(0), a = options.groups(), b = options.experts_per_group();
+  const int64_t k1 = options.primary_top_k(), k2 = options.secondary_top_k();
+  const auto rd = router_dtype(x.scalar_type());
+  auto xr = x.to(rd);
+  const auto Wp = primary_router->weight.to(rd), Np = primary_router->noise_weight.to(rd);
+  const auto Ws = secondary_router->weight.to(rd), Ns = secondary_router->noise_weight.to(rd);
+  auto pl = at::linear(xr, Wp);
+  auto sl = at::linear(xr, Ws);
+
+  const auto finite = detail::check_finite_tokens(at::cat({pl, sl}, 1), options.non_finite(), who,
+                                                  "router logits");
+  const auto& valid = finite.valid;
+  if (valid.defined()) {
+    xr = detail::zero_invalid_rows(xr, valid);
+    pl = at::linear(xr, Wp);
+    sl = at::linear(xr, Ws);
+  }
+
+  // Noise: the secondary draw comes first, so that with one group the secondary gate sees exactly
+  // the noise a flat noisy top-k router with the same seed would.
+  const bool train = is_training();
+  const auto s_noise = train ? at::randn_like(sl) : torch::Tensor();
+  const auto p_noise = train ? at::randn_like(pl) : torch::Tensor();
+  const auto gp =
+      noisy_top_k_gating(pl, at::linear(xr, Np), p_noise, k1, options.noise_epsilon(), valid);
+
+  // Secondary gates on rows (t, g); a row is valid iff the primary gate picked g for t (X^(g)).
+  auto picked = at::zeros({T, a}, x.options().dtype(at::kBool));
+  picked.scatter_(1, gp.expert_index.clamp_min(0), gp.expert_index >= 0);
+  const auto s_rows = [&](const torch::Tensor& t) {
+    return t.defined() ? t.reshape({T * a, b}) : t;
+  };
+  const auto gs = noisy_top_k_gating(s_rows(sl), s_rows(at::linear(xr, Ns)), s_rows(s_noise), k2,
+                                     options.noise_epsilon(), picked.reshape({-1}));
+
+  // Product choices: choice (s1, s2) of token t -> expert g·b + j with weight Gp(x)_g · G_g(x)_j
+  // (Eq. 12).
+  const auto gidx = gp.expert_index.clamp_min(0).unsqueeze(2).expand({T, k1, k2});
+  const auto s_idx = gs.expert_index.reshape({T, a, k2}).gather(1, gidx);
+  const auto s_gate = gs.gate.reshape({T, a, k2}).gather(1, gidx);
+  const auto primary_ok = (gp.expert_index >= 0).unsqueeze(2);
+  RoutingResult out;
+  out.expert_index = at::where(primary_ok.logical_and(s_idx >= 0), gidx * b + s_idx,
+                               at::full({}, -1, gidx.options()))
+                         .reshape({T, k1 * k2});
+  out.gate = (gp.gate.unsqueeze(2) * s_gate).reshape({T, k1 * k2});
+
+  // Importance_H (Eq. 13) and Load_H (Eq. 14) over the a·b experts.
+  out.importance = importance(out.expert_index, out.gate, a * b);
+  const auto true_load = assignment_counts(gp.expert_index, a, pl.options());  // |X^(g)|
+  const auto s_load = gs.in_top_k.reshape({T, a, b}).sum(0);                   // Load_g(X^(g))_j
+  out.load = ((gp.load / (true_load + 1e-10)).unsqueeze(1) * s_load).reshape({-1});
+
+  out.skipped_tokens = finite.skipped;
+  out.assigned = (T - finite.skipped) * (k1 * k2);
+  out.dropped = at::zeros({}, out.assigned.options());
+  auto aux = (pl.sum() + sl.sum()) * 0.0;
+  if (train || options.aux_loss_in_eval()) {
+    const auto imp = cv_squared(out.importance), load = cv_squared(out.load);
+    aux = aux + options.importance_coef() * imp + options.load_coef() * load;
+    out.loss_terms = {{"importance", imp.detach()}, {"load", load.detach()}};
+  }
+  out.aux_loss = aux;
+  return out;
+}
+
+}  // namespace moe

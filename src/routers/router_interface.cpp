@@ -1,0 +1,26 @@
+// The defaults of RouterInterface and RoutingResult (include/moe/router.h).
+#include <ATen/ATen.h>
+
+#include "moe/router.h"
+
+namespace moe {
+
+torch::Tensor RoutingResult::loss_term(const std::string& name) const {
+  for (const auto& [n, t] : loss_terms)
+    if (n == name) return t;
+  return {};
+}
+
+void RouterInterface::set_top_k(int64_t k) {
+  TORCH_CHECK_VALUE(false, "the ", kind(), " router has no top_k to set (asked for k=", k,
+                    "); its number of experts per token is not fixed");
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>
+RouterInterface::layer_modules() {
+  auto* module = dynamic_cast<torch::nn::Module*>(this);
+  TORCH_CHECK(module != nullptr, "the ", kind(), " router is not a torch::nn::Module");
+  return {{"router", module->shared_from_this()}};
+}
+
+}  // namespace moe

@@ -1,0 +1,42 @@
+// The routing every top-k router shares once it has a way to compute logits: non-finite policy,
+// gating (softmax or noisy top-k), importance and load, capacity, auxiliary losses
+// (docs/algorithms.md §1, §3, §5). TopKRouter and HyperRouter differ only in where their linear
+// map comes from.
+#pragma once
+
+#include <torch/types.h>
+
+#include <functional>
+#include <string>
+
+#include "moe/router.h"
+
+namespace moe::detail {
+
+/// How a top-k router turns logits into a routing result.
+struct TopKRule {
+  RouterKind kind = RouterKind::kSoftmaxTopK;  ///< kNoisyTopK adds noise; others are softmax
+  int64_t num_experts = 0;
+  int64_t top_k = 1;
+  bool normalize = true;  ///< softmax kinds: renormalise over the k kept
+  double noise_epsilon = 1e-2;
+  double capacity_factor = 0.0;  ///< 0 = dropless
+  int64_t min_capacity = 0;
+  LossCoefficients coefficients;
+  bool aux_loss_in_eval = false;
+  NonFinitePolicy non_finite = NonFinitePolicy::kError;
+  std::string who;
+};
+
+/// A linear map of router-dtype tokens [T, d] to [T, E] (an undefined function = not used).
+using LogitsOf = std::function<torch::Tensor(const torch::Tensor&)>;
+
+/// Routes the router-dtype tokens `xr` [T, d]. `noise_logits_of` is needed for kNoisyTopK only.
+/// `training` draws the gating noise and computes the auxiliary losses.
+RoutingResult route_top_k(torch::Tensor xr, const LogitsOf& logits_of,
+                          const LogitsOf& noise_logits_of, const TopKRule& rule, bool training);
+
+/// Checks a router input: [T, d_model].
+void check_router_input(const torch::Tensor& x, int64_t d_model, const std::string& who);
+
+}  // namespace moe::detail
