@@ -5,9 +5,11 @@
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/linear.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
+#include "moe/functional.h"
 #include "moe/gating.h"
 #include "moe/losses.h"
 #include "moe/matmul.h"
@@ -87,6 +89,11 @@ void check_common(int64_t d_in, int64_t tasks, const std::vector<int64_t>& body,
   TORCH_CHECK_VALUE(out_dim >= 1, who, ": task_output_dim must be >= 1, got ", out_dim);
 }
 
+// The slot table of every (token, expert) pair: slot e of every token is expert e, [T, E] int64.
+torch::Tensor all_pairs(int64_t T, int64_t E) {
+  return at::arange(E, at::kLong).unsqueeze(0).expand({T, E});
+}
+
 }  // namespace
 
 // --- StackedMLP
@@ -115,24 +122,54 @@ void StackedMLPImpl::reset() {
   }
 }
 
+// The engine (functional::expert_mlp) computes Σ_p w_p·(act(x·w1 + b1)·w2 + b2) over a plan's
+// pairs: two linear layers with an activation between, and an output as wide as the input. Here
+// every engine row is one (token, expert) pair (`rows`: one expert per row, weight 1), so the
+// engine returns each pair's output, and one call runs two Linear + ReLU layers of the stack: w1,
+// b1 = layer l with ReLU, w2, b2 = layer l + 1, whose ReLU the caller applies. A last layer without
+// a partner gets w2 = the identity (no gradient; it costs one more GEMM per expert forward and two
+// backward). Input and output widths differ in general: both are zero-padded to D = max(in, out)
+// (zero input columns meet zero rows of w1; the output's padding columns are dropped).
+torch::Tensor StackedMLPImpl::two_layers_on_engine(size_t l, const torch::Tensor& h,
+                                                   const RoutingPlan& rows) const {
+  const bool pair = l + 1 < weights.size();
+  const auto& w = weights[l];
+  const int64_t in = w.size(1), out = pair ? weights[l + 1].size(2) : w.size(2);
+  const int64_t D = std::max(in, out);
+  auto pad_last = [](const torch::Tensor& t, int64_t n) {
+    return n > 0 ? at::constant_pad_nd(t, {0, n}) : t;
+  };
+  torch::Tensor w2, b2;
+  if (pair) {
+    w2 = pad_last(weights[l + 1], D - out);
+    b2 = pad_last(biases[l + 1], D - out);
+  } else {  // (at::eye has no bf16 kernel: built in float32, exact in every dtype)
+    w2 = at::eye(out, D, w.options().dtype(at::kFloat))
+             .to(w.scalar_type())
+             .expand({num_experts_, out, D})
+             .contiguous();
+  }
+  const auto w1 = in < D ? at::constant_pad_nd(w, {0, 0, 0, D - in}) : w;
+  const auto y =
+      functional::expert_mlp(pad_last(h, D - in), rows, at::ones({rows.num_pairs()}, h.options()),
+                             {w1, w2, {}, biases[l], b2}, Activation::kReLU);
+  return out < D ? y.narrow(1, 0, out) : y;
+}
+
 torch::Tensor StackedMLPImpl::forward(const torch::Tensor& x) {
-  auto h = x.unsqueeze(0).expand({num_experts_, x.size(0), x.size(1)});
-  for (size_t l = 0; l < weights.size(); ++l)
-    h = at::relu(ops::baddbmm(biases[l].unsqueeze(1), h, weights[l]));
-  return h;  // [E, T, out]
+  const int64_t T = x.size(0);
+  const auto plan = build_routing_plan(all_pairs(T, num_experts_), num_experts_);
+  return forward_pairs(x, plan).view({num_experts_, T, out_dim()});  // expert-major: [E, T, out]
 }
 
 torch::Tensor StackedMLPImpl::forward_pairs(const torch::Tensor& x, const RoutingPlan& plan) {
-  const auto offsets = plan.expert_offsets.to(at::kCPU);
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  auto h = x.index_select(0, plan.token_index);  // [P, in], expert-major
-  for (size_t l = 0; l < weights.size(); ++l) {
-    std::vector<torch::Tensor> parts;
-    for (int64_t e = 0; e < num_experts_; ++e) {
-      if (off[e + 1] == off[e]) continue;
-      parts.push_back(ops::addmm(biases[l][e], h.slice(0, off[e], off[e + 1]), weights[l][e]));
-    }
-    h = parts.empty() ? at::zeros({0, hidden_[l]}, x.options()) : at::relu(at::cat(parts, 0));
+  // Row r of the pair rows is pair r of the plan (expert-major), and goes to that pair's expert.
+  const auto experts = at::repeat_interleave(plan.tokens_per_expert()).unsqueeze(1);
+  const auto rows = build_routing_plan(experts, num_experts_);
+  auto h = x.index_select(0, plan.token_index);  // [P, in]
+  for (size_t l = 0; l < weights.size(); l += 2) {
+    h = two_layers_on_engine(l, h, rows);
+    if (l + 1 < weights.size()) h = at::relu(h);  // layer l + 1's ReLU
   }
   return h;
 }
@@ -188,25 +225,30 @@ torch::Tensor TaskGateImpl::forward(const torch::Tensor& x, torch::Tensor* aux) 
 // --- mixing
 // ----------------------------------------------------------------------------------------
 
+// Each gate weighs the same experts' outputs with its own weights. The engine's combine sums a
+// token's pairs with one weight per pair, so combining inside the engine would take one engine
+// pass per gate (the experts recomputed for every gate); and for experts of several layers it is
+// not possible at all: the gate mixes the last layer's outputs, whose inputs differ per expert,
+// while the engine reads every pair's input at its token's row. So the experts run once on the
+// engine over the pairs that any gate uses (forward_pairs, weight 1) and each gate sums its pairs,
+// in plan order (expert by expert, as the engine sums).
 std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor& x,
                                        const std::vector<torch::Tensor>& gates, bool sparse) {
-  std::vector<torch::Tensor> out;
-  if (!sparse) {
-    const auto y = experts->forward(x);  // [E, T, out]
-    for (const auto& g : gates) out.push_back(ops::einsum("te,eto->to", {g, y}));
-    return out;
-  }
-  // The union of the gates' selections is one ragged plan; each gate weighs the pairs it chose.
   const int64_t T = x.size(0), E = experts->num_experts();
-  auto used = at::zeros({T, E}, x.options().dtype(at::kBool));
-  for (const auto& g : gates) used = used | (g.detach() != 0);
-  const auto ids = at::arange(E, x.options().dtype(at::kLong)).unsqueeze(0).expand({T, E});
-  const auto plan = build_routing_plan(at::where(used, ids, at::full({}, -1, at::kLong)), E);
+  // Slot e of token t is expert e where a gate uses it: every slot for dense gates.
+  auto slots = all_pairs(T, E);
+  if (sparse) {
+    auto used = at::zeros({T, E}, x.options().dtype(at::kBool));
+    for (const auto& g : gates) used = used | (g.detach() != 0);
+    slots = at::where(used.to(at::kCPU), slots, at::full({}, -1, at::kLong));
+  }
+  const auto plan = build_routing_plan(slots, E);
   const auto y = experts->forward_pairs(x, plan);  // [P, out]
   // bf16 sums each token's pairs in float32 and rounds once, as the engine does.
   const auto acc = y.scalar_type() == at::kBFloat16 ? at::kFloat : y.scalar_type();
+  std::vector<torch::Tensor> out;
   for (const auto& g : gates) {
-    const auto w = g.reshape(-1).index_select(0, plan.pair_slot);
+    const auto w = pair_weights(plan, g);  // g[t, e] of every pair (slot e is expert e)
     out.push_back(at::zeros({T, experts->out_dim()}, y.options().dtype(acc))
                       .index_add(0, plan.token_index, (y * w.unsqueeze(1)).to(acc))
                       .to(y.scalar_type()));

@@ -1,12 +1,14 @@
-// Multi-task models (Ma et al. KDD 2018; Tang et al. RecSys 2020; docs/ALGORITHMS.md §4), each
+// Multi-task models (Ma et al. KDD 2018; Tang et al. RecSys 2020; docs/algorithms.md §4), each
 // returning one output per task:
 //   SharedBottom  y_k = t_k(f(x))
 //   MMoE          y_k = t_k(Σ_i g_k(x)_i f_i(x)),  g_k = softmax(W_k x)    (OMoE: one gate for all)
 //   PLE / CGC     levels of task-specific + shared experts; task k's gate mixes its own and the
 //                 shared experts, the shared gate (not on the last level) mixes all of them (§4.4)
 //
-// Experts of one group are stacked ([E, in, out] weights) and evaluated together: one batched GEMM
-// per layer for dense gates, per-expert segments of a RoutingPlan for sparse (top-k) gates.
+// Experts of one group are stacked ([E, in, out] weights) and run on the library's expert engine
+// (functional::expert_mlp, the function behind ExpertBank) over a RoutingPlan: every token to every
+// expert for dense gates, the union of the gates' selections for sparse (top-k) gates. Each gate
+// then weighs the experts' outputs (mix_experts says why the gates combine outside the engine).
 //
 // Parameter names: MMoE experts.w{l} [E, in, out], experts.b{l} [E, out], gates.{k}.weight [E, in]
 // (.bias, .hidden.*), towers.{k}.{i}.weight/bias; PLE levels.{j}.task_experts.{k}.w{l},
@@ -40,15 +42,16 @@ namespace nn {
 
 /// E MLPs of the same shape, stacked: layer l has w{l} [E, in_l, out_l] and b{l} [E, out_l]; ReLU
 /// after every layer (the experts of the papers are Linear + ReLU). Init: U(±1/sqrt(in_l)) as
-/// torch::nn::Linear.
+/// torch::nn::Linear. Evaluated on the expert engine (functional::expert_mlp), one call per two
+/// layers.
 class StackedMLPImpl : public torch::nn::Cloneable<StackedMLPImpl> {
  public:
   StackedMLPImpl(int64_t num_experts, int64_t in, std::vector<int64_t> hidden);
   void reset() override;
   /// Every expert on every row: x [T, in] → [E, T, out].
   torch::Tensor forward(const torch::Tensor& x);
-  /// Only the pairs of a plan: rows x[token_index] of each expert's segment → [P, out] in plan
-  /// order.
+  /// Only the pairs of a plan: expert e(p) on row x[token_index[p]] for every pair p → [P, out] in
+  /// plan order (expert-major).
   torch::Tensor forward_pairs(const torch::Tensor& x, const RoutingPlan& plan);
   int64_t num_experts() const { return num_experts_; }
   int64_t out_dim() const { return hidden_.back(); }
@@ -56,6 +59,10 @@ class StackedMLPImpl : public torch::nn::Cloneable<StackedMLPImpl> {
   std::vector<torch::Tensor> weights, biases;
 
  private:
+  /// Layers l and l + 1 (l alone when last) of every expert on rows h [P, in_l], one expert per
+  /// row → [P, out]: layer l + 1 before its ReLU, or layer l after its ReLU.
+  torch::Tensor two_layers_on_engine(size_t l, const torch::Tensor& h,
+                                     const RoutingPlan& rows) const;
   int64_t num_experts_, in_;
   std::vector<int64_t> hidden_;
 };
@@ -80,8 +87,10 @@ class TaskGateImpl : public torch::nn::Cloneable<TaskGateImpl> {
 };
 TORCH_MODULE(TaskGate);
 
-/// Σ_e gate[t, e]·expert_e(x[t]) for every gate that reads the same experts, dense or through a
-/// RoutingPlan over the union of the gates' selections. Returns one [T, out] per gate.
+/// Σ_e gate[t, e]·expert_e(x[t]) for every gate that reads the same experts. The experts run once
+/// on the engine over the pairs the gates use (every (token, expert) pair for dense gates, the
+/// union of the selections for sparse ones) and each gate weighs their outputs. Returns one [T,
+/// out] per gate.
 std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor& x,
                                        const std::vector<torch::Tensor>& gates, bool sparse);
 
