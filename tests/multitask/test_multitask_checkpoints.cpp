@@ -1,15 +1,18 @@
 // Checkpoints and legacy parameter names (include/moe/io/checkpoint.h, io::LegacyNames): a module
 // that declares the names an earlier version saved loads files written with them, through the
-// whole map or not at all.
+// whole map or not at all; the multi-task models' names (include/moe/nn/multitask.h) and the
+// checkpoints written before they changed (tests/fixtures/multitask_v1).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/nn/cloneable.h>
 
 #include <map>
+#include <set>
 #include <string>
 
 #include "moe/io/checkpoint.h"
 #include "moe/io/safetensors.h"
+#include "moe/nn/multitask.h"
 #include "support/test_util.h"
 
 namespace {
@@ -91,6 +94,83 @@ TEST(LegacyNames, AnIncompleteOldLayoutIsNotGuessed) {
                                    {"child.c", torch::randn({4})}});
   EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*m, path); },
                               {"tensor 'child.w0' has shape [5, 3]", "[2, 3] in the model"}));
+}
+
+// The names of the header: expert layers from 1, MLP layers counting Linear layers only.
+TEST(MultiTaskCheckpoints, ParameterNamesFollowTheHeader) {
+  using moe::nn::TaskGateOptions;
+  moe::nn::MMoE m(moe::nn::MMoEOptions(5, 3, 1).expert_hidden({6, 4}).tower_hidden({3, 2}).gate(
+      TaskGateOptions().hidden({4, 3}).bias(true)));
+  std::set<std::string> names;
+  for (const auto& p : m->named_parameters()) names.insert(p.key());
+  EXPECT_EQ(names, (std::set<std::string>{
+                       "experts.w1", "experts.b1", "experts.w2", "experts.b2", "gates.0.weight",
+                       "gates.0.bias", "gates.0.hidden.0.weight", "gates.0.hidden.0.bias",
+                       "gates.0.hidden.1.weight", "gates.0.hidden.1.bias", "towers.0.0.weight",
+                       "towers.0.0.bias", "towers.0.1.weight", "towers.0.1.bias",
+                       "towers.0.2.weight", "towers.0.2.bias"}));
+  EXPECT_EQ(m->named_parameters()["experts.w1"].sizes(), (std::vector<int64_t>{3, 5, 6}));
+  EXPECT_EQ(m->named_parameters()["towers.0.1.weight"].sizes(), (std::vector<int64_t>{2, 3}));
+  moe::nn::SharedBottom s(moe::nn::SharedBottomOptions(5, 1).bottom_hidden({6, 4}));
+  EXPECT_TRUE(s->named_parameters().contains("bottom.1.weight"));
+  moe::nn::PLE p(moe::nn::PLEOptions(5, 2).levels(2).expert_hidden({4}));
+  EXPECT_TRUE(p->named_parameters().contains("levels.1.task_experts.1.w1"));
+  EXPECT_TRUE(p->named_parameters().contains("levels.0.shared_experts.b1"));
+}
+
+// Loads tests/fixtures/multitask_v1/<name>.safetensors (written with the names of 363b33d:
+// experts.w0, towers.0.2, ...) into `model`, built as tests/fixtures/make_multitask_checkpoints.cpp
+// built it, and checks the eval outputs against the ones that code computed; then saves with
+// today's names and checks that those load by their own names with the same outputs.
+template <typename Model>
+void check_v1_fixture(const std::string& name, Model model) {
+  SCOPED_TRACE(name);
+  const std::string dir = std::string(MOE_TEST_FIXTURES) + "/multitask_v1/";
+  const auto file = moe::io::load_safetensors(dir + name + ".safetensors");
+  EXPECT_FALSE(moe::io::legacy_sources(*model, file).empty());
+  moe::io::load_module(*model, dir + name + ".safetensors");
+  model->eval();
+  const auto io = moe::io::load_safetensors(dir + name + ".io.safetensors");
+  const auto x = io.find("x");
+  const auto out = model->forward(x);
+  ASSERT_EQ(out.outputs.size(), 2u);
+  for (size_t k = 0; k < out.outputs.size(); ++k) {
+    // The experts now run on the engine: the same products, summed in another order.
+    EXPECT_CLOSE(out.outputs[k], io.find("y" + std::to_string(k)), 1e-5, 1e-6) << "task " << k;
+  }
+  mt::TempDir tmp;
+  const auto path = (tmp.path / "today.safetensors").string();
+  moe::io::save_module(*model, path);
+  EXPECT_TRUE(moe::io::legacy_sources(*model, moe::io::load_safetensors(path)).empty());
+  auto fresh = std::dynamic_pointer_cast<typename Model::ContainedType>(model->clone());
+  {
+    torch::NoGradGuard g;
+    for (auto& p : fresh->parameters()) p.zero_();
+  }
+  moe::io::load_module(*fresh, path);
+  fresh->eval();
+  const auto again = fresh->forward(x);
+  for (size_t k = 0; k < out.outputs.size(); ++k)
+    EXPECT_TRUE(mt::bitwise_equal(again.outputs[k], out.outputs[k])) << "task " << k;
+}
+
+TEST(MultiTaskCheckpoints, Version1FilesLoadThroughTheLegacyNames) {
+  using namespace moe::nn;
+  check_v1_fixture("mmoe",
+                   MMoE(MMoEOptions(5, 3, 2).expert_hidden({6, 4}).tower_hidden({3, 2}).gate(
+                       TaskGateOptions().hidden({4, 3}).bias(true))));
+  check_v1_fixture(
+      "omoe_top2",
+      MMoE(MMoEOptions(5, 4, 2).expert_hidden({6}).towers({{3}, {}}).one_gate(true).gate(
+          TaskGateOptions().top_k(2))));
+  check_v1_fixture("ple", PLE(PLEOptions(5, 2)
+                                  .levels(2)
+                                  .specific_experts(2)
+                                  .shared_experts(1)
+                                  .expert_hidden({6, 4})
+                                  .tower_hidden({3})));
+  check_v1_fixture("shared_bottom",
+                   SharedBottom(SharedBottomOptions(5, 2).bottom_hidden({6, 4}).tower_hidden({3})));
 }
 
 }  // namespace

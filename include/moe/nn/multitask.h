@@ -10,20 +10,31 @@
 // expert for dense gates, the union of the gates' selections for sparse (top-k) gates. Each gate
 // then weighs the experts' outputs (mix_experts says why the gates combine outside the engine).
 //
-// Parameter names: MMoE experts.w{l} [E, in, out], experts.b{l} [E, out], gates.{k}.weight [E, in]
-// (.bias, .hidden.*), towers.{k}.{i}.weight/bias; PLE levels.{j}.task_experts.{k}.w{l},
-// levels.{j}.shared_experts.w{l}, levels.{j}.task_gates.{k}.weight, levels.{j}.shared_gate.weight,
-// towers.*; SharedBottom bottom.*, towers.*.
+// Parameter names (l counts an expert's layers from 1, as ExpertBank's w1, w2; i counts the Linear
+// layers of an MLP from 0, not the ReLUs between them):
+//   MMoE          experts.w{l} [E, in, out], experts.b{l} [E, out]; gates.{k}.weight [E, in]
+//                 (.bias, .hidden.{i}.weight/bias); towers.{k}.{i}.weight/bias
+//   PLE           levels.{j}.task_experts.{k}.w{l}/b{l}, levels.{j}.shared_experts.w{l}/b{l},
+//                 levels.{j}.task_gates.{k}.*, levels.{j}.shared_gate.*, towers.{k}.{i}.*
+//   SharedBottom  bottom.{i}.weight/bias, towers.{k}.{i}.weight/bias
+// Legacy names (README changelog): expert layers were w{l-1}, b{l-1}, and the Linear layers of
+// towers, bottoms and gate hidden layers were numbered with the ReLUs between them ({2i}).
+// StackedMLP and MLP declare them (io::LegacyNames), so io::load_module and io::load_checkpoint
+// read checkpoints written with those names.
 #pragma once
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
+#include <iosfwd>
+#include <map>
+#include <memory>
+#include <string>
 #include <vector>
 
+#include "moe/io/checkpoint.h"
 #include "moe/nn/multitask_options.h"
 #include "moe/plan.h"
 
@@ -40,14 +51,16 @@ struct MultiTaskOutput {
 
 namespace nn {
 
-/// E MLPs of the same shape, stacked: layer l has w{l} [E, in_l, out_l] and b{l} [E, out_l]; ReLU
-/// after every layer (the experts of the papers are Linear + ReLU). Init: U(±1/sqrt(in_l)) as
-/// torch::nn::Linear. Evaluated on the expert engine (functional::expert_mlp), one call per two
-/// layers.
-class StackedMLPImpl : public torch::nn::Cloneable<StackedMLPImpl> {
+/// E MLPs of the same shape, stacked: layer l (from 1) has w{l} [E, in_l, out_l] and b{l} [E,
+/// out_l]; ReLU after every layer (the experts of the papers are Linear + ReLU). Init:
+/// U(±1/sqrt(in_l)) as torch::nn::Linear. Evaluated on the expert engine (functional::expert_mlp),
+/// one call per two layers.
+class StackedMLPImpl : public torch::nn::Cloneable<StackedMLPImpl>, public io::LegacyNames {
  public:
   StackedMLPImpl(int64_t num_experts, int64_t in, std::vector<int64_t> hidden);
   void reset() override;
+  /// w{l-1} → w{l}, b{l-1} → b{l}.
+  std::map<std::string, std::string> legacy_names() const override;
   /// Every expert on every row: x [T, in] → [E, T, out].
   torch::Tensor forward(const torch::Tensor& x);
   /// Only the pairs of a plan: expert e(p) on row x[token_index[p]] for every pair p → [P, out] in
@@ -56,7 +69,7 @@ class StackedMLPImpl : public torch::nn::Cloneable<StackedMLPImpl> {
   int64_t num_experts() const { return num_experts_; }
   int64_t out_dim() const { return hidden_.back(); }
 
-  std::vector<torch::Tensor> weights, biases;
+  std::vector<torch::Tensor> weights, biases;  ///< weights[l - 1] is w{l}
 
  private:
   /// Layers l and l + 1 (l alone when last) of every expert on rows h [P, in_l], one expert per
@@ -67,6 +80,29 @@ class StackedMLPImpl : public torch::nn::Cloneable<StackedMLPImpl> {
   std::vector<int64_t> hidden_;
 };
 TORCH_MODULE(StackedMLP);
+
+class Bf16SafeLinearImpl;  // torch::nn::Linear with float32 accumulation for bf16 (moe/matmul.h)
+
+/// Linear layers with a ReLU after each hidden one: `hidden` widths, then (out > 0) a Linear to
+/// `out` without activation. The towers (out = task_output_dim), the Shared-Bottom and a gate's
+/// hidden layers (out = 0: a ReLU after every layer). Linear layer i is the child "{i}" with
+/// weight [out_i, in_i] and bias [out_i], initialised as torch::nn::Linear.
+class MLPImpl : public torch::nn::Cloneable<MLPImpl>, public io::LegacyNames {
+ public:
+  MLPImpl(int64_t in, std::vector<int64_t> hidden, int64_t out);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+  /// {2i}.weight → {i}.weight and .bias: this was a torch::nn::Sequential with a ReLU module
+  /// after every hidden layer.
+  std::map<std::string, std::string> legacy_names() const override;
+  void pretty_print(std::ostream& os) const override;
+
+ private:
+  int64_t in_, out_;
+  std::vector<int64_t> hidden_;
+  std::vector<std::shared_ptr<Bf16SafeLinearImpl>> layers_;
+};
+TORCH_MODULE(MLP);
 
 /// softmax(W x (+ b)) over `num_experts`, optionally after hidden ReLU layers, optionally sparse.
 class TaskGateImpl : public torch::nn::Cloneable<TaskGateImpl> {
@@ -82,7 +118,7 @@ class TaskGateImpl : public torch::nn::Cloneable<TaskGateImpl> {
   TaskGateOptions options;
   int64_t num_experts;
   int64_t in;
-  torch::nn::Sequential hidden{nullptr};
+  MLP hidden{nullptr};
   torch::Tensor weight, bias;
 };
 TORCH_MODULE(TaskGate);
@@ -100,8 +136,8 @@ class SharedBottomImpl : public torch::nn::Cloneable<SharedBottomImpl> {
   void reset() override;
   MultiTaskOutput forward(const torch::Tensor& x);
   SharedBottomOptions options;
-  torch::nn::Sequential bottom{nullptr};
-  torch::nn::ModuleList towers{nullptr};
+  MLP bottom{nullptr};
+  torch::nn::ModuleList towers{nullptr};  ///< one MLP per task
 };
 TORCH_MODULE(SharedBottom);
 
@@ -112,8 +148,8 @@ class MMoEImpl : public torch::nn::Cloneable<MMoEImpl> {
   MultiTaskOutput forward(const torch::Tensor& x);
   MMoEOptions options;
   StackedMLP experts{nullptr};
-  torch::nn::ModuleList gates{nullptr};
-  torch::nn::ModuleList towers{nullptr};
+  torch::nn::ModuleList gates{nullptr};   ///< TaskGate per task (one for OMoE)
+  torch::nn::ModuleList towers{nullptr};  ///< one MLP per task
 };
 TORCH_MODULE(MMoE);
 
@@ -144,7 +180,7 @@ class PLEImpl : public torch::nn::Cloneable<PLEImpl> {
   MultiTaskOutput forward(const torch::Tensor& x);
   PLEOptions options;
   torch::nn::ModuleList levels{nullptr};
-  torch::nn::ModuleList towers{nullptr};
+  torch::nn::ModuleList towers{nullptr};  ///< one MLP per task
 };
 TORCH_MODULE(PLE);
 

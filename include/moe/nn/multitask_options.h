@@ -1,4 +1,4 @@
-// Options of the multi-task models (docs/ALGORITHMS.md §4): Shared-Bottom, MMoE / OMoE, CGC, PLE.
+// Options of the multi-task models (docs/algorithms.md §4): Shared-Bottom, MMoE / OMoE, CGC, PLE.
 #pragma once
 
 #include <c10/util/Optional.h>
