@@ -244,6 +244,9 @@ TEST(TrainConfig, BadValuesNameTheKeyAndTheValue) {
       "[run]\ntask = \"lm\"\n[moe]\nrouter = \"hierarchical\"\nnum_experts = 12\n"
       "groups = 5\n",
       {"moe.groups = 5", "divisor of moe.num_experts = 12"});
+  expect_config_error(
+      "[run]\ntask = \"lm\"\n[moe]\nrouter = \"expert_choice\"\ncapacity_factor = 0\n",
+      {"moe.capacity_factor", "> 0 for expert_choice"});
 }
 
 TEST(TrainConfig, UnknownKeysAreErrorsKeysOfOtherRoutersAreIgnored) {
@@ -320,6 +323,8 @@ INSTANTIATE_TEST_SUITE_P(
         Variant{"hyper", {"moe.router=\"hyper\"", "moe.hyper_hidden=16"}, 2},
         Variant{"smoe_dropout",
                 {"moe.router=\"smoe_dropout\"", "moe.k_schedule=\"linear_increase\""},
+                2},
+        Variant{"expert_choice", {"moe.router=\"expert_choice\"", "moe.capacity_factor=1.5"},
                 2}),
     [](const auto& info) { return std::string(info.param.name); });
 
