@@ -20,7 +20,7 @@ struct RoutingStats {
   torch::Tensor experts_per_token;  ///< [T] int64: experts each token used
   torch::Tensor assigned;           ///< 0-dim int64: choices the router made (before capacity)
   torch::Tensor dropped;            ///< 0-dim int64: choices dropped by capacity
-  torch::Tensor skipped;            ///< 0-dim int64: tokens routed nowhere by NonFinitePolicy::kSkip
+  torch::Tensor skipped;  ///< 0-dim int64: tokens routed nowhere by NonFinitePolicy::kSkip
   /// 0-dim int64: tokens that chose no expert by the router's own rule (top-any, expert choice);
   /// undefined for routers that route every token.
   torch::Tensor unrouted;

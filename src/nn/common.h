@@ -3,7 +3,6 @@
 
 #include <torch/types.h>
 
-
 namespace moe::detail {
 
 /// Checks a layer input and returns it as [T, d_model] (any leading dims are flattened).

@@ -163,10 +163,10 @@ void DynamicExpertSet::check_records(const RoutingRecords& rec) const {
 }
 
 ExpertUpdate DynamicExpertSet::update_experts(const RoutingRecords& rec,
-                                           torch::optim::Optimizer* optimizer) {
+                                              torch::optim::Optimizer* optimizer) {
   check_records(rec);
   return options_.storage() == ExpertStorage::kPoolMask ? update_pool(rec, optimizer)
-                                                       : update_resize(rec, optimizer);
+                                                        : update_resize(rec, optimizer);
 }
 
 ExpertUpdate DynamicExpertSet::apply_pending_update(torch::optim::Optimizer* optimizer) {
@@ -184,7 +184,7 @@ static torch::Tensor new_representation(const torch::Tensor& unrouted_sum) {
 }
 
 ExpertUpdate DynamicExpertSet::update_pool(const RoutingRecords& rec,
-                                        torch::optim::Optimizer* optimizer) {
+                                           torch::optim::Optimizer* optimizer) {
   torch::NoGradGuard no_grad;
   const auto counts = rec.expert_counts.to(at::kLong);
   const auto active = router_->active > 0;
@@ -238,7 +238,7 @@ void DynamicExpertSet::reinit_expert(int64_t e, torch::optim::Optimizer* optimiz
 }
 
 ExpertUpdate DynamicExpertSet::update_resize(const RoutingRecords& rec,
-                                          torch::optim::Optimizer* optimizer) {
+                                             torch::optim::Optimizer* optimizer) {
   const auto counts = rec.expert_counts.to(at::kLong);
   const int64_t E = num_experts();
   ExpertUpdate u;

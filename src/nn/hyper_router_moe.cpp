@@ -17,8 +17,9 @@ RoutedMoEOptions routed_options(const HyperRouterMoEOptions& o) {
   TORCH_CHECK_VALUE(o.top_k() >= 1 && o.top_k() <= o.num_experts(), kWho,
                     ": top_k must be in [1, num_experts=", o.num_experts(), "], got ", o.top_k());
   if (const auto& s = o.k_schedule()) {
-    TORCH_CHECK_VALUE(s->k_max() <= o.num_experts(), kWho, ": the k schedule reaches k_max=",
-                      s->k_max(), " but there are only num_experts=", o.num_experts());
+    TORCH_CHECK_VALUE(s->k_max() <= o.num_experts(), kWho,
+                      ": the k schedule reaches k_max=", s->k_max(),
+                      " but there are only num_experts=", o.num_experts());
   }
   RouterFactory router;
   if (o.router() == HyperRouterKind::kHyper) {

@@ -38,13 +38,13 @@ RoutedMoEImpl::RoutedMoEImpl(RoutedMoEOptions options_) : options(std::move(opti
   TORCH_CHECK_VALUE(options.router() != nullptr, who, ": no router factory given");
   router_ = options.router()();
   TORCH_CHECK_VALUE(router_ != nullptr, who, ": the router factory returned no router");
-  TORCH_CHECK_VALUE(router_->num_experts() == options.experts().num_experts(), who, ": the ",
-                    router_->kind(), " router routes to ", router_->num_experts(),
-                    " experts but the expert bank has num_experts=",
-                    options.experts().num_experts());
-  TORCH_CHECK_VALUE(options.experts().d_model() == options.d_model(), who, ": the experts' d_model=",
-                    options.experts().d_model(), " differs from the layer's d_model=",
-                    options.d_model());
+  TORCH_CHECK_VALUE(
+      router_->num_experts() == options.experts().num_experts(), who, ": the ", router_->kind(),
+      " router routes to ", router_->num_experts(),
+      " experts but the expert bank has num_experts=", options.experts().num_experts());
+  TORCH_CHECK_VALUE(options.experts().d_model() == options.d_model(), who,
+                    ": the experts' d_model=", options.experts().d_model(),
+                    " differs from the layer's d_model=", options.d_model());
   for (auto& [name, module] : router_->layer_modules()) {
     register_module(name, module);
     router_modules_.push_back(module);
@@ -119,7 +119,7 @@ void RoutedMoEImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocki
   for (auto& b : named_buffers(/*recurse=*/false)) {
     auto& t = b.value();
     t.set_data(at::isFloatingType(t.scalar_type()) ? t.to(device, dtype, non_blocking)
-                                                  : t.to(device, non_blocking));
+                                                   : t.to(device, non_blocking));
   }
 }
 

@@ -76,8 +76,8 @@ ExpertBankOptions SparseMoEOptions::expert_options() const {
 SparseMoEImpl::SparseMoEImpl(SparseMoEOptions options)
     : RoutedMoEImpl(routed_options(options)), layer_options_(std::move(options)) {
   if (layer_options_.router() == RouterKind::kHyper) {
-    hyper_router = HyperRouter(std::dynamic_pointer_cast<HyperRouterImpl>(
-        named_children()["router"]));
+    hyper_router =
+        HyperRouter(std::dynamic_pointer_cast<HyperRouterImpl>(named_children()["router"]));
   } else {
     router = TopKRouter(std::dynamic_pointer_cast<TopKRouterImpl>(named_children()["router"]));
   }

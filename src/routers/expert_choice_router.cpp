@@ -19,8 +19,7 @@ ExpertChoiceRouterImpl::ExpertChoiceRouterImpl(ExpertChoiceRouterOptions options
   const auto& o = options;
   const auto& who = o.name();
   TORCH_CHECK_VALUE(o.d_model() >= 1, who, ": d_model must be >= 1, got ", o.d_model());
-  TORCH_CHECK_VALUE(o.num_experts() >= 1, who, ": num_experts must be >= 1, got ",
-                    o.num_experts());
+  TORCH_CHECK_VALUE(o.num_experts() >= 1, who, ": num_experts must be >= 1, got ", o.num_experts());
   TORCH_CHECK_VALUE(std::isfinite(o.capacity_factor()) && o.capacity_factor() > 0, who,
                     ": capacity_factor must be finite and > 0, got ", o.capacity_factor());
   TORCH_CHECK_VALUE(std::isfinite(o.init_std()) && o.init_std() >= 0, who,

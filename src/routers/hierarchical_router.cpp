@@ -78,8 +78,8 @@ RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
   auto pl = at::linear(xr, Wp);
   auto sl = at::linear(xr, Ws);
 
-  const auto finite = detail::check_finite_tokens(at::cat({pl, sl}, 1), options.non_finite(), who,
-                                                  "router logits");
+  const auto finite =
+      detail::check_finite_tokens(at::cat({pl, sl}, 1), options.non_finite(), who, "router logits");
   const auto& valid = finite.valid;
   if (valid.defined()) {
     xr = detail::zero_invalid_rows(xr, valid);

@@ -9,7 +9,6 @@
 #include <ostream>
 
 #include "moe/router.h"
-
 #include "routers/non_finite.h"
 
 namespace moe {

@@ -324,8 +324,7 @@ INSTANTIATE_TEST_SUITE_P(
         Variant{"smoe_dropout",
                 {"moe.router=\"smoe_dropout\"", "moe.k_schedule=\"linear_increase\""},
                 2},
-        Variant{"expert_choice", {"moe.router=\"expert_choice\"", "moe.capacity_factor=1.5"},
-                2}),
+        Variant{"expert_choice", {"moe.router=\"expert_choice\"", "moe.capacity_factor=1.5"}, 2}),
     [](const auto& info) { return std::string(info.param.name); });
 
 // Validation forwards inside an open DynMoE recording window must not change what training does:

@@ -37,12 +37,11 @@ TEST(CheckpointCompat, SparseMoEOfEveryRouterKind) {
   expect_loads_and_matches(
       "sparse_noisy_topk",
       SparseMoE(SparseMoEOptions(8, 4).hidden_size(16).router(RouterKind::kNoisyTopK)));
-  expect_loads_and_matches("sparse_softmax_topk_bias",
-                           SparseMoE(SparseMoEOptions(8, 4)
-                                         .hidden_size(16)
-                                         .router_bias(true)
-                                         .expert_bias(true)
-                                         .activation(Activation::kSwiGLU)));
+  expect_loads_and_matches(
+      "sparse_softmax_topk_bias",
+      SparseMoE(
+          SparseMoEOptions(8, 4).hidden_size(16).router_bias(true).expert_bias(true).activation(
+              Activation::kSwiGLU)));
   expect_loads_and_matches(
       "sparse_switch",
       SparseMoE(SparseMoEOptions(8, 4).hidden_size(16).top_k(1).router(RouterKind::kSwitch)));
@@ -51,17 +50,16 @@ TEST(CheckpointCompat, SparseMoEOfEveryRouterKind) {
       SparseMoE(SparseMoEOptions(8, 4).hidden_size(16).router(RouterKind::kFrozenRandom)));
   expect_loads_and_matches(
       "sparse_hyper",
-      SparseMoE(
-          SparseMoEOptions(8, 4).hidden_size(16).router(RouterKind::kHyper).hyper_hidden(6)));
+      SparseMoE(SparseMoEOptions(8, 4).hidden_size(16).router(RouterKind::kHyper).hyper_hidden(6)));
 }
 
 TEST(CheckpointCompat, HyperRouterMoE) {
-  expect_loads_and_matches("hyper_router_moe",
-                           HyperRouterMoE(HyperRouterMoEOptions(8, 4).hidden_size(16).hyper_hidden(6)));
   expect_loads_and_matches(
-      "hyper_router_moe_smoe_dropout",
-      HyperRouterMoE(
-          HyperRouterMoEOptions(8, 4).hidden_size(16).router(HyperRouterKind::kFrozenRandom)));
+      "hyper_router_moe",
+      HyperRouterMoE(HyperRouterMoEOptions(8, 4).hidden_size(16).hyper_hidden(6)));
+  expect_loads_and_matches("hyper_router_moe_smoe_dropout",
+                           HyperRouterMoE(HyperRouterMoEOptions(8, 4).hidden_size(16).router(
+                               HyperRouterKind::kFrozenRandom)));
 }
 
 TEST(CheckpointCompat, HierarchicalMoE) {
@@ -77,9 +75,8 @@ TEST(CheckpointCompat, TopAnyMoEPoolTrainableTemperatureAndResize) {
       TopAnyMoE(TopAnyMoEOptions(8, 6).initial_experts(4).hidden_size(16).temperature(
           TopAnyTemperature::kTrainable)));
   expect_loads_and_matches(
-      "top_any_resize",
-      TopAnyMoE(TopAnyMoEOptions(8, 6).initial_experts(3).hidden_size(16).storage(
-          ExpertStorage::kResize)));
+      "top_any_resize", TopAnyMoE(TopAnyMoEOptions(8, 6).initial_experts(3).hidden_size(16).storage(
+                            ExpertStorage::kResize)));
 }
 
 // The fixture files hold exactly the tensors the layers have today: every name matches.

@@ -146,16 +146,16 @@ class FeedForwardImpl : public torch::nn::Module {
                                                          : RouterKind::kNoisyTopK;
       moe = register_module(
           "moe", as_routed(nn::SparseMoE(nn::SparseMoEOptions(d, m.num_experts)
-                                                 .hidden_size(m.hidden)
-                                                 .top_k(m.top_k)
-                                                 .router(kind)
-                                                 .activation(act)
-                                                 .capacity_factor(m.capacity_factor)
-                                                 .noise_epsilon(m.noise_epsilon)
-                                                 .importance_coef(optional_coef(m.importance_coef))
-                                                 .load_coef(optional_coef(m.load_coef))
-                                                 .balance_coef(optional_coef(m.balance_coef))
-                                                 .z_loss_coef(optional_coef(m.z_loss_coef)))));
+                                             .hidden_size(m.hidden)
+                                             .top_k(m.top_k)
+                                             .router(kind)
+                                             .activation(act)
+                                             .capacity_factor(m.capacity_factor)
+                                             .noise_epsilon(m.noise_epsilon)
+                                             .importance_coef(optional_coef(m.importance_coef))
+                                             .load_coef(optional_coef(m.load_coef))
+                                             .balance_coef(optional_coef(m.balance_coef))
+                                             .z_loss_coef(optional_coef(m.z_loss_coef)))));
     }
   }
 

@@ -90,10 +90,9 @@ RunSection parse_run(const RunConfig& c, Task task) {
 
 MoESection parse_moe(const RunConfig& c) {
   MoESection m;
-  m.router = one_of(
-      c, "moe.router", m.router,
-      {"softmax_topk", "noisy_topk", "switch", "top_any", "hyper", "smoe_dropout", "hierarchical",
-       "expert_choice"});
+  m.router = one_of(c, "moe.router", m.router,
+                    {"softmax_topk", "noisy_topk", "switch", "top_any", "hyper", "smoe_dropout",
+                     "hierarchical", "expert_choice"});
   m.num_experts = int_at_least(c, "moe.num_experts", m.num_experts, 1);
   m.hidden = int_at_least(c, "moe.hidden", m.hidden, 1);
   m.activation =

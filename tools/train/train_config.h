@@ -50,7 +50,7 @@ struct DataSection {
 struct MoESection {
   /// softmax_topk noisy_topk switch top_any hyper smoe_dropout hierarchical expert_choice
   std::string router = "noisy_topk";
-                                      ///< smoe_dropout hierarchical
+  ///< smoe_dropout hierarchical
   int64_t num_experts = 8;
   int64_t top_k = 2;
   int64_t hidden = 128;  ///< expert hidden width
