@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "io/module_loader.h"
+#include "moe/io/checkpoint.h"
 #include "moe/io/safetensors.h"
 #include "nn/optimizer_state.h"
 
@@ -124,6 +125,19 @@ void check_rng_state(const torch::Tensor& t, const std::string& where) {
   }
 }
 
+// The name under which the file keeps the optimizer state of parameter `name`: the name the
+// parameter's tensor was read from, i.e. its old name where the model was read through a module's
+// legacy names (io::LegacyNames, include/moe/io/checkpoint.h; `sources` as legacy_sources(model,
+// file, "model.") returns them), else its current name. A run saved before a rename keeps its
+// optimizer state under the old names (README.md, changelog).
+std::string state_name(const std::map<std::string, std::string>& sources, const std::string& name) {
+  const auto it = sources.find(name);
+  if (it == sources.end()) return name;
+  const std::string prefix = kModel;
+  TORCH_INTERNAL_ASSERT(it->second.compare(0, prefix.size(), prefix) == 0);
+  return it->second.substr(prefix.size());
+}
+
 // The tensor fields an optimizer kind keeps per parameter.
 std::vector<const char*> field_names(const std::string& kind) {
   if (kind == "sgd") return {"momentum_buffer"};
@@ -142,16 +156,20 @@ bool uses_amsgrad(torch::optim::Optimizer& opt, const torch::Tensor& p) {
 
 // Every optim.* tensor: a field of `kind` for a parameter the optimizer holds, with the
 // parameter's dtype and (loaded) shape; Adam's step one int64 >= 0; a parameter's state complete
-// (Adam: step, exp_avg and exp_avg_sq together, max_exp_avg_sq too with amsgrad) or absent.
+// (Adam: step, exp_avg and exp_avg_sq together, max_exp_avg_sq too with amsgrad) or absent. A
+// parameter's fields are looked up under state_name(sources, name).
 void check_optimizer_state(const torch::nn::Module& model, torch::optim::Optimizer& opt,
                            const std::string& kind, const TensorFile& file,
-                           const detail::ModuleLoad& load, const std::string& where) {
+                           const detail::ModuleLoad& load,
+                           const std::map<std::string, std::string>& sources,
+                           const std::string& where) {
   std::set<std::string> known;
   for (const auto& [name, p] : optimized(model, opt)) {
     const auto& shape = load.shapes.at(name);
+    const auto stored = kOptim + state_name(sources, name);
     std::vector<std::string> present, missing;
     for (const char* field : field_names(kind)) {
-      const auto key = kOptim + name + "." + field;
+      const auto key = stored + "." + field;
       known.insert(key);
       const auto t = file.find(key);
       (t.defined() ? present : missing).push_back(field);
@@ -168,11 +186,11 @@ void check_optimizer_state(const torch::nn::Module& model, torch::optim::Optimiz
                         p.scalar_type(), " ", c10::IntArrayRef(shape));
     }
     if (kind == "sgd" || present.empty()) continue;
-    bool complete = file.find(kOptim + name + ".step").defined() &&
-                    file.find(kOptim + name + ".exp_avg").defined() &&
-                    file.find(kOptim + name + ".exp_avg_sq").defined();
+    bool complete = file.find(stored + ".step").defined() &&
+                    file.find(stored + ".exp_avg").defined() &&
+                    file.find(stored + ".exp_avg_sq").defined();
     if (uses_amsgrad(opt, p))
-      complete = complete && file.find(kOptim + name + ".max_exp_avg_sq").defined();
+      complete = complete && file.find(stored + ".max_exp_avg_sq").defined();
     TORCH_CHECK_VALUE(complete, where, ": the ", kind, " state of parameter ", name,
                       " is incomplete: it has ", c10::Join(", ", present), " but not ",
                       c10::Join(", ", missing));
@@ -183,13 +201,16 @@ void check_optimizer_state(const torch::nn::Module& model, torch::optim::Optimiz
                       " optimizer of this model does not have");
 }
 
-// Installs the file's state for every parameter the optimizer holds; a parameter without state in
-// the file gets none (as in a fresh optimizer), whatever it had before.
+// Installs the file's state (under state_name(sources, name), as checked) for every parameter the
+// optimizer holds; a parameter without state in the file gets none (as in a fresh optimizer),
+// whatever it had before.
 void apply_optimizer_state(const torch::nn::Module& model, torch::optim::Optimizer& opt,
-                           const std::string& kind, const TensorFile& file) {
+                           const std::string& kind, const TensorFile& file,
+                           const std::map<std::string, std::string>& sources) {
   for (const auto& [name, p] : optimized(model, opt)) {
+    const auto stored = kOptim + state_name(sources, name);
     auto get = [&](const char* field) {
-      const auto t = file.find(kOptim + name + "." + field);
+      const auto t = file.find(stored + "." + field);
       return t.defined() ? t.to(p.device()) : torch::Tensor();
     };
     std::unique_ptr<torch::optim::OptimizerParamState> state;
@@ -199,7 +220,7 @@ void apply_optimizer_state(const torch::nn::Module& model, torch::optim::Optimiz
         st->momentum_buffer(m);
         state = std::move(st);
       }
-    } else if (const auto step = file.find(kOptim + name + ".step"); step.defined()) {
+    } else if (const auto step = file.find(stored + ".step"); step.defined()) {
       auto fill = [&](auto st) {
         st->step(step.item<int64_t>());
         st->exp_avg(get("exp_avg"));
@@ -271,7 +292,10 @@ std::map<std::string, std::string> load_checkpoint(torch::nn::Module& model,
   const auto lrs = read_learning_rates(file.metadata, where, optimizer.param_groups().size());
   check_rng_state(file.find("rng.cpu"), where);
   const auto load = detail::check_module_load(model, file, path, kModel, who);
-  check_optimizer_state(model, optimizer, kind, file, load, where);
+  // The model's tensors that were read under old names: their optimizer state is stored under the
+  // same old names (a run saved before a rename, include/moe/io/checkpoint.h).
+  const auto sources = legacy_sources(model, file, kModel);
+  check_optimizer_state(model, optimizer, kind, file, load, sources, where);
   for (const auto& [name, t] : file.tensors)
     TORCH_CHECK_VALUE(
         name.compare(0, 6, kModel) == 0 || name.compare(0, 6, kOptim) == 0 || name == "rng.cpu",
@@ -281,7 +305,7 @@ std::map<std::string, std::string> load_checkpoint(torch::nn::Module& model,
   // Then apply; nothing below throws on a checked file.
   detail::apply_module_load(model, load, file, kModel);
   for (size_t g = 0; g < lrs.size(); ++g) optimizer.param_groups()[g].options().set_lr(lrs[g]);
-  apply_optimizer_state(model, optimizer, kind, file);
+  apply_optimizer_state(model, optimizer, kind, file, sources);
   {
     at::Generator gen = at::detail::getDefaultCPUGenerator();  // shares the default generator
     std::lock_guard<std::mutex> lock(gen.mutex());

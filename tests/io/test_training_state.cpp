@@ -1,12 +1,13 @@
 // Training checkpoints (include/moe/io/training_state.h): stop after some steps, load into freshly
 // built objects, continue: the losses equal those of the uninterrupted run bit for bit (the noisy
 // router and the batch sampling draw from the restored RNG). Also for a TopAnyMoE whose expert
-// count changed, and the errors.
+// count changed, for a file written before a module renamed its tensors, and the errors.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 #include <unistd.h>
 
@@ -304,6 +305,132 @@ TEST(TrainingCheckpoint, ALoadReplacesStaleOptimizerState) {
   moe::io::load_checkpoint(*net, opt, path);
   EXPECT_TRUE(opt.state().empty());
   fs::remove(path);
+}
+
+// A module that renamed its tensors (io::LegacyNames, include/moe/io/checkpoint.h) in a chain, as
+// the multi-task experts did (README.md, changelog): the old w0 is w1 now, the old w1 is w2.
+struct RenamedImpl : torch::nn::Module, moe::io::LegacyNames {
+  RenamedImpl() {
+    w1 = register_parameter("w1", torch::randn({6, 4}) * 0.5);
+    w2 = register_parameter("w2", torch::randn({4, 3}) * 0.5);
+    c = register_parameter("c", torch::zeros({3}));
+  }
+  std::map<std::string, std::string> legacy_names() const override {
+    return {{"w0", "w1"}, {"w1", "w2"}};
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return (torch::tanh(x.mm(w1)).mm(w2) + c).pow(2).mean();
+  }
+  torch::Tensor w1, w2, c;
+};
+TORCH_MODULE(Renamed);
+
+double renamed_step(Renamed& m, torch::optim::Optimizer& opt, const torch::Tensor& data) {
+  const auto idx = torch::randint(data.size(0), {8}, at::kLong);
+  opt.zero_grad();
+  auto loss = m->forward(data.index_select(0, idx));
+  loss.backward();
+  opt.step();
+  return loss.item<double>();
+}
+
+// `path`'s tensors under the names the module had before: model.w1 -> model.w0, model.w2 ->
+// model.w1, and their optimizer state optim.w1.* -> optim.w0.*, optim.w2.* -> optim.w1.*, as a
+// training run of the earlier version saved them.
+void rename_to_legacy(const std::string& from, const std::string& to) {
+  rewrite(from, to,
+          [](std::map<std::string, std::string>&,
+             std::vector<std::pair<std::string, torch::Tensor>>& ts) {
+            for (auto& [n, t] : ts) {
+              for (const std::string area : {"model.", "optim."}) {
+                if (n.compare(0, area.size() + 2, area + "w1") == 0)
+                  n = area + "w0" + n.substr(area.size() + 2);
+                else if (n.compare(0, area.size() + 2, area + "w2") == 0)
+                  n = area + "w1" + n.substr(area.size() + 2);
+              }
+            }
+          });
+}
+
+// A checkpoint whose model was saved under legacy names keeps its optimizer state under the same
+// names: load_checkpoint reads each parameter's state from where its tensor came from, and the
+// continued training equals the uninterrupted one bit for bit (the state of the old w1, shaped as
+// the new w2, is not taken for the new w1).
+TEST(TrainingCheckpoint, StateUnderLegacyNamesFollowsItsParameter) {
+  const auto data = torch::randn({64, 6});
+  const auto saved = temp_path("moe_ckpt_renamed_"), old = temp_path("moe_ckpt_legacy_");
+  std::vector<double> full;
+  {
+    torch::manual_seed(11);
+    Renamed m;
+    torch::optim::AdamW opt(m->parameters(), torch::optim::AdamWOptions(1e-2).amsgrad(true));
+    for (int s = 0; s < 8; ++s) {
+      if (s == 4) moe::io::save_checkpoint(*m, opt, saved, {{"step", "4"}});
+      const double loss = renamed_step(m, opt, data);
+      if (s >= 4) full.push_back(loss);
+    }
+  }
+  rename_to_legacy(saved, old);
+  ASSERT_TRUE(moe::io::load_safetensors(old).find("optim.w0.max_exp_avg_sq").defined());
+  torch::manual_seed(12);
+  Renamed m;
+  torch::optim::AdamW opt(m->parameters(), torch::optim::AdamWOptions(0.5).amsgrad(true));
+  EXPECT_EQ(moe::io::legacy_sources(*m, moe::io::load_safetensors(old), "model."),
+            (std::map<std::string, std::string>{{"w1", "model.w0"}, {"w2", "model.w1"}}));
+  EXPECT_EQ(moe::io::load_checkpoint(*m, opt, old).at("step"), "4");
+  const auto reference = moe::io::load_safetensors(saved);
+  for (const auto& item : m->named_parameters()) {
+    const auto& name = item.key();
+    const auto& st = dynamic_cast<const torch::optim::AdamWParamState&>(
+        *moe::detail::find_param_state(opt, item.value()));
+    EXPECT_EQ(st.step(), 4) << name;
+    EXPECT_TRUE(mt::bitwise_equal(st.exp_avg(), reference.find("optim." + name + ".exp_avg")))
+        << name;
+    EXPECT_TRUE(
+        mt::bitwise_equal(st.max_exp_avg_sq(), reference.find("optim." + name + ".max_exp_avg_sq")))
+        << name;
+  }
+  for (int s = 4; s < 8; ++s) EXPECT_EQ(renamed_step(m, opt, data), full[s - 4]) << "step " << s;
+
+  // The checks read the old names too, and their errors name the file's tensors.
+  torch::manual_seed(13);
+  Renamed fresh;
+  torch::optim::AdamW fresh_opt(fresh->parameters(), torch::optim::AdamWOptions(1e-2));
+  const auto bad = temp_path("moe_ckpt_legacy_bad_");
+  using Meta = std::map<std::string, std::string>;
+  using Tensors = std::vector<std::pair<std::string, torch::Tensor>>;
+  const std::vector<std::pair<std::function<void(Meta&, Tensors&)>, std::vector<std::string>>>
+      cases = {
+          {[](Meta&, Tensors& t) {
+             set_tensor(t, "optim.w0.exp_avg", torch::zeros({4, 3}));
+           },
+           {"optim.w0.exp_avg", "[4, 3]", "[6, 4]"}},
+          {[](Meta&, Tensors& t) { drop_tensor(t, "optim.w1.exp_avg_sq"); },
+           {"parameter w2", "incomplete", "exp_avg_sq"}},
+          {[](Meta&, Tensors& t) { set_tensor(t, "optim.w2.step", torch::tensor({1L})); },
+           {"optim.w2.step", "does not have"}},
+          {[](Meta&, Tensors& t) { set_tensor(t, "optim.w0.step", torch::tensor({-2L})); },
+           {"optim.w0.step", "-2", ">= 0"}},
+      };
+  const auto w1 = fresh->w1.detach().clone();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    rewrite(old, bad, cases[i].first);
+    auto expect = cases[i].second;
+    expect.push_back(bad);
+    EXPECT_TRUE(mt::throws_with([&] { moe::io::load_checkpoint(*fresh, fresh_opt, bad); }, expect))
+        << "case " << i;
+    EXPECT_TRUE(mt::bitwise_equal(fresh->w1, w1)) << "case " << i;
+    EXPECT_TRUE(fresh_opt.state().empty()) << "case " << i;
+  }
+  // Saved again, the checkpoint uses the current names only.
+  moe::io::save_checkpoint(*m, opt, bad);
+  const auto again = moe::io::load_safetensors(bad);
+  EXPECT_TRUE(again.find("optim.w2.exp_avg").defined());
+  EXPECT_FALSE(again.find("optim.w0.exp_avg").defined());
+  EXPECT_TRUE(moe::io::legacy_sources(*m, again, "model.").empty());
+  fs::remove(saved);
+  fs::remove(old);
+  fs::remove(bad);
 }
 
 TEST(TrainingCheckpoint, MetadataReadersNameTheKeyTheValueAndTheExpectation) {

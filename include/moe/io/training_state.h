@@ -29,7 +29,10 @@ void save_checkpoint(const torch::nn::Module& model, torch::optim::Optimizer& op
 /// rates, the RNG state), so that a failed load (c10::Error naming the file, the key or tensor, the
 /// value and what was expected) leaves the model, the optimizer and the RNG as they were. TopAnyMoE
 /// layers in resize mode take the file's expert count; a parameter without state in the file gets
-/// none. Returns the caller's metadata.
+/// none. Modules that declare LegacyNames (include/moe/io/checkpoint.h) also load files written
+/// with their old names: a parameter read under its old name finds its optimizer state under the
+/// old name too ("optim.<old name>.<field>"), as the file's writer saved it. Returns the caller's
+/// metadata.
 std::map<std::string, std::string> load_checkpoint(torch::nn::Module& model,
                                                    torch::optim::Optimizer& optimizer,
                                                    const std::string& path);
