@@ -218,7 +218,7 @@ ExpertUpdate DynamicExpertSet::update_pool(const RoutingRecords& rec,
 // Pool mode, NewExpertInit::kReinit: expert e gets fresh weights from the bank's initialiser and
 // zeroed optimizer moments.
 void DynamicExpertSet::reinit_expert(int64_t e, torch::optim::Optimizer* optimizer) {
-  ExpertBank fresh(options_.expert_options(1));
+  ExpertBank fresh(options_.expert_options_for(1));
   const auto src = bank_tensors(fresh);
   auto dst = bank_tensors(experts_);
   for (size_t i = 0; i < dst.size(); ++i) {
@@ -266,7 +266,7 @@ ExpertUpdate DynamicExpertSet::update_resize(const RoutingRecords& rec,
       for (size_t i = 0; i < rows.size(); ++i)
         if (template_[i].defined()) rows[i] = template_[i].unsqueeze(0);
     } else {
-      ExpertBank fresh(options_.expert_options(1));
+      ExpertBank fresh(options_.expert_options_for(1));
       rows = bank_tensors(fresh);
     }
   }

@@ -18,26 +18,6 @@ RoutedMoEOptions routed_options(const HierarchicalMoEOptions& o) {
 
 }  // namespace
 
-HierarchicalRouterOptions HierarchicalMoEOptions::router_options() const {
-  return HierarchicalRouterOptions(d_model(), groups(), experts_per_group())
-      .primary_top_k(primary_top_k())
-      .secondary_top_k(secondary_top_k())
-      .noise_epsilon(noise_epsilon())
-      .importance_coef(importance_coef())
-      .load_coef(load_coef())
-      .aux_loss_in_eval(aux_loss_in_eval())
-      .non_finite(non_finite())
-      .name(kWho);
-}
-
-ExpertBankOptions HierarchicalMoEOptions::expert_options() const {
-  return ExpertBankOptions(groups() * experts_per_group(), d_model(), hidden_size())
-      .activation(activation())
-      .bias(expert_bias())
-      .init(expert_init())
-      .init_std(expert_init_std());
-}
-
 HierarchicalMoEImpl::HierarchicalMoEImpl(HierarchicalMoEOptions options)
     : RoutedMoEImpl(routed_options(options)), layer_options_(std::move(options)) {
   const auto& r = router_as<HierarchicalRouterImpl>();

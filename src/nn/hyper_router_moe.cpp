@@ -99,15 +99,6 @@ RouterOptions HyperRouterMoEOptions::random_router_options() const {
       .name(kWho);
 }
 
-ExpertBankOptions HyperRouterMoEOptions::expert_options() const {
-  return ExpertBankOptions(num_experts(), d_model(), hidden_size())
-      .activation(activation())
-      .bias(expert_bias())
-      .init(expert_init())
-      .init_std(expert_init_std())
-      .recompute_hidden(recompute_hidden());
-}
-
 HyperRouterMoEImpl::HyperRouterMoEImpl(HyperRouterMoEOptions options)
     : RoutedMoEImpl(routed_options(options)), layer_options_(std::move(options)) {
   const auto router_module = named_children()["router"];

@@ -15,7 +15,7 @@ RoutedMoEOptions routed_options(const SparseMoEOptions& o) {
   if (o.router() == RouterKind::kHyper) {
     TORCH_CHECK_VALUE(o.capacity_factor() == 0, kWho, ": RouterKind::kHyper is dropless; ",
                       "capacity_factor must be 0, got ", o.capacity_factor());
-    auto ro = o.router_options();
+    auto ro = o.router_options();  // a copy: the hyper router is checked as a softmax top-k one
     check_router_options(ro.kind(RouterKind::kSoftmaxTopK), kWho);
     const auto ho = o.hyper_router_options();
     router = [ho] { return HyperRouter(ho).ptr(); };
@@ -29,28 +29,6 @@ RoutedMoEOptions routed_options(const SparseMoEOptions& o) {
 
 }  // namespace
 
-RouterOptions SparseMoEOptions::router_options() const {
-  return RouterOptions(d_model(), num_experts())
-      .kind(router())
-      .top_k(top_k())
-      .normalize_top_k(normalize_top_k())
-      .bias(router_bias())
-      .noise_epsilon(noise_epsilon())
-      .jitter(jitter())
-      .capacity_factor(capacity_factor())
-      .min_capacity(min_capacity())
-      .importance_coef(importance_coef())
-      .load_coef(load_coef())
-      .balance_coef(balance_coef())
-      .z_loss_coef(z_loss_coef())
-      .aux_loss_in_eval(aux_loss_in_eval())
-      .non_finite(non_finite())
-      .zero_init(router_zero_init())
-      .router_init_std(router_init_std())
-      .frozen(freeze_router())
-      .name(kWho);
-}
-
 HyperRouterOptions SparseMoEOptions::hyper_router_options() const {
   return HyperRouterOptions(d_model(), num_experts())
       .top_k(top_k())
@@ -62,15 +40,6 @@ HyperRouterOptions SparseMoEOptions::hyper_router_options() const {
       .aux_loss_in_eval(aux_loss_in_eval())
       .non_finite(non_finite())
       .name(kWho);
-}
-
-ExpertBankOptions SparseMoEOptions::expert_options() const {
-  return ExpertBankOptions(num_experts(), d_model(), hidden_size())
-      .activation(activation())
-      .bias(expert_bias())
-      .init(expert_init())
-      .init_std(expert_init_std())
-      .recompute_hidden(recompute_hidden());
 }
 
 SparseMoEImpl::SparseMoEImpl(SparseMoEOptions options)

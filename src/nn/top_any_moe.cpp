@@ -23,37 +23,25 @@ RoutedMoEOptions routed_options(const TopAnyMoEOptions& o) {
                     "], got ", o.initial_experts());
   const bool pool = o.storage() == ExpertStorage::kPoolMask;
   const int64_t experts = pool ? o.max_experts() : o.initial_experts();
-  const auto ro = o.router_options(experts);
+  const auto ro = o.router_options_for(experts);
   return RoutedMoEOptions(
-             o.d_model(), [ro] { return TopAnyRouter(ro).ptr(); }, o.expert_options(experts))
+             o.d_model(), [ro] { return TopAnyRouter(ro).ptr(); }, o.expert_options_for(experts))
       .name(kWho);
 }
 
 }  // namespace
 
-TopAnyRouterOptions TopAnyMoEOptions::router_options(int64_t num_slots) const {
-  return TopAnyRouterOptions(d_model(), num_slots)
-      .initial_active(storage() == ExpertStorage::kPoolMask ? initial_experts() : num_slots)
-      .temperature(temperature())
-      .init_temperature(init_temperature())
-      .fallback(fallback())
-      .aux_loss_coef(aux_loss_coef())
-      .diversity_loss(diversity_loss())
-      .simplicity_loss(simplicity_loss())
-      .balance_loss(balance_loss())
-      .efficiency_loss(efficiency_loss())
-      .aux_loss_in_eval(aux_loss_in_eval())
-      .non_finite(non_finite())
-      .name(kWho);
+TopAnyRouterOptions TopAnyMoEOptions::router_options_for(int64_t num_experts) const {
+  auto o = router_options();
+  o.d_model(d_model()).num_slots(num_experts);
+  o.initial_active(storage() == ExpertStorage::kPoolMask ? initial_experts() : num_experts);
+  return o;
 }
 
-ExpertBankOptions TopAnyMoEOptions::expert_options(int64_t num_slots) const {
-  return ExpertBankOptions(num_slots, d_model(), hidden_size())
-      .activation(activation())
-      .bias(expert_bias())
-      .init(expert_init())
-      .init_std(expert_init_std())
-      .recompute_hidden(recompute_hidden());
+ExpertBankOptions TopAnyMoEOptions::expert_options_for(int64_t num_experts) const {
+  auto o = expert_options();
+  o.d_model(d_model()).num_experts(num_experts);
+  return o;
 }
 
 TopAnyMoEImpl::TopAnyMoEImpl(TopAnyMoEOptions options) : RoutedMoEImpl(routed_options(options)) {

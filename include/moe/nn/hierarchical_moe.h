@@ -17,44 +17,51 @@
 #include <torch/types.h>
 
 #include "moe/experts.h"
+#include "moe/nested_options.h"
 #include "moe/nn/routed_moe.h"
 #include "moe/routers/hierarchical_router.h"
 #include "moe/types.h"
 
 namespace moe::nn {
 
+/// The options nest the router's (moe/routers/hierarchical_router.h) and the experts'
+/// (moe/experts.h); the short names below set them there.
+///
 /// Example: HierarchicalMoE h(HierarchicalMoEOptions(512, /*groups=*/16, /*experts_per_group=*/16)
 ///                                .hidden_size(1024).top_k(2));
 struct HierarchicalMoEOptions {
   HierarchicalMoEOptions(int64_t d_model, int64_t groups, int64_t experts_per_group)
-      : d_model_(d_model),
-        groups_(groups),
-        experts_per_group_(experts_per_group),
-        hidden_size_(4 * d_model) {}
-  /// The router and expert-bank options these settings describe.
-  HierarchicalRouterOptions router_options() const;
-  ExpertBankOptions expert_options() const;
+      : router_options_(
+            HierarchicalRouterOptions(d_model, groups, experts_per_group).name("HierarchicalMoE")),
+        expert_options_(groups * experts_per_group, d_model, 4 * d_model) {}
   /// Sets k for both levels (the paper uses k = 2 at each level).
   HierarchicalMoEOptions& top_k(int64_t k) {
-    primary_top_k_ = k;
-    secondary_top_k_ = k;
+    router_options_.primary_top_k(k).secondary_top_k(k);
     return *this;
   }
-  TORCH_ARG(int64_t, d_model);
-  TORCH_ARG(int64_t, groups);             ///< a
-  TORCH_ARG(int64_t, experts_per_group);  ///< b
-  TORCH_ARG(int64_t, hidden_size);
-  TORCH_ARG(int64_t, primary_top_k) = 2;
-  TORCH_ARG(int64_t, secondary_top_k) = 2;
-  TORCH_ARG(Activation, activation) = Activation::kReLU;
-  TORCH_ARG(double, noise_epsilon) = 1e-2;
-  TORCH_ARG(double, importance_coef) = 1e-2;
-  TORCH_ARG(double, load_coef) = 1e-2;
-  TORCH_ARG(bool, aux_loss_in_eval) = false;
-  TORCH_ARG(NonFinitePolicy, non_finite) = NonFinitePolicy::kError;
-  TORCH_ARG(bool, expert_bias) = false;
-  TORCH_ARG(ExpertInit, expert_init) = ExpertInit::kGlorotUniform;
-  TORCH_ARG(double, expert_init_std) = 0.02;
+  int64_t d_model() const { return router_options_.d_model(); }
+  int64_t groups() const { return router_options_.groups(); }                        ///< a
+  int64_t experts_per_group() const { return router_options_.experts_per_group(); }  ///< b
+
+  /// The two-level gate's options (its name in error messages is "HierarchicalMoE").
+  TORCH_ARG(HierarchicalRouterOptions, router_options);
+  /// The a·b experts' options; hidden_size defaults to 4·d_model.
+  TORCH_ARG(ExpertBankOptions, expert_options);
+
+  // Router settings (HierarchicalRouterOptions).
+  MOE_NESTED_ARG(int64_t, primary_top_k, router_options_, primary_top_k)
+  MOE_NESTED_ARG(int64_t, secondary_top_k, router_options_, secondary_top_k)
+  MOE_NESTED_ARG(double, noise_epsilon, router_options_, noise_epsilon)
+  MOE_NESTED_ARG(double, importance_coef, router_options_, importance_coef)
+  MOE_NESTED_ARG(double, load_coef, router_options_, load_coef)
+  MOE_NESTED_ARG(bool, aux_loss_in_eval, router_options_, aux_loss_in_eval)
+  MOE_NESTED_ARG(NonFinitePolicy, non_finite, router_options_, non_finite)
+  // Expert settings (ExpertBankOptions).
+  MOE_NESTED_ARG(int64_t, hidden_size, expert_options_, hidden_size)
+  MOE_NESTED_ARG(Activation, activation, expert_options_, activation)
+  MOE_NESTED_ARG(bool, expert_bias, expert_options_, bias)
+  MOE_NESTED_ARG(ExpertInit, expert_init, expert_options_, init)
+  MOE_NESTED_ARG(double, expert_init_std, expert_options_, init_std)
 };
 
 /// A named constructor of RoutedMoE (moe/nn/routed_moe.h) with a HierarchicalRouter

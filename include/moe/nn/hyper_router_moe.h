@@ -16,6 +16,7 @@
 #include <torch/types.h>
 
 #include "moe/experts.h"
+#include "moe/nested_options.h"
 #include "moe/nn/routed_moe.h"
 #include "moe/router.h"
 #include "moe/routers/hyper_router.h"
@@ -29,18 +30,37 @@ enum class HyperRouterKind {
   kFrozenRandom,  ///< SMoE-Dropout
 };
 
+/// The router settings are flat (they describe one of two routers); the experts' options are
+/// nested (moe/experts.h) and the short names below set them there.
+///
 /// Example: HyperRouterMoE m(HyperRouterMoEOptions(256, 16).hyper_hidden(64).k_schedule(
 ///              TopKSchedule(TopKSchedule::Mode::kLinearIncrease, 8, 16, 400000)));
 struct HyperRouterMoEOptions {
   HyperRouterMoEOptions(int64_t d_model, int64_t num_experts)
-      : d_model_(d_model), num_experts_(num_experts), hidden_size_(4 * d_model) {}
+      : d_model_(d_model),
+        num_experts_(num_experts),
+        expert_options_(num_experts, d_model, 4 * d_model) {}
+  /// The router these settings describe: the HyperRouter (kHyper) or SMoE-Dropout's frozen random
+  /// TopKRouter (kFrozenRandom).
   HyperRouterOptions hyper_router_options() const;
   RouterOptions random_router_options() const;
-  ExpertBankOptions expert_options() const;
 
-  TORCH_ARG(int64_t, d_model);
-  TORCH_ARG(int64_t, num_experts);
-  TORCH_ARG(int64_t, hidden_size);
+  /// d_model and num_experts, of the router and the experts alike.
+  HyperRouterMoEOptions& d_model(int64_t d) {
+    d_model_ = d;
+    expert_options_.d_model(d);
+    return *this;
+  }
+  int64_t d_model() const { return d_model_; }
+  HyperRouterMoEOptions& num_experts(int64_t e) {
+    num_experts_ = e;
+    expert_options_.num_experts(e);
+    return *this;
+  }
+  int64_t num_experts() const { return num_experts_; }
+  /// The experts' options; hidden_size defaults to 4·d_model.
+  TORCH_ARG(ExpertBankOptions, expert_options);
+  MOE_NESTED_ARG(int64_t, hidden_size, expert_options_, hidden_size)
   TORCH_ARG(HyperRouterKind, router) = HyperRouterKind::kHyper;
   /// k when there is no schedule (and the k a schedule starts from before the first forward).
   TORCH_ARG(int64_t, top_k) = 2;
@@ -53,11 +73,15 @@ struct HyperRouterMoEOptions {
   TORCH_ARG(double, z_loss_coef) = 0.0;   ///< ablations only
   TORCH_ARG(bool, aux_loss_in_eval) = false;
   TORCH_ARG(NonFinitePolicy, non_finite) = NonFinitePolicy::kError;
-  TORCH_ARG(Activation, activation) = Activation::kReLU;
-  TORCH_ARG(bool, expert_bias) = false;
-  TORCH_ARG(ExpertInit, expert_init) = ExpertInit::kGlorotUniform;
-  TORCH_ARG(double, expert_init_std) = 0.02;
-  TORCH_ARG(bool, recompute_hidden) = false;
+  // Expert settings (ExpertBankOptions).
+  MOE_NESTED_ARG(Activation, activation, expert_options_, activation)
+  MOE_NESTED_ARG(bool, expert_bias, expert_options_, bias)
+  MOE_NESTED_ARG(ExpertInit, expert_init, expert_options_, init)
+  MOE_NESTED_ARG(double, expert_init_std, expert_options_, init_std)
+  MOE_NESTED_ARG(bool, recompute_hidden, expert_options_, recompute_hidden)
+
+ private:
+  int64_t d_model_, num_experts_;
 };
 
 class TopKScheduleComponent;

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "moe/experts.h"
+#include "moe/nested_options.h"
 #include "moe/nn/expert_schedule.h"
 #include "moe/routers/top_any_router.h"
 #include "moe/types.h"
@@ -38,45 +39,52 @@ struct TopAnyMoEOptions {
       : d_model_(d_model),
         max_experts_(max_experts),
         initial_experts_(max_experts > 1 ? max_experts / 2 : 1),
-        hidden_size_(4 * d_model) {}
+        router_options_(TopAnyRouterOptions(d_model, max_experts).name("TopAnyMoE")),
+        expert_options_(max_experts, d_model, 4 * d_model) {}
 
-  TopAnyRouterOptions router_options(int64_t num_slots) const;
-  ExpertBankOptions expert_options(int64_t num_slots) const;
+  /// The router and expert-bank options for a layer of `num_experts` experts (the pool in pool
+  /// mode, the active experts in resize mode).
+  TopAnyRouterOptions router_options_for(int64_t num_experts) const;
+  ExpertBankOptions expert_options_for(int64_t num_experts) const;
 
   /// The Tutel loss set: diversity + simplicity only.
   TopAnyMoEOptions& tutel_losses() {
-    balance_loss_ = false;
-    efficiency_loss_ = false;
+    router_options_.tutel_losses();
     return *this;
   }
 
   TORCH_ARG(int64_t, d_model);
   TORCH_ARG(int64_t, max_experts);      ///< E_max
   TORCH_ARG(int64_t, initial_experts);  ///< E_0, default max_experts / 2 as in the shipped configs
-  TORCH_ARG(int64_t, hidden_size);      ///< expert hidden width, default 4·d_model
-  TORCH_ARG(Activation, activation) = Activation::kReLU;
   TORCH_ARG(ExpertStorage, storage) = ExpertStorage::kPoolMask;
   TORCH_ARG(ExpertSchedule, schedule) = ExpertSchedule::manual();
   /// Every expert starts as a copy of one network (the reference deep-copies the FFN); false:
   /// independent initialisations.
   TORCH_ARG(bool, copy_initial_expert) = true;
   TORCH_ARG(NewExpertInit, new_expert_init) = NewExpertInit::kKeep;
-  // Router (see TopAnyRouterOptions).
-  TORCH_ARG(TopAnyTemperature, temperature) = TopAnyTemperature::kFrozen;
-  TORCH_ARG(c10::optional<double>, init_temperature) = c10::nullopt;
-  TORCH_ARG(TopAnyFallback, fallback) = TopAnyFallback::kArgmax;
-  TORCH_ARG(double, aux_loss_coef) = 0.01;
-  TORCH_ARG(bool, diversity_loss) = true;
-  TORCH_ARG(bool, simplicity_loss) = true;
-  TORCH_ARG(bool, balance_loss) = true;
-  TORCH_ARG(bool, efficiency_loss) = true;
-  TORCH_ARG(bool, aux_loss_in_eval) = false;
-  TORCH_ARG(NonFinitePolicy, non_finite) = NonFinitePolicy::kError;
-  // Experts (see ExpertBankOptions).
-  TORCH_ARG(bool, expert_bias) = false;
-  TORCH_ARG(ExpertInit, expert_init) = ExpertInit::kGlorotUniform;
-  TORCH_ARG(double, expert_init_std) = 0.02;
-  TORCH_ARG(bool, recompute_hidden) = false;
+  /// The router's settings (moe/routers/top_any_router.h); its sizes are set per layer.
+  TORCH_ARG(TopAnyRouterOptions, router_options);
+  /// The experts' settings (moe/experts.h); hidden_size defaults to 4·d_model.
+  TORCH_ARG(ExpertBankOptions, expert_options);
+
+  // Router settings (TopAnyRouterOptions).
+  MOE_NESTED_ARG(TopAnyTemperature, temperature, router_options_, temperature)
+  MOE_NESTED_ARG(c10::optional<double>, init_temperature, router_options_, init_temperature)
+  MOE_NESTED_ARG(TopAnyFallback, fallback, router_options_, fallback)
+  MOE_NESTED_ARG(double, aux_loss_coef, router_options_, aux_loss_coef)
+  MOE_NESTED_ARG(bool, diversity_loss, router_options_, diversity_loss)
+  MOE_NESTED_ARG(bool, simplicity_loss, router_options_, simplicity_loss)
+  MOE_NESTED_ARG(bool, balance_loss, router_options_, balance_loss)
+  MOE_NESTED_ARG(bool, efficiency_loss, router_options_, efficiency_loss)
+  MOE_NESTED_ARG(bool, aux_loss_in_eval, router_options_, aux_loss_in_eval)
+  MOE_NESTED_ARG(NonFinitePolicy, non_finite, router_options_, non_finite)
+  // Expert settings (ExpertBankOptions).
+  MOE_NESTED_ARG(int64_t, hidden_size, expert_options_, hidden_size)
+  MOE_NESTED_ARG(Activation, activation, expert_options_, activation)
+  MOE_NESTED_ARG(bool, expert_bias, expert_options_, bias)
+  MOE_NESTED_ARG(ExpertInit, expert_init, expert_options_, init)
+  MOE_NESTED_ARG(double, expert_init_std, expert_options_, init_std)
+  MOE_NESTED_ARG(bool, recompute_hidden, expert_options_, recompute_hidden)
 };
 
 }  // namespace moe::nn
