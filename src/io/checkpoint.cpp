@@ -48,10 +48,10 @@ ModuleLoad check_module_load(torch::nn::Module& module, const TensorFile& file,
     auto* layer = dynamic_cast<nn::TopAnyMoEImpl*>(m);
     if (layer == nullptr) continue;
     const auto w = file.find(prefix + mprefix + "router.weight");
-    if (!w.defined() || w.dim() != 2 || w.size(0) == layer->num_slots()) continue;
+    if (!w.defined() || w.dim() != 2 || w.size(0) == layer->num_experts()) continue;
     TORCH_CHECK_VALUE(layer->layer_options().storage() == nn::ExpertStorage::kResize, who, ": ",
-                      path, ": TopAnyMoE '", mprefix, "' has ", layer->num_slots(),
-                      " expert slots but the checkpoint has ", w.size(0),
+                      path, ": TopAnyMoE '", mprefix, "' has ", layer->num_experts(),
+                      " experts but the checkpoint has ", w.size(0),
                       "; a pool-mode layer cannot resize (build it with max_experts=", w.size(0),
                       " or with storage(ExpertStorage::kResize))");
     TORCH_CHECK_VALUE(w.size(0) >= 1 && w.size(0) <= layer->layer_options().max_experts(), who,

@@ -193,9 +193,10 @@ ExpertUpdate DynamicExpertSet::update_pool(const RoutingRecords& rec,
   const auto removed = (active & (counts == 0)).nonzero().view(-1);
   auto next = active & (counts > 0);
   const auto rep = new_representation(rec.unrouted_sum);
-  const auto free_slots = (~next).nonzero().view(-1);
-  const int64_t slot = rep.defined() && free_slots.numel() > 0 ? free_slots[0].item<int64_t>() : -1;
-  if (slot < 0 && !next.any().item<bool>()) {
+  const auto free_experts = (~next).nonzero().view(-1);
+  const int64_t new_expert =
+      rep.defined() && free_experts.numel() > 0 ? free_experts[0].item<int64_t>() : -1;
+  if (new_expert < 0 && !next.any().item<bool>()) {
     // Every expert idled and none can be added: keep the set rather than leave no expert (§2.7).
     u.active_after = u.active_before;
     return u;
@@ -204,12 +205,12 @@ ExpertUpdate DynamicExpertSet::update_pool(const RoutingRecords& rec,
   u.removed.assign(removed_cpu.data_ptr<int64_t>(),
                    removed_cpu.data_ptr<int64_t>() + removed_cpu.numel());
   router_->active.copy_(next.to(router_->active.scalar_type()));
-  if (slot >= 0) {
-    router_->active[slot] = 1.0;
-    router_->weight[slot].copy_(rep);
-    router_->threshold[slot].zero_();
-    if (options_.new_expert_init() == NewExpertInit::kReinit) reinit_expert(slot, optimizer);
-    u.added = slot;
+  if (new_expert >= 0) {
+    router_->active[new_expert] = 1.0;
+    router_->weight[new_expert].copy_(rep);
+    router_->threshold[new_expert].zero_();
+    if (options_.new_expert_init() == NewExpertInit::kReinit) reinit_expert(new_expert, optimizer);
+    u.added = new_expert;
   }
   u.active_after = router_->num_active();
   return u;
@@ -277,7 +278,7 @@ ExpertUpdate DynamicExpertSet::update_resize(const RoutingRecords& rec,
     if (params[i].defined()) resize_rows(params[i], keep, rows[i], optimizer);
   const int64_t n = keep.numel() + (add ? 1 : 0);
   router_->active.set_data(torch::ones({n}, router_->active.options()));
-  router_->options.num_slots(n).initial_active(n);
+  router_->options.num_experts(n).initial_active(n);
   experts_->options.num_experts(n);
   u.added = add ? n - 1 : -1;
   u.active_after = n;
@@ -288,7 +289,7 @@ void DynamicExpertSet::resize_experts(int64_t n) {
   TORCH_CHECK_VALUE(options_.storage() == ExpertStorage::kResize, kWho,
                     ": resize_experts() needs storage(ExpertStorage::kResize); this layer has a "
                     "fixed pool of ",
-                    num_experts(), " slots, cannot hold ", n);
+                    num_experts(), " experts, cannot hold ", n);
   TORCH_CHECK_VALUE(n >= 1 && n <= options_.max_experts(), kWho, ": expert count must be in [1, ",
                     "max_experts=", options_.max_experts(), "], got ", n);
   const int64_t E = num_experts();
@@ -307,7 +308,7 @@ void DynamicExpertSet::resize_experts(int64_t n) {
   for (auto p : bank_tensors(experts_))
     if (p.defined()) resize_rows(p, keep, zero_rows(p), nullptr);
   router_->active.set_data(torch::ones({n}, router_->active.options()));
-  router_->options.num_slots(n).initial_active(n);
+  router_->options.num_experts(n).initial_active(n);
   experts_->options.num_experts(n);
   records_ = RoutingRecords();
   recording_ = pending_ = false;

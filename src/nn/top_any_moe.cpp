@@ -33,7 +33,7 @@ RoutedMoEOptions routed_options(const TopAnyMoEOptions& o) {
 
 TopAnyRouterOptions TopAnyMoEOptions::router_options_for(int64_t num_experts) const {
   auto o = router_options();
-  o.d_model(d_model()).num_slots(num_experts);
+  o.d_model(d_model()).num_experts(num_experts);
   o.initial_active(storage() == ExpertStorage::kPoolMask ? initial_experts() : num_experts);
   return o;
 }
@@ -58,7 +58,7 @@ void TopAnyMoEImpl::reset_parameters() {
 
 std::shared_ptr<RoutedMoEImpl> TopAnyMoEImpl::make_copy() const {
   auto copy = std::make_shared<TopAnyMoEImpl>(layer_options());
-  if (layer_options().storage() == ExpertStorage::kResize) copy->resize_experts(num_slots());
+  if (layer_options().storage() == ExpertStorage::kResize) copy->resize_experts(num_experts());
   return copy;
 }
 

@@ -74,7 +74,7 @@ torch::Tensor top_any_balance_loss(const torch::Tensor& a) {
   const auto nz = (a.detach() > 0).any(1);
   if (!nz.any().item<bool>()) return at::zeros({}, a.options());
   const auto an = a.index({nz});
-  const auto p = an / an.sum(1, /*keepdim=*/true);  // 1/k on the activated slots, differentiable
+  const auto p = an / an.sum(1, /*keepdim=*/true);  // 1/k on the activated experts, differentiable
   const auto me = p.mean(0);
   const auto ce = (an.detach() > 0).to(a.scalar_type()).mean(0);
   return (me * ce).mean() * static_cast<double>(E * E);
@@ -87,11 +87,11 @@ torch::Tensor top_any_efficiency_loss(const torch::Tensor& a) {
 TopAnyRouterImpl::TopAnyRouterImpl(TopAnyRouterOptions options_) : options(std::move(options_)) {
   const char* who = options.name().c_str();
   TORCH_CHECK_VALUE(options.d_model() >= 1, who, ": d_model must be >= 1, got ", options.d_model());
-  TORCH_CHECK_VALUE(options.num_slots() >= 1, who,
-                    ": the number of expert slots must be >= 1, got ", options.num_slots());
+  TORCH_CHECK_VALUE(options.num_experts() >= 1, who,
+                    ": the number of experts must be >= 1, got ", options.num_experts());
   TORCH_CHECK_VALUE(
-      options.initial_active() >= 1 && options.initial_active() <= options.num_slots(), who,
-      ": initial_experts must be in [1, ", options.num_slots(), "], got ",
+      options.initial_active() >= 1 && options.initial_active() <= options.num_experts(), who,
+      ": initial_experts must be in [1, ", options.num_experts(), "], got ",
       options.initial_active());
   const double t = options.resolved_init_temperature();
   TORCH_CHECK_VALUE(std::isfinite(t) && t > 0, who,
@@ -102,7 +102,7 @@ TopAnyRouterImpl::TopAnyRouterImpl(TopAnyRouterOptions options_) : options(std::
 }
 
 void TopAnyRouterImpl::reset() {
-  const int64_t E = options.num_slots(), d = options.d_model();
+  const int64_t E = options.num_experts(), d = options.d_model();
   weight = register_parameter("weight", torch::empty({E, d}));
   threshold = register_parameter("threshold", torch::empty({E}));
   const auto log_scale = torch::full({1}, std::log(1.0 / options.resolved_init_temperature()));
@@ -133,7 +133,7 @@ void TopAnyRouterImpl::reset_parameters() {
 }
 
 void TopAnyRouterImpl::pretty_print(std::ostream& stream) const {
-  stream << "moe::TopAnyRouter(d_model=" << options.d_model() << ", slots=" << num_slots()
+  stream << "moe::TopAnyRouter(d_model=" << options.d_model() << ", experts=" << num_experts()
          << ", active=" << num_active() << ", temperature=" << to_string(options.temperature())
          << ")";
 }
@@ -172,7 +172,7 @@ TopAnyRouting TopAnyRouterImpl::decide(const torch::Tensor& x_in) {
   const char* who = options.name().c_str();
   TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == options.d_model(), who,
               ": router input must be [T, d_model=", options.d_model(), "], got ", x_in.sizes());
-  const int64_t T = x_in.size(0), E = num_slots();
+  const int64_t T = x_in.size(0), E = num_experts();
   const auto rd = router_dtype(x_in.scalar_type());
   TORCH_CHECK_TYPE(weight.scalar_type() == rd, who, ": router parameters are ",
                    weight.scalar_type(), " but inputs of dtype ", x_in.scalar_type(), " need ", rd);
@@ -188,7 +188,7 @@ TopAnyRouting TopAnyRouterImpl::decide(const torch::Tensor& x_in) {
 
   const auto lambda = logit_scale();
   const auto cos = normalize_rows(x).mm(normalize_rows(weight).t());
-  const auto s = at::sigmoid(cos * lambda) * active;  // free slots score 0 and never fire
+  const auto s = at::sigmoid(cos * lambda) * active;  // free experts score 0 and never fire
   const auto theta = at::sigmoid(threshold * lambda);
   auto a = sign_ste(at::relu(s - theta));  // forward: 1 where s > theta
   if (skip) a = a * finite.valid.unsqueeze(1).to(a.scalar_type());
@@ -206,7 +206,7 @@ TopAnyRouting TopAnyRouterImpl::decide(const torch::Tensor& x_in) {
   if (!is_training() && options.fallback() != TopAnyFallback::kZero) {
     const auto none = (r.unrouted).unsqueeze(1);  // [T, 1]
     const auto best = r.scores.argmax(1, /*keepdim=*/true);
-    // Only active slots score > 0; a layer with no active expert has nowhere to send the token.
+    // Only active experts score > 0; a layer with no active expert has nowhere to send the token.
     const auto has_active = r.scores.gather(1, best) > 0;
     const auto onehot = at::zeros({T, E}, x.options().dtype(at::kBool)).scatter_(1, best, true);
     const auto add = onehot & none & has_active;

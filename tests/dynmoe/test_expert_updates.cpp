@@ -77,7 +77,7 @@ TEST(ExpertUpdate, NoAdditionWhenTheComponentSumIsZeroOrNoSlotIsFree) {
   // R_S = (1, -1, 0): its norm is not 0 but the sum of its components is (the reference's test).
   auto u = layer->update_experts(records({1, 1, 1}, {1, -1, 0}));
   EXPECT_FALSE(u.changed());
-  u = layer->update_experts(records({1, 1, 1}, {2, 0, 0}));  // no free slot
+  u = layer->update_experts(records({1, 1, 1}, {2, 0, 0}));  // no free expert
   EXPECT_FALSE(u.changed());
   EXPECT_TRUE(torch::equal(layer->router->weight, w));
   EXPECT_EQ(layer->num_active_experts(), 3);
@@ -225,7 +225,7 @@ TEST(ExpertResize, KeepsSurvivorsAndTheirOptimizerStateBitIdentical) {
   // Each expert's output on x, through the bank alone.
   auto expert_out = [&](int64_t e) {
     const auto idx = torch::full({16, 1}, e, at::kLong);
-    const auto plan = moe::build_routing_plan(idx, layer->num_slots());
+    const auto plan = moe::build_routing_plan(idx, layer->num_experts());
     torch::NoGradGuard g;
     return layer->experts->forward(x, plan, torch::ones({16}));
   };
@@ -235,7 +235,7 @@ TEST(ExpertResize, KeepsSurvivorsAndTheirOptimizerStateBitIdentical) {
   const auto u = layer->update_experts(records({5, 0, 3, 1}, {1, 2, 2, 0}), &opt);
   EXPECT_EQ(u.removed, (std::vector<int64_t>{1}));
   EXPECT_EQ(u.added, 3);
-  ASSERT_EQ(layer->num_slots(), 4);
+  ASSERT_EQ(layer->num_experts(), 4);
   EXPECT_EQ(layer->experts->w1.size(0), 4);
   EXPECT_EQ(layer->router->active.size(0), 4);
   const auto keep = torch::tensor({0, 2, 3}, at::kLong);
@@ -272,7 +272,7 @@ TEST(ExpertResize, GrowsBeyondTheInitialAllocationUpToMaxExperts) {
     std::vector<int64_t> counts(static_cast<size_t>(n - 1), 1);
     const auto u = layer->update_experts(records(counts, {1, 0, 0}), &opt);
     EXPECT_EQ(u.added, n - 1);
-    EXPECT_EQ(layer->num_slots(), n);
+    EXPECT_EQ(layer->num_experts(), n);
     EXPECT_EQ(layer->experts->w2.size(0), n);
   }
   // At max_experts nothing more is added.

@@ -80,10 +80,10 @@ TEST(TopAnyCheckpoint, ChildLoadsAndCompares) {
   if (dir == nullptr) GTEST_SKIP() << "runs as the child process of RoundTripsAfterRemoval...";
   torch::manual_seed(999);  // different initial weights: everything must come from the file
   TopAnyMoE layer(resize_options());
-  ASSERT_EQ(layer->num_slots(), 4);
+  ASSERT_EQ(layer->num_experts(), 4);
   const auto meta = moe::io::load_module(*layer, std::string(dir) + "/model.safetensors");
   EXPECT_EQ(meta.at("experts"), "3");
-  EXPECT_EQ(layer->num_slots(), 3);
+  EXPECT_EQ(layer->num_experts(), 3);
   const auto expect = moe::io::load_safetensors(std::string(dir) + "/expect.safetensors");
   layer->eval();
   const auto y = layer->forward(expect.find("x")).output;
@@ -116,7 +116,7 @@ TEST(TopAnyCheckpoint, PoolModeRoundTripRestoresTheMask) {
   TopAnyMoE small(TopAnyMoEOptions(4, 5).initial_experts(3).hidden_size(3));
   EXPECT_TRUE(
       mt::throws_with([&] { moe::io::load_module(*small, path); },
-                      {"TopAnyMoE", "5 expert slots", "checkpoint has 6", "cannot resize"}));
+                      {"TopAnyMoE", "5 experts", "checkpoint has 6", "cannot resize"}));
   TopAnyMoE bounded(
       TopAnyMoEOptions(4, 4).initial_experts(3).hidden_size(3).storage(ExpertStorage::kResize));
   EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*bounded, path); },
@@ -137,7 +137,7 @@ TEST(TopAnyCheckpoint, PoolModeRoundTripRestoresTheMask) {
     const auto w1 = dst->experts->w1.clone();
     EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*dst, path); },
                                 {"experts.w2", "[5, 3, 5]", "[5, 3, 4]"}));
-    EXPECT_EQ(dst->num_slots(), 2);
+    EXPECT_EQ(dst->num_experts(), 2);
     EXPECT_TRUE(torch::equal(dst->experts->w1, w1));
   }
   // A checkpoint of a different model names the missing tensor.

@@ -20,7 +20,7 @@ using moe::TopAnyRouterOptions;
 using moe::TopAnyTemperature;
 namespace mt = moe::testing;
 
-// A router in float64 with varied thresholds and two free slots, so that tokens get k = 0..E.
+// A router in float64 with varied thresholds and two free experts, so that tokens get k = 0..E.
 TopAnyRouter make_router(TopAnyRouterOptions o, uint64_t seed) {
   torch::manual_seed(seed);
   TopAnyRouter r(o);

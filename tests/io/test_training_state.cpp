@@ -119,7 +119,7 @@ TEST(TrainingCheckpoint, TopAnyMoEAfterAResizeResumesBitExactly) {
   TopAnyMoE b(options.initial_experts(2));
   torch::optim::Adam ob(b->parameters(), torch::optim::AdamOptions(1e-2));
   moe::io::load_checkpoint(*b, ob, path);
-  EXPECT_EQ(b->num_slots(), 4);
+  EXPECT_EQ(b->num_experts(), 4);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(train(b, ob), full[i]) << i;
   fs::remove(path);
 }

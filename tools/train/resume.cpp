@@ -116,7 +116,7 @@ OpenRecords read_open_records(torch::nn::Module& m, const io::TensorFile& file,
     const auto it = layers.find(key.substr(prefix.size()));
     if (it == layers.end()) fail("the model has no TopAnyMoE layer of that name");
     const auto w = file.find("model." + it->first + ".router.weight");
-    const int64_t experts = w.defined() && w.dim() == 2 ? w.size(0) : it->second->num_slots();
+    const int64_t experts = w.defined() && w.dim() == 2 ? w.size(0) : it->second->num_experts();
     out.emplace_back(it->second,
                      parse_open_records(text, experts, it->second->options.d_model(), fail));
   }

@@ -78,7 +78,7 @@ class DynamicExpertSet : public LayerComponent {
   ExpertUpdate apply_pending_update(torch::optim::Optimizer* optimizer);
   void resize_experts(int64_t n);
 
-  int64_t num_experts() const { return router_->num_slots(); }
+  int64_t num_experts() const { return router_->num_experts(); }
   int64_t forward_count() const { return forward_count_.item<int64_t>(); }
   const TopAnyMoEOptions& options() const { return options_; }
   /// Changes the update schedule from now on.

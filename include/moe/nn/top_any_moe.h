@@ -85,7 +85,7 @@ class TopAnyMoEImpl : public RoutedMoEImpl {
   void resize_experts(int64_t n) { expert_set_->resize_experts(n); }
 
   /// Experts allocated (E: the pool in pool mode, the active experts in resize mode).
-  int64_t num_slots() const { return expert_set_->num_experts(); }
+  int64_t num_experts() const { return expert_set_->num_experts(); }
   int64_t num_active_experts() const { return router->num_active(); }
   /// Training forwards so far: the buffer `forward_count`, saved with checkpoints. (The records of
   /// an open recording window are not module state: a program that checkpoints inside a window

@@ -16,7 +16,7 @@ namespace moe::nn {
 
 /// How the layer holds a changing set of experts.
 enum class ExpertStorage {
-  /// The reference: max_experts slots are allocated; a mask switches them on and off.
+  /// The reference: max_experts experts are allocated; a mask switches them on and off.
   kPoolMask,
   /// The parameter tensors hold only the active experts and are shrunk and grown at each update
   /// (optimizer moments of surviving experts carried over). max_experts bounds the growth.

@@ -1,13 +1,13 @@
 // TopAnyRouter: DynMoE's top-any gating (Guo et al. 2024; docs/algorithms.md §2.1–§2.3).
 //
-// Each of E slots has a trainable representation (a row of router.weight) and a trainable
-// threshold. A token activates every active slot whose sigmoid cosine score exceeds the slot's
+// Each of E experts has a trainable representation (a row of router.weight) and a trainable
+// threshold. A token activates every active expert whose sigmoid cosine score exceeds the expert's
 // sigmoid threshold, so the number of experts per token k is not fixed; the combine weight is 1/k
 // over the activated experts (not score-weighted). The 0/1 decision uses a straight-through sign.
 //
 // Parameters: router.weight [E, d] (orthogonal init; the transpose of the reference's sim_matrix),
 //             router.threshold [E] (zeros), router.temperature [1] (trainable temperature only).
-// Buffers:    router.active [E] (1 = active slot, 0 = free slot), router.temperature [1] when
+// Buffers:    router.active [E] (1 = active expert, 0 = free expert), router.temperature [1] when
 // frozen.
 #pragma once
 
@@ -43,10 +43,10 @@ enum class TopAnyFallback {
 };
 
 /// Example: TopAnyRouter r(TopAnyRouterOptions(/*d_model=*/512,
-/// /*num_slots=*/16).initial_active(8));
+/// /*num_experts=*/16).initial_active(8));
 struct TopAnyRouterOptions {
-  TopAnyRouterOptions(int64_t d_model, int64_t num_slots)
-      : d_model_(d_model), num_slots_(num_slots), initial_active_(num_slots) {}
+  TopAnyRouterOptions(int64_t d_model, int64_t num_experts)
+      : d_model_(d_model), num_experts_(num_experts), initial_active_(num_experts) {}
   /// Selects the Tutel loss set (diversity + simplicity only).
   TopAnyRouterOptions& tutel_losses() {
     balance_loss_ = false;
@@ -57,8 +57,8 @@ struct TopAnyRouterOptions {
   double resolved_init_temperature() const;
 
   TORCH_ARG(int64_t, d_model);
-  TORCH_ARG(int64_t, num_slots);       ///< E: allocated slots (the pool E_max in pool mode)
-  TORCH_ARG(int64_t, initial_active);  ///< the first initial_active slots start active
+  TORCH_ARG(int64_t, num_experts);       ///< E: allocated experts (the pool E_max in pool mode)
+  TORCH_ARG(int64_t, initial_active);  ///< the first initial_active experts start active
   TORCH_ARG(TopAnyTemperature, temperature) = TopAnyTemperature::kFrozen;
   /// t at initialisation; unset: 1.0 (kFrozen), 0.1 (kTrainable). Ignored for kNone.
   TORCH_ARG(c10::optional<double>, init_temperature) = c10::nullopt;
@@ -80,7 +80,7 @@ struct TopAnyRouterOptions {
 struct TopAnyRouting {
   torch::Tensor expert_index;  ///< [T, E] int64: e where token t uses expert e, else -1
   torch::Tensor gate;          ///< [T, E] combine weights (1/k on used experts), differentiable
-  torch::Tensor scores;        ///< [T, E] sigmoid scores s (0 at free slots), detached
+  torch::Tensor scores;        ///< [T, E] sigmoid scores s (0 at free experts), detached
   torch::Tensor fired;         ///< [T, E] bool: s > threshold (before the inference fallback)
   torch::Tensor unrouted;      ///< [T] bool: tokens that activated no expert (before the fallback)
   torch::Tensor aux_loss;      ///< 0-dim, weighted by aux_loss_coef; 0 in eval by default
@@ -107,10 +107,10 @@ class TopAnyRouterImpl : public torch::nn::Cloneable<TopAnyRouterImpl>, public R
   TopAnyRouting decide(const torch::Tensor& x);
   RoutingResult route(const torch::Tensor& x) override { return decide(x).result(); }
   TopAnyRouting forward(const torch::Tensor& x) { return decide(x); }
-  int64_t num_experts() const override { return num_slots(); }
-  std::string kind() const override { return "top_any"; }
+    std::string kind() const override { return "top_any"; }
 
-  int64_t num_slots() const { return weight.size(0); }
+  /// E: allocated experts (the pool E_max in pool mode).
+  int64_t num_experts() const override { return weight.size(0); }
   int64_t num_active() const;
   /// λ = exp(min(log(1/t), log 100)) as a 0-dim tensor (1 for kNone).
   torch::Tensor logit_scale() const;
