@@ -88,6 +88,52 @@ RunSection parse_run(const RunConfig& c, Task task) {
   return r;
 }
 
+// The keys of DynMoE's top-any layers (docs/cli.md).
+void parse_top_any(const RunConfig& c, MoESection& m) {
+  m.initial_experts =
+      int_at_least(c, "moe.initial_experts", std::max<int64_t>(1, m.num_experts / 2), 1);
+  if (m.initial_experts > m.num_experts)
+    bad("moe.initial_experts", std::to_string(m.initial_experts),
+        "at most moe.num_experts = " + std::to_string(m.num_experts) + " (the pool size E_max)");
+  m.storage = one_of(c, "moe.storage", m.storage, {"pool", "resize"});
+  m.schedule = one_of(c, "moe.schedule", m.schedule, {"window", "every_step", "manual"});
+  if (m.schedule == "window") {
+    m.record = int_at_least(c, "moe.record", m.record, 1);
+    m.period = int_at_least(c, "moe.period", m.period, 2);
+    if (m.record >= m.period)
+      bad("moe.record", std::to_string(m.record),
+          "less than moe.period = " + std::to_string(m.period));
+  }
+  m.temperature = one_of(c, "moe.temperature", m.temperature, {"frozen", "trainable", "none"});
+  m.top_any_aux_coef = number_in(c, "moe.aux_coef", m.top_any_aux_coef, 0, 1e6);
+  m.top_k = 0;  // top-any: every token chooses its own k
+}
+
+// The keys of the two-level gate (docs/cli.md).
+void parse_hierarchical(const RunConfig& c, MoESection& m, int64_t default_k) {
+  m.groups = int_at_least(c, "moe.groups", 0, 0);
+  if (m.groups == 0) {  // the largest divisor of E not above sqrt(E)
+    int64_t g = static_cast<int64_t>(std::sqrt(static_cast<double>(m.num_experts)));
+    while (m.num_experts % g != 0) --g;
+    m.groups = g;
+  }
+  if (m.num_experts % m.groups != 0)
+    bad("moe.groups", std::to_string(m.groups),
+        "a divisor of moe.num_experts = " + std::to_string(m.num_experts));
+  m.top_k = int_at_least(c, "moe.top_k", std::min(default_k, m.groups), 1);
+  if (m.top_k > m.groups)
+    bad("moe.top_k", std::to_string(m.top_k),
+        "at most moe.groups = " + std::to_string(m.groups) + " (the primary gate's k)");
+  m.secondary_top_k =
+      int_at_least(c, "moe.secondary_top_k", std::min<int64_t>(2, m.num_experts / m.groups), 1);
+  if (m.secondary_top_k > m.num_experts / m.groups)
+    bad("moe.secondary_top_k", std::to_string(m.secondary_top_k),
+        "at most the experts per group, " + std::to_string(m.num_experts / m.groups));
+  m.importance_coef = coef(c, "moe.importance_coef");
+  m.load_coef = coef(c, "moe.load_coef");
+  m.noise_epsilon = number_in(c, "moe.noise_epsilon", m.noise_epsilon, 0, 1e3);
+}
+
 MoESection parse_moe(const RunConfig& c) {
   MoESection m;
   m.router = one_of(c, "moe.router", m.router,
@@ -98,23 +144,7 @@ MoESection parse_moe(const RunConfig& c) {
   m.activation =
       one_of(c, "moe.activation", m.activation, {"relu", "gelu", "silu", "swiglu", "geglu"});
   if (m.router == "top_any") {
-    m.initial_experts =
-        int_at_least(c, "moe.initial_experts", std::max<int64_t>(1, m.num_experts / 2), 1);
-    if (m.initial_experts > m.num_experts)
-      bad("moe.initial_experts", std::to_string(m.initial_experts),
-          "at most moe.num_experts = " + std::to_string(m.num_experts) + " (the pool size E_max)");
-    m.storage = one_of(c, "moe.storage", m.storage, {"pool", "resize"});
-    m.schedule = one_of(c, "moe.schedule", m.schedule, {"window", "every_step", "manual"});
-    if (m.schedule == "window") {
-      m.record = int_at_least(c, "moe.record", m.record, 1);
-      m.period = int_at_least(c, "moe.period", m.period, 2);
-      if (m.record >= m.period)
-        bad("moe.record", std::to_string(m.record),
-            "less than moe.period = " + std::to_string(m.period));
-    }
-    m.temperature = one_of(c, "moe.temperature", m.temperature, {"frozen", "trainable", "none"});
-    m.top_any_aux_coef = number_in(c, "moe.aux_coef", m.top_any_aux_coef, 0, 1e6);
-    m.top_k = 0;  // top-any: every token chooses its own k
+    parse_top_any(c, m);
     return m;
   }
   if (m.router == "expert_choice") {  // each expert takes T·cf/E tokens; on average cf per token
@@ -128,27 +158,7 @@ MoESection parse_moe(const RunConfig& c) {
   }
   const int64_t default_k = m.router == "switch" ? 1 : 2;
   if (m.router == "hierarchical") {
-    m.groups = int_at_least(c, "moe.groups", 0, 0);
-    if (m.groups == 0) {  // the largest divisor of E not above sqrt(E)
-      int64_t g = static_cast<int64_t>(std::sqrt(static_cast<double>(m.num_experts)));
-      while (m.num_experts % g != 0) --g;
-      m.groups = g;
-    }
-    if (m.num_experts % m.groups != 0)
-      bad("moe.groups", std::to_string(m.groups),
-          "a divisor of moe.num_experts = " + std::to_string(m.num_experts));
-    m.top_k = int_at_least(c, "moe.top_k", std::min(default_k, m.groups), 1);
-    if (m.top_k > m.groups)
-      bad("moe.top_k", std::to_string(m.top_k),
-          "at most moe.groups = " + std::to_string(m.groups) + " (the primary gate's k)");
-    m.secondary_top_k =
-        int_at_least(c, "moe.secondary_top_k", std::min<int64_t>(2, m.num_experts / m.groups), 1);
-    if (m.secondary_top_k > m.num_experts / m.groups)
-      bad("moe.secondary_top_k", std::to_string(m.secondary_top_k),
-          "at most the experts per group, " + std::to_string(m.num_experts / m.groups));
-    m.importance_coef = coef(c, "moe.importance_coef");
-    m.load_coef = coef(c, "moe.load_coef");
-    m.noise_epsilon = number_in(c, "moe.noise_epsilon", m.noise_epsilon, 0, 1e3);
+    parse_hierarchical(c, m, default_k);
     return m;
   }
   m.top_k = int_at_least(c, "moe.top_k", std::min(default_k, m.num_experts), 1);
