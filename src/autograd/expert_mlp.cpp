@@ -22,7 +22,7 @@ struct Keep {
 };
 
 // Custom autograd functions cannot take undefined inputs: absent optional weights travel as empty
-// placeholders (a real b1/b2/w3 is never empty) and reach the backend as undefined tensors.
+// placeholders (a real w2/b1/b2/w3 is never empty) and reach the backend as undefined tensors.
 at::Tensor absent_as_undefined(const at::Tensor& t) { return t.numel() > 0 ? t : at::Tensor(); }
 
 engine::ExpertProblem problem(const at::Tensor& x, const at::Tensor& pair_weight,
@@ -33,7 +33,7 @@ engine::ExpertProblem problem(const at::Tensor& x, const at::Tensor& pair_weight
   return {x,
           pair_weight,
           w1,
-          w2,
+          absent_as_undefined(w2),
           absent_as_undefined(w3),
           absent_as_undefined(b1),
           absent_as_undefined(b2),
@@ -66,8 +66,12 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
                            ctx->saved_data["expert_offsets"].toTensor(),
                            ctx->saved_data["token_index"].toTensor(),
                            static_cast<Activation>(ctx->saved_data["act"].toInt()));
+    // dL/dx and dL/dpair_weight only where autograd wants them (e.g. not for a model's input).
+    engine::WantedGradients want;
+    want.x = ctx->needs_input_grad(0);
+    want.pair_weight = ctx->needs_input_grad(1);
     const auto g =
-        engine::backend_for(p.x.device())->backward(p, {s[7], s[8]}, grads[0].contiguous());
+        engine::backend_for(p.x.device())->backward(p, {s[7], s[8]}, grads[0].contiguous(), want);
     // No gradients for the plan, the activation, `keep` and the backend.
     return {g.x, g.pair_weight, g.w1, g.w2, g.w3, g.b1, g.b2, {}, {}, {}, {}};
   }
@@ -87,9 +91,11 @@ torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
   const int64_t E = w.w1.size(0), h = w.w1.size(2);
   TORCH_CHECK(plan.num_experts == E, "expert_mlp: the plan is for ", plan.num_experts,
               " experts but w1 has ", E);
-  TORCH_CHECK(w.w2.defined() && w.w2.sizes() == at::IntArrayRef({E, h, d}),
-              "expert_mlp: w2 must be [", E, ", ", h, ", ", d, "], got ",
-              w.w2.defined() ? w.w2.sizes() : at::IntArrayRef{});
+  // Without w2 the experts have one layer and output h columns.
+  const int64_t out = w.w2.defined() ? w.w2.size(-1) : h;
+  if (w.w2.defined())
+    TORCH_CHECK(w.w2.dim() == 3 && w.w2.size(0) == E && w.w2.size(1) == h && out >= 1,
+                "expert_mlp: w2 must be [", E, ", ", h, ", out], got ", w.w2.sizes());
   if (is_gated(activation)) {
     TORCH_CHECK(w.w3.defined() && w.w3.sizes() == w.w1.sizes(), "expert_mlp: activation ",
                 to_string(activation), " needs w3 of shape ", w.w1.sizes());
@@ -97,9 +103,11 @@ torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
   if (w.b1.defined())
     TORCH_CHECK(w.b1.sizes() == at::IntArrayRef({E, h}), "expert_mlp: b1 must be [", E, ", ", h,
                 "], got ", w.b1.sizes());
-  if (w.b2.defined())
-    TORCH_CHECK(w.b2.sizes() == at::IntArrayRef({E, d}), "expert_mlp: b2 must be [", E, ", ", d,
+  if (w.b2.defined()) {
+    TORCH_CHECK(w.w2.defined(), "expert_mlp: b2 given without w2 (one-layer experts have no b2)");
+    TORCH_CHECK(w.b2.sizes() == at::IntArrayRef({E, out}), "expert_mlp: b2 must be [", E, ", ", out,
                 "], got ", w.b2.sizes());
+  }
   TORCH_CHECK(pair_weight.dim() == 1 && pair_weight.size(0) == plan.num_pairs(),
               "expert_mlp: pair_weight must be [P=", plan.num_pairs(), "], got ",
               pair_weight.sizes());
@@ -129,8 +137,9 @@ torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
   // placeholders (a real b1/b2/w3 is never empty) and get an undefined gradient.
   const auto absent = at::empty({0}, x.options());
   auto or_absent = [&](const at::Tensor& t) { return t.defined() ? t : absent; };
-  return ExpertMLPFunction::apply(x, pair_weight, w.w1, w.w2, or_absent(w.w3), or_absent(w.b1),
-                                  or_absent(w.b2), plan, activation, keep, *backend);
+  return ExpertMLPFunction::apply(x, pair_weight, w.w1, or_absent(w.w2), or_absent(w.w3),
+                                  or_absent(w.b1), or_absent(w.b2), plan, activation, keep,
+                                  *backend);
 }
 
 }  // namespace moe::functional

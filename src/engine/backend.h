@@ -25,15 +25,17 @@ namespace moe::engine {
 
 /// One call of the engine as a backend receives it. Every tensor lives on one device and has one
 /// dtype (float32, float64 or bfloat16; the plan's tensors are int64); x and pair_weight are
-/// contiguous. Absent optional weights are undefined (w3 is present for gated activations).
+/// contiguous. Absent optional weights are undefined (w3 is present for gated activations). Without
+/// w2 (and b2) the experts have one layer, o = act(x·w1 + b1), and the output width is h; with w2
+/// it is w2's last dimension `out`, which may differ from d.
 struct ExpertProblem {
   at::Tensor x;               ///< [T, d]
   at::Tensor pair_weight;     ///< [P], in plan order
   at::Tensor w1;              ///< [E, d, h]
-  at::Tensor w2;              ///< [E, h, d]
+  at::Tensor w2;              ///< [E, h, out] or undefined (one-layer experts: out = h)
   at::Tensor w3;              ///< [E, d, h] or undefined
   at::Tensor b1;              ///< [E, h] or undefined
-  at::Tensor b2;              ///< [E, d] or undefined
+  at::Tensor b2;              ///< [E, out] or undefined (always without w2)
   at::Tensor expert_offsets;  ///< [E+1]: the pairs of expert e are [offsets[e], offsets[e+1])
   at::Tensor token_index;     ///< [P]: the token of each pair
   Activation act = Activation::kReLU;
@@ -46,12 +48,25 @@ struct SavedHidden {
   at::Tensor h, g;
 };
 
+/// The output width of p's experts: w2's last dimension, or h for one-layer experts.
+inline int64_t output_width(const ExpertProblem& p) {
+  return p.w2.defined() ? p.w2.size(2) : p.w1.size(2);
+}
+
 struct ForwardResult {
-  at::Tensor y;        ///< [T, d], x's dtype
+  at::Tensor y;        ///< [T, out], x's dtype
   SavedHidden hidden;  ///< defined only when forward was asked to keep the hidden layer
 };
 
-/// dL/d of every input of ExpertProblem, in its dtype; undefined for an absent weight.
+/// Which gradients backward must compute: the others may come back undefined (skipping dL/dx
+/// saves one GEMM per expert and the sum into the token rows).
+struct WantedGradients {
+  bool x = true;
+  bool pair_weight = true;
+};
+
+/// dL/d of every input of ExpertProblem, in its dtype; undefined for an absent weight or one not
+/// wanted.
 struct ExpertGradients {
   at::Tensor x, pair_weight, w1, w2, w3, b1, b2;
 };
@@ -65,10 +80,10 @@ class ExpertBackend {
   /// y for problem p; keeps the hidden layer in the result when keep_hidden.
   virtual ForwardResult forward(const ExpertProblem& p, bool keep_hidden) const = 0;
 
-  /// The gradients of p's inputs from dy = dL/dy [T, d] (contiguous, x's dtype), with `hidden` as
-  /// forward returned it.
+  /// The gradients of p's inputs from dy = dL/dy [T, out] (contiguous, x's dtype), with `hidden`
+  /// as forward returned it; the weights' always, x's and pair_weight's as `want` says.
   virtual ExpertGradients backward(const ExpertProblem& p, const SavedHidden& hidden,
-                                   const at::Tensor& dy) const = 0;
+                                   const at::Tensor& dy, const WantedGradients& want) const = 0;
 };
 
 /// Registers (or replaces) the backend for tensors of `type`. Thread-safe.

@@ -1,13 +1,14 @@
 // The CPU backend: drives one forward or backward of the engine over a RoutingPlan.
 //
 // Forward, for each expert e with pairs [s, s+n) in the plan:
-//   xg = x[token_index[s:s+n]]                       gather into an [n, d] scratch buffer
-//   o  = expert_e(xg)                                [n, d] rows of a chunk buffer
+//   xg = x[token_index[s:s+n]]                       gathered into an [n, d] scratch buffer
+//                                                    (x's rows themselves when consecutive)
+//   o  = expert_e(xg)                                [n, out] rows of a chunk buffer
 //   (expert_ffn_cpu.h) y[t] += w_p · o[p]                               summed into the token rows
 //   in expert order
 // Experts run in chunks (one expert, or on the parallel schedule several consecutive experts up to
 // a row budget; engine_schedule.h); after each chunk its rows are added into y, split over threads
-// by columns, so nothing of size [P, d] is ever allocated and every y[t] sums its pairs in expert
+// by columns, so nothing of size [P, out] is ever allocated and every y[t] sums its pairs in expert
 // order on either schedule and at any thread count.
 // Kept for backward when asked: the hidden layer [P, h] (ReLU: a itself, which serves both dW2 and
 // the derivative mask since a > 0 exactly where h > 0; otherwise h, and g for gated units). Without
@@ -15,7 +16,9 @@
 //
 // Backward, per expert: xg and dy rows gathered; the hidden layer restored; expert_backward gives
 // the weight and pair-weight gradients and dxg into the chunk buffer, summed into dx like the
-// forward's outputs.
+// forward's outputs (or, when dL/dx is not wanted, neither computed nor summed).
+// One-layer experts (no w2) output their activation (out = h); otherwise out is w2's last
+// dimension, which need not be d (backend.h).
 //
 // bf16 experts compute in float32 where the CPU has no bf16 dot products (gemm.h compute_dtype):
 // the weight blocks and the gathered rows are converted on the way in, the hidden layers stay
@@ -58,7 +61,7 @@ at::Tensor stored(const at::Tensor& acc, at::ScalarType store) {
 
 // What both passes derive from the problem: sizes, the plan's host pointers, the schedule.
 struct Pass {
-  int64_t T, d, h, E, P;
+  int64_t T, d, h, E, P, out;
   at::ScalarType store, cdt;  // the stored and the compute dtype
   bool convert, gated, relu, parallel;
   const int64_t* offsets;
@@ -73,6 +76,7 @@ struct Pass {
         h(p.w1.size(2)),
         E(p.w1.size(0)),
         P(p.token_index.size(0)),
+        out(output_width(p)),
         store(p.x.scalar_type()),
         cdt(compute_dtype(store)),
         convert(cdt != store),
@@ -87,18 +91,20 @@ struct Pass {
   }
 
   std::vector<Work> workspace(bool keep_h, bool backward) const {
-    return make_workspace(parallel, {rows, d, h, keep_h, gated, relu, backward, convert}, copts);
+    return make_workspace(
+        parallel, {rows, d, h, keep_h, gated, relu, backward, convert, out, w.w2.defined()}, copts);
   }
-  at::Tensor chunk_buffer() const {
-    return at::empty({schedule::chunk_rows(parallel, rows, P), d}, copts);
+  // Rows of `width` columns: the experts' outputs (out) or input gradients (d, or 0 for none).
+  at::Tensor chunk_buffer(int64_t width) const {
+    return at::empty({schedule::chunk_rows(parallel, rows, P), width}, copts);
   }
 };
 
 class CpuBackend final : public ExpertBackend {
  public:
   ForwardResult forward(const ExpertProblem& p, bool keep_hidden) const override;
-  ExpertGradients backward(const ExpertProblem& p, const SavedHidden& hidden,
-                           const at::Tensor& dy) const override;
+  ExpertGradients backward(const ExpertProblem& p, const SavedHidden& hidden, const at::Tensor& dy,
+                           const WantedGradients& want) const override;
 };
 
 ForwardResult CpuBackend::forward(const ExpertProblem& p, bool keep_h) const {
@@ -110,8 +116,8 @@ ForwardResult CpuBackend::forward(const ExpertProblem& p, bool keep_h) const {
   auto hall = keep_h ? at::empty({ps.P, ps.h}, opts) : at::Tensor();
   auto gall = keep_h && ps.gated ? at::empty({ps.P, ps.h}, opts) : at::Tensor();
   auto work = ps.workspace(keep_h, /*backward=*/false);
-  auto chunk = ps.chunk_buffer();
-  auto acc = make_accumulator(ps.T, ps.d, ps.copts);
+  auto chunk = ps.chunk_buffer(ps.out);
+  auto acc = make_accumulator(ps.T, ps.out, ps.copts);
 
   dispatch_dtype(ps.cdt, [&](auto tag) {
     using T_ = decltype(tag);
@@ -138,10 +144,10 @@ ForwardResult CpuBackend::forward(const ExpertProblem& p, bool keep_h) const {
 ExpertGradients allocate_gradients(const ExpertProblem& p, const Pass& ps) {
   ExpertGradients g;
   g.w1 = at::empty_like(p.w1);
-  g.w2 = at::empty_like(p.w2);
+  if (p.w2.defined()) g.w2 = at::empty_like(p.w2);
   if (ps.gated) g.w3 = at::empty_like(p.w3);
   if (ps.w.b1.defined()) g.b1 = at::empty({ps.E, ps.h}, ps.copts);
-  if (ps.w.b2.defined()) g.b2 = at::empty({ps.E, ps.d}, ps.copts);
+  if (ps.w.b2.defined()) g.b2 = at::empty({ps.E, ps.out}, ps.copts);
   for (int64_t e = 0; e < ps.E; ++e) {
     if (ps.offsets[e + 1] > ps.offsets[e]) continue;
     for (auto* t : {&g.w1, &g.w2, &g.w3, &g.b1, &g.b2})
@@ -152,7 +158,7 @@ ExpertGradients allocate_gradients(const ExpertProblem& p, const Pass& ps) {
 }
 
 ExpertGradients CpuBackend::backward(const ExpertProblem& p, const SavedHidden& hidden,
-                                     const at::Tensor& dy_in) const {
+                                     const at::Tensor& dy_in, const WantedGradients& want) const {
   const Pass ps(p);
   const auto x = in_dtype(p.x, ps.cdt);
   const auto pw = in_dtype(p.pair_weight, ps.cdt);
@@ -160,35 +166,41 @@ ExpertGradients CpuBackend::backward(const ExpertProblem& p, const SavedHidden& 
   const bool keep_h = hidden.h.defined();
   auto g = allocate_gradients(p, ps);
   auto work = ps.workspace(keep_h, /*backward=*/true);
-  auto chunk = ps.chunk_buffer();
-  auto acc = make_accumulator(ps.T, ps.d, ps.copts);
+  // Without dL/dx the chunk buffer has no columns and nothing is summed into token rows.
+  auto chunk = ps.chunk_buffer(want.x ? ps.d : 0);
+  auto acc = want.x ? make_accumulator(ps.T, ps.d, ps.copts) : at::Tensor();
 
   dispatch_dtype(ps.cdt, [&](auto tag) {
     using T_ = decltype(tag);
+    using A_ = k::acc_t<T_>;
     schedule::run_chunked<T_>(
         ps.offsets, ps.E, ps.parallel, ps.tok, static_cast<const T_*>(nullptr), chunk,
-        acc.data_ptr<k::acc_t<T_>>(), [&](int64_t e, int64_t worker, at::Tensor& dxg_e) {
+        want.x ? acc.data_ptr<A_>() : static_cast<A_*>(nullptr),
+        [&](int64_t e, int64_t worker, at::Tensor& dxg_rows) {
           Work& wk = work[worker];
           const int64_t s = ps.offsets[e], n = ps.offsets[e + 1] - s;
           auto r = expert_rows<T_>(wk, x, ps.tok, s, n, hidden.h, hidden.g, ps.gated);
-          auto dy_e = wk.dy.rows(n);  // the upstream rows, not yet scaled by the pair weights
-          k::gather_rows<T_>(dy.data_ptr<T_>(), ps.tok + s, n, ps.d, dy_e.data_ptr<T_>());
+          // The upstream rows, not yet scaled by the pair weights; expert_backward changes them, so
+          // they are always a copy.
+          auto dy_e = wk.dy.rows(n);
+          k::gather_rows<T_>(dy.data_ptr<T_>(), ps.tok + s, n, ps.out, dy_e.data_ptr<T_>());
           const auto w = expert_blocks(ps.w, e, wk);
           restore_hidden(p.act, keep_h, r, w);
           ExpertGrads ge{grad_target(g.w1, e, wk.w1),
-                         grad_target(g.w2, e, wk.w2),
+                         g.w2.defined() ? grad_target(g.w2, e, wk.w2) : at::Tensor(),
                          ps.gated ? grad_target(g.w3, e, wk.w3) : at::Tensor(),
                          g.b1.defined() ? g.b1[e] : g.b1,
                          g.b2.defined() ? g.b2[e] : g.b2,
                          g.pair_weight.narrow(0, s, n)};
+          auto dxg_e = want.x ? dxg_rows : at::Tensor();
           expert_backward<T_>(p.act, r, w, pw.narrow(0, s, n), dy_e, wk, dxg_e, ge);
           store_grad(g.w1, e, ge.w1);
-          store_grad(g.w2, e, ge.w2);
+          if (g.w2.defined()) store_grad(g.w2, e, ge.w2);
           if (ps.gated) store_grad(g.w3, e, ge.w3);
         });
   });
-  g.x = stored(acc, ps.store);
-  g.pair_weight = in_dtype(g.pair_weight, ps.store);
+  if (want.x) g.x = stored(acc, ps.store);
+  g.pair_weight = want.pair_weight ? in_dtype(g.pair_weight, ps.store) : at::Tensor();
   g.b1 = in_dtype(g.b1, ps.store);
   g.b2 = in_dtype(g.b2, ps.store);
   return g;

@@ -88,7 +88,8 @@ void for_each_expert(const int64_t* offsets, int64_t first, int64_t last, bool p
 /// For each chunk, body(e, worker, rows) computes expert e's [n, d] result into `rows` (its slice
 /// of the chunk buffer), then the chunk's rows are added into the token rows of acc ([T, d], zero
 /// on entry, float32 for bf16), scaled by the pair weights when given. Every token row thus sums
-/// its pairs in expert order on either schedule and at any thread count.
+/// its pairs in expert order on either schedule and at any thread count. A null acc sums nothing
+/// (a backward without dL/dx: the buffer then has no columns).
 template <typename T, typename A, typename Body>
 void run_chunked(const int64_t* offsets, int64_t E, bool parallel, const int64_t* tok,
                  const T* weights, at::Tensor& chunk_buf, A* acc, Body&& body) {
@@ -102,6 +103,7 @@ void run_chunked(const int64_t* offsets, int64_t E, bool parallel, const int64_t
       auto rows = chunk_buf.narrow(0, offsets[e] - base, offsets[e + 1] - offsets[e]);
       body(e, worker, rows);
     });
+    if (acc == nullptr) continue;
     kernels::cpu::scatter_add_rows<T, A>(chunk_buf.data_ptr<T>(), tok + base,
                                          weights ? weights + base : nullptr, offsets[c.last] - base,
                                          d, acc);

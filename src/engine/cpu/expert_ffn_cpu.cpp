@@ -4,6 +4,7 @@
 //   first layer    h = xg·w1 + b1  (g = xg·w3)   backward: dxg = dh·w1ᵀ (+ dg·w3ᵀ), dW1, db1, dW3
 //   activation     a = f(h)        (f(h)·g)      backward: dh = f'(h)·da (dg = f(h)·da)
 //   second layer   o = a·w2 + b2                 backward: da, dW2, db2 and dL/dw_p
+//                  (one-layer experts, no w2: o = a; backward: da and dL/dw_p)
 //
 // The gather of xg, the combine y[t] += w_p·o[p] and, in backward, the gather of dy rows are the
 // driver's (cpu_backend.cpp, with engine_schedule.h's run_chunked). Everything here works in the
@@ -40,13 +41,15 @@ void first_layer_forward(const at::Tensor& xg, const ExpertBlocks& w, at::Tensor
   if (g.defined()) gemm_out(g, xg, w.w3);
 }
 
-// From dh = dL/dh (and dg = dL/dg for gated units): dxg = dh·w1ᵀ + dg·w3ᵀ, dW1 = xgᵀ·dh,
-// db1 = Σ dh, dW3 = xgᵀ·dg. The weight gradients may overwrite the converted blocks w1, w3
-// (workspace.h), so they come after dxg.
+// From dh = dL/dh (and dg = dL/dg for gated units): dxg = dh·w1ᵀ + dg·w3ᵀ (skipped when dxg is
+// undefined: dL/dx not wanted), dW1 = xgᵀ·dh, db1 = Σ dh, dW3 = xgᵀ·dg. The weight gradients may
+// overwrite the converted blocks w1, w3 (workspace.h), so they come after dxg.
 void first_layer_backward(const at::Tensor& xg, const ExpertBlocks& w, const at::Tensor& dh,
                           const at::Tensor& dg, at::Tensor& dxg, ExpertGrads& grads) {
-  gemm_out(dxg, dh, w.w1.t());
-  if (dg.defined()) gemm_out(dxg, dg, w.w3.t(), {}, /*accumulate=*/true);
+  if (dxg.defined()) {
+    gemm_out(dxg, dh, w.w1.t());
+    if (dg.defined()) gemm_out(dxg, dg, w.w3.t(), {}, /*accumulate=*/true);
+  }
   gemm_out(grads.w1, xg.t(), dh);
   if (grads.b1.defined()) at::sum_out(grads.b1, dh, 0);
   if (dg.defined()) gemm_out(grads.w3, xg.t(), dg);
@@ -93,29 +96,38 @@ void activation_backward_pass(Activation act, const at::Tensor& h, at::Tensor& d
 // --- second layer, with the pair weights of the combine
 // --------------------------------------------
 
-// o = a·w2 + b2.
+// o = a·w2 + b2, or o = a for one-layer experts (no w2).
 void second_layer_forward(const at::Tensor& a, const ExpertBlocks& w, at::Tensor& o) {
-  gemm_out(o, a, w.w2, w.b2);
+  if (w.w2.defined()) {
+    gemm_out(o, a, w.w2, w.b2);
+  } else {
+    o.copy_(a);
+  }
 }
 
-// From dy = dL/dy rows of the pairs (not yet scaled by the pair weights pw): G = dy·w2ᵀ into da,
-// then one fused pass gives dL/dw_p = <G, a> (+ <dy, b2>) into grads.pw and da = w_p·G = dL/da,
-// and its `mode` step: ReLU's mask (da becomes dL/dh), or for gated units (a = f(h)·g) dL/dg into
-// fh and dL/df(h) into da. dy becomes dL/do = w_p·dy; dW2 = aᵀ·dL/do (after G: it may overwrite
-// the converted block w2), db2 = Σ dL/do.
+// From dy = dL/dy rows of the pairs (not yet scaled by the pair weights pw): G = dy·w2ᵀ into da
+// (one-layer experts: G = dy, o being a), then one fused pass gives dL/dw_p = <G, a> (+ <dy, b2>)
+// into grads.pw and da = w_p·G = dL/da, and its `mode` step: ReLU's mask (da becomes dL/dh), or
+// for gated units (a = f(h)·g) dL/dg into fh and dL/df(h) into da. With w2, dy becomes dL/do =
+// w_p·dy; dW2 = aᵀ·dL/do (after G: it may overwrite the converted block w2), db2 = Σ dL/do.
 template <typename T>
 void second_layer_backward(Activation act, const at::Tensor& a, const at::Tensor& fh,
                            const at::Tensor& g, const ExpertBlocks& w, const at::Tensor& pw,
                            at::Tensor& dy, at::Tensor& da, ExpertGrads& grads) {
   const int64_t n = da.size(0), h = da.size(1);
   const bool gated = is_gated(act);
-  gemm_out(da, dy, w.w2.t());
+  if (w.w2.defined()) {
+    gemm_out(da, dy, w.w2.t());
+  } else {
+    da.copy_(dy);
+  }
   const auto mode = act == Activation::kReLU ? k::HiddenGrad::kReLU
                     : gated                  ? k::HiddenGrad::kGated
                                              : k::HiddenGrad::kPlain;
   k::hidden_output_backward<T>(da.data_ptr<T>(), a.data_ptr<T>(), pw.data_ptr<T>(), n, h,
                                grads.pw.data_ptr<T>(), mode, gated ? fh.data_ptr<T>() : nullptr,
                                gated ? g.data_ptr<T>() : nullptr);
+  if (!w.w2.defined()) return;  // one layer: no dW2, db2
   if (w.b2.defined()) grads.pw.addmv_(dy, w.b2);
   dy.mul_(pw.unsqueeze(1));  // now dL/do
   gemm_out(grads.w2, a.t(), dy);

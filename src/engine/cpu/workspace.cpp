@@ -29,7 +29,7 @@ std::vector<Work> make_workspace(bool parallel, const WorkShape& s, const at::Te
     if (!h_in_place) w.hs = buf(s.h);
     if (!h_in_place && s.gated) w.gs = buf(s.h);
     if (s.backward) {
-      w.dy = buf(s.d);
+      w.dy = buf(s.out);
       if (!s.relu) w.as = buf(s.h);
       w.das = buf(s.h);
       if (s.gated) w.fhs = buf(s.h);
@@ -38,7 +38,7 @@ std::vector<Work> make_workspace(bool parallel, const WorkShape& s, const at::Te
     }
     if (s.convert) {
       w.w1 = at::empty({s.d, s.h}, opts);
-      w.w2 = at::empty({s.h, s.d}, opts);
+      if (s.has_w2) w.w2 = at::empty({s.h, s.out}, opts);
       if (s.gated) w.w3 = at::empty({s.d, s.h}, opts);
     }
   }

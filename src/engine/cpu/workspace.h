@@ -18,11 +18,11 @@ struct Scratch {
 };
 
 /// Per-worker scratch, in the compute dtype. Forward: xg [rows, d]; h, g when the hidden layer is
-/// not kept in the compute dtype; a when it is kept and a cannot overwrite it. Backward: xg and dy
-/// [rows, d]; h, g when not kept; a (not for ReLU, whose hidden layer already holds a); da; f(h)
-/// for gated units. When the experts compute in another dtype than their weights are stored in
-/// (bf16 on the float32 path), w1, w2, w3 hold one expert's blocks converted, and in backward
-/// receive its weight gradients before they are rounded into the stored dtype.
+/// not kept in the compute dtype; a when it is kept and a cannot overwrite it. Backward: xg [rows,
+/// d] and dy [rows, out]; h, g when not kept; a (not for ReLU, whose hidden layer already holds a);
+/// da; f(h) for gated units. When the experts compute in another dtype than their weights are
+/// stored in (bf16 on the float32 path), w1, w2, w3 hold one expert's blocks converted, and in
+/// backward receive its weight gradients before they are rounded into the stored dtype.
 struct Work {
   Scratch xg, dy, hs, gs, as, das, fhs;
   at::Tensor w1, w2, w3;
@@ -32,6 +32,8 @@ struct WorkShape {
   int64_t rows, d, h;
   bool keep_h, gated, relu, backward;
   bool convert;  // computing in another dtype than the stored one
+  int64_t out;   // the output width: w2's last dimension, or h for one-layer experts
+  bool has_w2;   // two layers (false: one-layer experts)
 };
 
 /// One Work per worker: one per intra-op thread on the parallel schedule, else one.
@@ -66,7 +68,7 @@ inline void store_grad(at::Tensor& g, int64_t e, const at::Tensor& computed) {
   if (computed.data_ptr() != g[e].data_ptr()) g[e].copy_(computed);
 }
 
-/// The rows one expert works on: its gathered inputs xg [n, d] (worker scratch), its hidden
+/// The rows one expert works on: its inputs xg [n, d] (worker scratch or x's rows), its hidden
 /// pre-activations h (and g for gated units) in the compute dtype, and the rows of the saved
 /// [P, h] tensors (undefined when nothing is kept). h and g are those saved rows when they are
 /// stored in the compute dtype, else worker scratch.
@@ -74,13 +76,26 @@ struct ExpertRows {
   at::Tensor xg, h, g, h_kept, g_kept;
 };
 
-/// The rows of the expert whose pairs are [s, s+n): gathers xg from x; fills nothing else.
+/// Rows tok[0..n) of src [T, cols] (contiguous), read only: a view of src when the tokens are
+/// consecutive (an expert that every token of a range goes to, as in a dense plan), else gathered
+/// into the first n rows of `scratch`.
+template <typename T>
+at::Tensor token_rows(const at::Tensor& src, const int64_t* tok, int64_t n,
+                      const Scratch& scratch) {
+  int64_t i = 1;
+  while (i < n && tok[i] == tok[0] + i) ++i;
+  if (n > 0 && i == n) return src.narrow(0, tok[0], n);
+  auto rows = scratch.rows(n);
+  kernels::cpu::gather_rows<T>(src.data_ptr<T>(), tok, n, src.size(1), rows.data_ptr<T>());
+  return rows;
+}
+
+/// The rows of the expert whose pairs are [s, s+n): xg from x (token_rows); fills nothing else.
 template <typename T>
 ExpertRows expert_rows(const Work& wk, const at::Tensor& x, const int64_t* tok, int64_t s,
                        int64_t n, const at::Tensor& hall, const at::Tensor& gall, bool gated) {
   ExpertRows r;
-  r.xg = wk.xg.rows(n);
-  kernels::cpu::gather_rows<T>(x.data_ptr<T>(), tok + s, n, x.size(1), r.xg.data_ptr<T>());
+  r.xg = token_rows<T>(x, tok + s, n, wk.xg);
   if (hall.defined()) {
     r.h_kept = hall.narrow(0, s, n);
     if (gated) r.g_kept = gall.narrow(0, s, n);
