@@ -2,7 +2,6 @@
 // (include/moe/nn/multitask.h).
 #include <ATen/ATen.h>
 
-#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -54,38 +53,22 @@ std::map<std::string, std::string> StackedMLPImpl::legacy_names() const {
   return names;
 }
 
-// The engine (functional::expert_mlp) computes Σ_p w_p·(act(x·w1 + b1)·w2 + b2) over a plan's
-// pairs: two linear layers with an activation between, and an output as wide as the input. Here
-// every engine row is one (token, expert) pair (`rows`: one expert per row, weight 1), so the
-// engine returns each pair's output, and one call runs two Linear + ReLU layers of the stack: w1,
-// b1 = layer l with ReLU, w2, b2 = layer l + 1, whose ReLU the caller applies. A last layer without
-// a partner gets w2 = the identity (no gradient; it costs one more GEMM per expert forward and two
-// backward). Input and output widths differ in general: both are zero-padded to D = max(in, out)
-// (zero input columns meet zero rows of w1; the output's padding columns are dropped).
-torch::Tensor StackedMLPImpl::two_layers_on_engine(size_t l, const torch::Tensor& h,
-                                                   const RoutingPlan& rows) const {
+// The engine (functional::expert_mlp) computes Σ_p w_p·o_p over a plan's pairs, o = act(x·w1 + b1)
+// (·w2 + b2 when a second layer is given), of any output width. Here every engine row is one
+// (token, expert) pair (`rows`: one expert per row, weight 1), so the engine returns each pair's
+// output, and one call runs two Linear + ReLU layers of the stack: w1, b1 = layer l with ReLU, w2,
+// b2 = layer l + 1, whose ReLU the caller applies. A last layer without a partner is a one-layer
+// engine call (no w2): its ReLU is the engine's.
+torch::Tensor StackedMLPImpl::layers_on_engine(size_t l, const torch::Tensor& h,
+                                               const RoutingPlan& rows) const {
   const bool pair = l + 1 < weights.size();
-  const auto& w = weights[l];
-  const int64_t in = w.size(1), out = pair ? weights[l + 1].size(2) : w.size(2);
-  const int64_t D = std::max(in, out);
-  auto pad_last = [](const torch::Tensor& t, int64_t n) {
-    return n > 0 ? at::constant_pad_nd(t, {0, n}) : t;
-  };
-  torch::Tensor w2, b2;
-  if (pair) {
-    w2 = pad_last(weights[l + 1], D - out);
-    b2 = pad_last(biases[l + 1], D - out);
-  } else {  // (at::eye has no bf16 kernel: built in float32, exact in every dtype)
-    w2 = at::eye(out, D, w.options().dtype(at::kFloat))
-             .to(w.scalar_type())
-             .expand({num_experts_, out, D})
-             .contiguous();
-  }
-  const auto w1 = in < D ? at::constant_pad_nd(w, {0, 0, 0, D - in}) : w;
-  const auto y =
-      functional::expert_mlp(pad_last(h, D - in), rows, at::ones({rows.num_pairs()}, h.options()),
-                             {w1, w2, {}, biases[l], b2}, Activation::kReLU);
-  return out < D ? y.narrow(1, 0, out) : y;
+  const functional::ExpertWeights w{weights[l],
+                                    pair ? weights[l + 1] : torch::Tensor(),
+                                    {},
+                                    biases[l],
+                                    pair ? biases[l + 1] : torch::Tensor()};
+  return functional::expert_mlp(h, rows, at::ones({rows.num_pairs()}, h.options()), w,
+                                Activation::kReLU);
 }
 
 torch::Tensor StackedMLPImpl::forward(const torch::Tensor& x) {
@@ -100,7 +83,7 @@ torch::Tensor StackedMLPImpl::forward_pairs(const torch::Tensor& x, const Routin
   const auto rows = build_routing_plan(experts, num_experts_);
   auto h = x.index_select(0, plan.token_index);  // [P, in]
   for (size_t l = 0; l < weights.size(); l += 2) {
-    h = two_layers_on_engine(l, h, rows);
+    h = layers_on_engine(l, h, rows);
     if (l + 1 < weights.size()) h = at::relu(h);  // layer l + 1's ReLU
   }
   return h;
@@ -108,24 +91,46 @@ torch::Tensor StackedMLPImpl::forward_pairs(const torch::Tensor& x, const Routin
 
 // --- mixing --------------------------------------------------------------------------------------
 
-// Each gate weighs the same experts' outputs with its own weights. The engine's combine sums a
-// token's pairs with one weight per pair, so combining inside the engine would take one engine
-// pass per gate (the experts recomputed for every gate); and for experts of several layers it is
-// not possible at all: the gate mixes the last layer's outputs, whose inputs differ per expert,
-// while the engine reads every pair's input at its token's row. So the experts run once on the
-// engine over the pairs that any gate uses (forward_pairs, weight 1) and each gate sums its pairs,
-// in plan order (expert by expert, as the engine sums).
+namespace {
+
+// The slot table of the pairs a gate (or any of `gates`) uses: slot e of token t is expert e where
+// the weight is non-zero, else -1 (sparse gates; dense gates use every pair).
+torch::Tensor used_slots(const std::vector<torch::Tensor>& gates, int64_t T, int64_t E) {
+  auto used = at::zeros({T, E}, gates[0].options().dtype(at::kBool));
+  for (const auto& g : gates) used = used | (g.detach() != 0);
+  return at::where(used.to(at::kCPU), all_pairs(T, E), at::full({}, -1, at::kLong));
+}
+
+// One-layer experts: the gate's weights are the engine's pair weights, so the engine combines them
+// and nothing of size [P, out] is built. One engine pass per gate (a pass costs about what weighing
+// the [P, out] pair outputs outside cost), over the pairs the gate uses.
+std::vector<torch::Tensor> mix_one_layer(StackedMLP& experts, const torch::Tensor& x,
+                                         const std::vector<torch::Tensor>& gates, bool sparse) {
+  const int64_t T = x.size(0), E = experts->num_experts();
+  const functional::ExpertWeights w{experts->weights[0], {}, {}, experts->biases[0], {}};
+  const auto dense = sparse ? RoutingPlan() : build_routing_plan(all_pairs(T, E), E);
+  std::vector<torch::Tensor> out;
+  for (const auto& g : gates) {
+    const auto plan = sparse ? build_routing_plan(used_slots({g}, T, E), E) : dense;
+    out.push_back(functional::expert_mlp(x, plan, pair_weights(plan, g), w, Activation::kReLU));
+  }
+  return out;
+}
+
+}  // namespace
+
+// Each gate weighs the same experts' outputs with its own weights. Experts of one layer are the
+// engine's one-layer experts with the gate's weights as pair weights (mix_one_layer). Deeper
+// experts cannot combine inside the engine: the gate mixes the last layer's outputs, whose inputs
+// differ per expert, while the engine reads every pair's input at its token's row. So they run once
+// on the engine over the pairs that any gate uses (forward_pairs, weight 1) and each gate sums its
+// pairs, in plan order (expert by expert, as the engine sums).
 std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor& x,
                                        const std::vector<torch::Tensor>& gates, bool sparse) {
+  if (experts->weights.size() == 1) return mix_one_layer(experts, x, gates, sparse);
   const int64_t T = x.size(0), E = experts->num_experts();
   // Slot e of token t is expert e where a gate uses it: every slot for dense gates.
-  auto slots = all_pairs(T, E);
-  if (sparse) {
-    auto used = at::zeros({T, E}, x.options().dtype(at::kBool));
-    for (const auto& g : gates) used = used | (g.detach() != 0);
-    slots = at::where(used.to(at::kCPU), slots, at::full({}, -1, at::kLong));
-  }
-  const auto plan = build_routing_plan(slots, E);
+  const auto plan = build_routing_plan(sparse ? used_slots(gates, T, E) : all_pairs(T, E), E);
   const auto y = experts->forward_pairs(x, plan);  // [P, out]
   // bf16 sums each token's pairs in float32 and rounds once, as the engine does.
   const auto acc = y.scalar_type() == at::kBFloat16 ? at::kFloat : y.scalar_type();

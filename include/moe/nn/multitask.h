@@ -7,8 +7,9 @@
 //
 // Experts of one group are stacked ([E, in, out] weights) and run on the library's expert engine
 // (functional::expert_mlp, the function behind ExpertBank) over a RoutingPlan: every token to every
-// expert for dense gates, the union of the gates' selections for sparse (top-k) gates. Each gate
-// then weighs the experts' outputs (mix_experts says why the gates combine outside the engine).
+// expert for dense gates, the gates' selections for sparse (top-k) gates. Experts of one layer are
+// mixed by the engine itself, the gate's weights being its pair weights; deeper experts run once
+// and each gate weighs their outputs (mix_experts says why).
 //
 // Parameter names (l counts an expert's layers from 1, as ExpertBank's w1, w2; i counts the Linear
 // layers of an MLP from 0, not the ReLUs between them):
@@ -54,7 +55,7 @@ namespace nn {
 /// E MLPs of the same shape, stacked: layer l (from 1) has w{l} [E, in_l, out_l] and b{l} [E,
 /// out_l]; ReLU after every layer (the experts of the papers are Linear + ReLU). Init:
 /// U(±1/sqrt(in_l)) as torch::nn::Linear. Evaluated on the expert engine (functional::expert_mlp),
-/// one call per two layers.
+/// one call per two layers (a lone last layer as the engine's one-layer experts).
 class StackedMLPImpl : public torch::nn::Cloneable<StackedMLPImpl>, public io::LegacyNames {
  public:
   StackedMLPImpl(int64_t num_experts, int64_t in, std::vector<int64_t> hidden);
@@ -74,8 +75,7 @@ class StackedMLPImpl : public torch::nn::Cloneable<StackedMLPImpl>, public io::L
  private:
   /// Layers l and l + 1 (l alone when last) of every expert on rows h [P, in_l], one expert per
   /// row → [P, out]: layer l + 1 before its ReLU, or layer l after its ReLU.
-  torch::Tensor two_layers_on_engine(size_t l, const torch::Tensor& h,
-                                     const RoutingPlan& rows) const;
+  torch::Tensor layers_on_engine(size_t l, const torch::Tensor& h, const RoutingPlan& rows) const;
   int64_t num_experts_, in_;
   std::vector<int64_t> hidden_;
 };
@@ -123,10 +123,11 @@ class TaskGateImpl : public torch::nn::Cloneable<TaskGateImpl> {
 };
 TORCH_MODULE(TaskGate);
 
-/// Σ_e gate[t, e]·expert_e(x[t]) for every gate that reads the same experts. The experts run once
-/// on the engine over the pairs the gates use (every (token, expert) pair for dense gates, the
-/// union of the selections for sparse ones) and each gate weighs their outputs. Returns one [T,
-/// out] per gate.
+/// Σ_e gate[t, e]·expert_e(x[t]) for every gate that reads the same experts, on the engine over
+/// the pairs the gates use (every (token, expert) pair for dense gates, the selections for sparse
+/// ones): one-layer experts with the gate's weights as the engine's pair weights (one pass per
+/// gate), deeper experts once, with each gate weighing their outputs. Returns one [T, out] per
+/// gate.
 std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor& x,
                                        const std::vector<torch::Tensor>& gates, bool sparse);
 
