@@ -15,7 +15,7 @@
 #include "cli/run_config.h"
 #include "moe/io/safetensors.h"
 #include "support/test_util.h"
-#include "train/trainer.h"
+#include "train/run_training.h"
 
 namespace {
 

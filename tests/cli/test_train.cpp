@@ -24,7 +24,7 @@
 #include "train/progress.h"
 #include "train/tensorboard.h"
 #include "train/train_config.h"
-#include "train/trainer.h"
+#include "train/run_training.h"
 
 namespace {
 

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "cli/commands.h"
-#include "train/trainer.h"
+#include "train/run_training.h"
 
 namespace moe::cli {
 namespace {

@@ -10,7 +10,7 @@
 #include "cli/commands.h"
 #include "cli/run_config.h"
 #include "train/memory_estimate.h"
-#include "train/trainer.h"
+#include "train/run_training.h"
 
 namespace moe::cli {
 namespace {

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "train/metrics_schema.h"
+#include "train/run_training.h"
 #include "train/tasks.h"
-#include "train/trainer.h"
 
 namespace moe::train {
 

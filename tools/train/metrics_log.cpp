@@ -55,8 +55,6 @@ void MetricsLog::sync() const {
     throw std::runtime_error("moe train: cannot sync " + path_.string());
 }
 
-json metrics_json(const std::map<std::string, double>& m) { return metrics::eval_metrics(m); }
-
 std::vector<std::pair<std::string, double>> tensorboard_scalars(const json& rec) {
   std::vector<std::pair<std::string, double>> out;
   const bool train = rec.at(key::kEvent) == metrics::event::kTrain;

@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <map>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <utility>
@@ -28,10 +27,6 @@ class MetricsLog {
  private:
   std::filesystem::path path_;
 };
-
-/// The fields of an eval record from a task's metrics (Metrics): the per-task "mse<i>" as one list
-/// "mse", without "tokens" (metrics::eval_metrics).
-nlohmann::json metrics_json(const std::map<std::string, double>& m);
 
 /// The scalars of a train or eval record, for TensorBoard: train/<key>, moe/<layer>/<key>,
 /// <split>/<key> (and <split>/mse<i> for the per-task list).

@@ -1,8 +1,8 @@
 // The records of metrics.jsonl, one JSON object a line: the one definition in code of what
 // `moe train` writes (tools/train/interval_stats.cpp, tools/train/metrics_log.cpp,
-// tools/train/trainer.cpp) and `moe report` reads (tools/report/run.cpp). The format is described
-// for users in docs/cli.md ("Metrics"); this header names its record kinds and fields and holds the
-// records as structs, with to_json for writers and from_json for readers (nlohmann json's
+// tools/train/run_training.cpp) and `moe report` reads (tools/report/run.cpp). The format is
+// described for users in docs/cli.md ("Metrics"); this header names its record kinds and fields and
+// holds the records as structs, with to_json for writers and from_json for readers (nlohmann json's
 // conventions: `json j = record;`, `rec.get<TrainRecord>()`).
 //
 //   {"event":"start", ...}                 one per session (a resumed run appends another)
