@@ -6,6 +6,7 @@
 #include "moe/data/mmoe_synthetic.h"
 #include "moe/multitask_loss.h"
 #include "moe/nn/multitask.h"
+#include "train/trainer.h"
 
 namespace moe::experiments {
 namespace {
@@ -59,17 +60,17 @@ MultitaskRun run_multitask(const MultitaskConfig& c, const std::string& model, d
   auto module = build(model, c.dim, &forward);
   torch::optim::Adam opt(module->parameters(), torch::optim::AdamOptions(c.lr));
   const MultiTaskLoss loss({{TaskType::kRegression, TaskType::kRegression}, {}, {}});
-  const int64_t steps = c.train_size / c.batch;
-  for (int64_t epoch = 0; epoch < c.epochs; ++epoch) {
-    const auto perm = torch::randperm(c.train_size, torch::kLong);
-    for (int64_t s = 0; s < steps; ++s) {
-      const auto idx = perm.slice(0, s * c.batch, (s + 1) * c.batch);
-      const auto out = forward(train.x.index_select(0, idx));
-      opt.zero_grad();
-      (loss(out.outputs, train.y.index_select(0, idx), {}, epoch) + out.aux_loss).backward();
-      opt.step();
-    }
-  }
+  train::EpochBatches batches(c.train_size, c.batch);
+  train::HookFunctions hooks;
+  hooks.batch_forward = [&](int64_t step) {
+    const auto idx = batches.indices(step);
+    const auto out = forward(train.x.index_select(0, idx));
+    return train::StepLoss{loss(out.outputs, train.y.index_select(0, idx), {}, batches.epoch(step)),
+                           out.aux_loss};
+  };
+  train::TrainerOptions options;
+  options.steps = c.epochs * batches.steps_per_epoch();
+  train::Trainer(*module, opt, options).run(hooks);
   module->eval();
   torch::NoGradGuard no_grad;
   const auto out = forward(test.x);
