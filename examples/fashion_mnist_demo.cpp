@@ -22,6 +22,7 @@
 #include "moe/data/fashion_mnist.h"
 #include "moe/moe.h"
 #include "moe/runtime.h"
+#include "train/trainer.h"
 
 namespace {
 
@@ -106,35 +107,39 @@ Result train_and_test(const char* name, bool sparse, const Config& c, const Spli
   torch::manual_seed(c.seed);
   Classifier model(c, sparse);
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(c.lr));
-  const int64_t n = train.x.size(0), steps = n / c.batch;
+  moe::train::EpochBatches batches(train.x.size(0), c.batch);
+  const int64_t steps = batches.steps_per_epoch();
   const auto t0 = std::chrono::steady_clock::now();
   auto seconds = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
-  for (int64_t epoch = 0; epoch < c.epochs; ++epoch) {
-    model->train();
-    const auto perm = torch::randperm(n, torch::kLong);
-    double loss_sum = 0;
-    for (int64_t s = 0; s < steps; ++s) {
-      const auto idx = perm.slice(0, s * c.batch, (s + 1) * c.batch);
-      torch::Tensor aux;
-      const auto logits = model->forward(train.x.index_select(0, idx), &aux, nullptr);
-      auto loss = torch::nn::functional::cross_entropy(logits, train.y.index_select(0, idx));
-      const double ce = loss.item<double>();
-      if (aux.defined()) loss = loss + aux;
-      opt.zero_grad();
-      loss.backward();
-      opt.step();
-      loss_sum += ce;
-      if (s % 10 == 0 || s + 1 == steps)
-        progress(name, epoch, c.epochs, s, steps, loss_sum / (s + 1), seconds());
-    }
+  double loss_sum = 0;  // cross-entropy over the epoch so far
+  moe::train::HookFunctions hooks;
+  hooks.batch_forward = [&](int64_t step) {
+    const auto idx = batches.indices(step);
+    torch::Tensor aux;
+    const auto logits = model->forward(train.x.index_select(0, idx), &aux, nullptr);
+    return moe::train::StepLoss{
+        torch::nn::functional::cross_entropy(logits, train.y.index_select(0, idx)), aux};
+  };
+  hooks.step_end = [&](const moe::train::StepReport& r) {
+    const int64_t s = batches.step_in_epoch(r.step);
+    if (s == 0) loss_sum = 0;
+    loss_sum += r.task_loss;
+    if (s % 10 == 0 || s + 1 == steps)
+      progress(name, batches.epoch(r.step), c.epochs, s, steps, loss_sum / (s + 1), seconds());
+  };
+  hooks.log = [&](int64_t step) {  // log_every: one epoch
     if (isatty(STDOUT_FILENO)) std::printf("\n");
     std::printf("  %-6s epoch %lld/%lld  train loss %.4f  (%.1f s)\n", name,
-                static_cast<long long>(epoch + 1), static_cast<long long>(c.epochs),
+                static_cast<long long>(batches.epoch(step) + 1), static_cast<long long>(c.epochs),
                 loss_sum / steps, seconds());
     std::fflush(stdout);
-  }
+  };
+  moe::train::TrainerOptions options;
+  options.steps = c.epochs * steps;
+  options.log_every = steps;
+  moe::train::Trainer(*model, opt, options).run(hooks);
   Result r;
   r.seconds = seconds();
   for (const auto& p : model->parameters()) r.params += p.numel();

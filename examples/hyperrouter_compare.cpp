@@ -17,6 +17,7 @@
 #include "moe/data/fashion_mnist.h"
 #include "moe/moe.h"
 #include "moe/runtime.h"
+#include "train/trainer.h"
 
 namespace {
 
@@ -137,22 +138,19 @@ int main(int argc, char** argv) {
       torch::manual_seed(c.seed);
       Classifier model(c, kind, total);
       torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(c.lr));
+      moe::train::EpochBatches batches(train.x.size(0), c.batch);
+      moe::train::HookFunctions hooks;
+      hooks.batch_forward = [&](int64_t step) {
+        const auto idx = batches.indices(step);
+        torch::Tensor aux;
+        const auto logits = model->forward(train.x.index_select(0, idx), &aux);
+        return moe::train::StepLoss{
+            torch::nn::functional::cross_entropy(logits, train.y.index_select(0, idx)), aux};
+      };
+      moe::train::TrainerOptions options;
+      options.steps = total;
       const auto t0 = std::chrono::steady_clock::now();
-      for (int64_t epoch = 0; epoch < c.epochs; ++epoch) {
-        model->train();
-        const auto perm = torch::randperm(train.x.size(0), torch::kLong);
-        for (int64_t s = 0; s < steps_per_epoch; ++s) {
-          const auto idx = perm.slice(0, s * c.batch, (s + 1) * c.batch);
-          torch::Tensor aux;
-          auto loss = torch::nn::functional::cross_entropy(
-                          model->forward(train.x.index_select(0, idx), &aux),
-                          train.y.index_select(0, idx)) +
-                      aux;
-          opt.zero_grad();
-          loss.backward();
-          opt.step();
-        }
-      }
+      moe::train::Trainer(*model, opt, options).run(hooks);
       const double secs =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       model->eval();
