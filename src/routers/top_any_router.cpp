@@ -87,8 +87,8 @@ torch::Tensor top_any_efficiency_loss(const torch::Tensor& a) {
 TopAnyRouterImpl::TopAnyRouterImpl(TopAnyRouterOptions options_) : options(std::move(options_)) {
   const char* who = options.name().c_str();
   TORCH_CHECK_VALUE(options.d_model() >= 1, who, ": d_model must be >= 1, got ", options.d_model());
-  TORCH_CHECK_VALUE(options.num_experts() >= 1, who,
-                    ": the number of experts must be >= 1, got ", options.num_experts());
+  TORCH_CHECK_VALUE(options.num_experts() >= 1, who, ": the number of experts must be >= 1, got ",
+                    options.num_experts());
   TORCH_CHECK_VALUE(
       options.initial_active() >= 1 && options.initial_active() <= options.num_experts(), who,
       ": initial_experts must be in [1, ", options.num_experts(), "], got ",

@@ -22,9 +22,9 @@
 #include "cli/run_config.h"
 #include "support/test_util.h"
 #include "train/progress.h"
+#include "train/run_training.h"
 #include "train/tensorboard.h"
 #include "train/train_config.h"
-#include "train/run_training.h"
 
 namespace {
 

@@ -114,9 +114,8 @@ TEST(TopAnyCheckpoint, PoolModeRoundTripRestoresTheMask) {
 
   // A pool of another size cannot take it; nor can a resizable layer with a smaller bound.
   TopAnyMoE small(TopAnyMoEOptions(4, 5).initial_experts(3).hidden_size(3));
-  EXPECT_TRUE(
-      mt::throws_with([&] { moe::io::load_module(*small, path); },
-                      {"TopAnyMoE", "5 experts", "checkpoint has 6", "cannot resize"}));
+  EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*small, path); },
+                              {"TopAnyMoE", "5 experts", "checkpoint has 6", "cannot resize"}));
   TopAnyMoE bounded(
       TopAnyMoEOptions(4, 4).initial_experts(3).hidden_size(3).storage(ExpertStorage::kResize));
   EXPECT_TRUE(mt::throws_with([&] { moe::io::load_module(*bounded, path); },

@@ -285,7 +285,8 @@ TEST_P(TopAnyMoEVsDense, OutputMatchesTheReference) {
   EXPECT_EQ(out.stats.tokens_without_expert(), (k_train == 0).sum().item<int64_t>());
   EXPECT_EQ(out.stats.experts_per_token_min(), ref.k.min().item<int64_t>());
   EXPECT_EQ(out.stats.experts_per_token_max(), ref.k.max().item<int64_t>());
-  EXPECT_NEAR(out.stats.experts_per_token_mean(), ref.k.to(at::kDouble).mean().item<double>(), 1e-12);
+  EXPECT_NEAR(out.stats.experts_per_token_mean(), ref.k.to(at::kDouble).mean().item<double>(),
+              1e-12);
   EXPECT_TRUE(torch::equal(out.stats.tokens_per_expert, (ref.expert_index >= 0).sum(0)));
   if (c.train) {
     // Tokens with k = 0 give exactly zero output in training.

@@ -57,7 +57,7 @@ struct TopAnyRouterOptions {
   double resolved_init_temperature() const;
 
   TORCH_ARG(int64_t, d_model);
-  TORCH_ARG(int64_t, num_experts);       ///< E: allocated experts (the pool E_max in pool mode)
+  TORCH_ARG(int64_t, num_experts);     ///< E: allocated experts (the pool E_max in pool mode)
   TORCH_ARG(int64_t, initial_active);  ///< the first initial_active experts start active
   TORCH_ARG(TopAnyTemperature, temperature) = TopAnyTemperature::kFrozen;
   /// t at initialisation; unset: 1.0 (kFrozen), 0.1 (kTrainable). Ignored for kNone.
@@ -107,7 +107,7 @@ class TopAnyRouterImpl : public torch::nn::Cloneable<TopAnyRouterImpl>, public R
   TopAnyRouting decide(const torch::Tensor& x);
   RoutingResult route(const torch::Tensor& x) override { return decide(x).result(); }
   TopAnyRouting forward(const torch::Tensor& x) { return decide(x); }
-    std::string kind() const override { return "top_any"; }
+  std::string kind() const override { return "top_any"; }
 
   /// E: allocated experts (the pool E_max in pool mode).
   int64_t num_experts() const override { return weight.size(0); }
