@@ -29,6 +29,12 @@ struct RouterOptions {
   /// kSwitch never renormalises; kNoisyTopK takes the softmax over the k kept logits (Eq. 3).
   TORCH_ARG(bool, normalize_top_k) = true;
   TORCH_ARG(bool, bias) = false;  ///< router.bias [E]
+  /// kNoisyTopK: draw the Gaussian gating noise in training (Eq. 4). Off, the gate is the clean
+  /// H = x·W_g in training too, there is no router.noise_weight, and the load loss counts the hard
+  /// assignments (it then has no gradient; the importance loss still balances). The noise is drawn
+  /// in the router's dtype: float32 for float32 and bfloat16 layers (their router computes in
+  /// float32), float64 for float64 layers.
+  TORCH_ARG(bool, noisy_gating) = true;
   /// kNoisyTopK: the floor added to softplus(x·W_noise), 1e-2 in t2t.
   TORCH_ARG(double, noise_epsilon) = 1e-2;
   /// Multiplicative input jitter U(1-j, 1+j) in training (Switch uses 1e-2); 0 = off.

@@ -14,15 +14,16 @@
 
 namespace moe {
 
-HierarchicalGateImpl::HierarchicalGateImpl(int64_t d_model_, int64_t num_experts_)
-    : d_model(d_model_), num_experts(num_experts_) {
+HierarchicalGateImpl::HierarchicalGateImpl(int64_t d_model_, int64_t num_experts_, bool noisy_)
+    : d_model(d_model_), num_experts(num_experts_), noisy(noisy_) {
   reset();
 }
 
 void HierarchicalGateImpl::reset() {
   // Zero init (Shazeer §1.5): routing starts uniformly random through the noise alone.
   weight = register_parameter("weight", torch::zeros({num_experts, d_model}));
-  noise_weight = register_parameter("noise_weight", torch::zeros({num_experts, d_model}));
+  noise_weight = noisy ? register_parameter("noise_weight", torch::zeros({num_experts, d_model}))
+                       : torch::Tensor();
 }
 
 HierarchicalRouterImpl::HierarchicalRouterImpl(HierarchicalRouterOptions options_)
@@ -50,9 +51,10 @@ HierarchicalRouterImpl::HierarchicalRouterImpl(HierarchicalRouterOptions options
 
 void HierarchicalRouterImpl::reset() {
   const int64_t a = options.groups(), b = options.experts_per_group();
-  primary_router = register_module("primary_router", HierarchicalGate(options.d_model(), a));
+  const bool noisy = options.noisy_gating();
+  primary_router = register_module("primary_router", HierarchicalGate(options.d_model(), a, noisy));
   secondary_router =
-      register_module("secondary_router", HierarchicalGate(options.d_model(), a * b));
+      register_module("secondary_router", HierarchicalGate(options.d_model(), a * b, noisy));
 }
 
 void HierarchicalRouterImpl::pretty_print(std::ostream& stream) const {
@@ -73,8 +75,7 @@ RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
   const int64_t k1 = options.primary_top_k(), k2 = options.secondary_top_k();
   const auto rd = router_dtype(x.scalar_type());
   auto xr = x.to(rd);
-  const auto Wp = primary_router->weight.to(rd), Np = primary_router->noise_weight.to(rd);
-  const auto Ws = secondary_router->weight.to(rd), Ns = secondary_router->noise_weight.to(rd);
+  const auto Wp = primary_router->weight.to(rd), Ws = secondary_router->weight.to(rd);
   auto pl = at::linear(xr, Wp);
   auto sl = at::linear(xr, Ws);
 
@@ -89,11 +90,14 @@ RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
 
   // Noise: the secondary draw comes first, so that with one group the secondary gate sees exactly
   // the noise a flat noisy top-k router with the same seed would.
-  const bool train = is_training();
-  const auto s_noise = train ? at::randn_like(sl) : torch::Tensor();
-  const auto p_noise = train ? at::randn_like(pl) : torch::Tensor();
-  const auto gp =
-      noisy_top_k_gating(pl, at::linear(xr, Np), p_noise, k1, options.noise_epsilon(), valid);
+  const bool train = is_training(), noisy = train && options.noisy_gating();
+  const auto s_noise = noisy ? at::randn_like(sl) : torch::Tensor();
+  const auto p_noise = noisy ? at::randn_like(pl) : torch::Tensor();
+  const auto noise_logits = [&](const HierarchicalGate& gate) {
+    return noisy ? at::linear(xr, gate->noise_weight.to(rd)) : torch::Tensor();
+  };
+  const auto gp = noisy_top_k_gating(pl, noise_logits(primary_router), p_noise, k1,
+                                     options.noise_epsilon(), valid);
 
   // Secondary gates on rows (t, g); a row is valid iff the primary gate picked g for t (X^(g)).
   auto picked = at::zeros({T, a}, x.options().dtype(at::kBool));
@@ -101,8 +105,9 @@ RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
   const auto s_rows = [&](const torch::Tensor& t) {
     return t.defined() ? t.reshape({T * a, b}) : t;
   };
-  const auto gs = noisy_top_k_gating(s_rows(sl), s_rows(at::linear(xr, Ns)), s_rows(s_noise), k2,
-                                     options.noise_epsilon(), picked.reshape({-1}));
+  const auto gs =
+      noisy_top_k_gating(s_rows(sl), s_rows(noise_logits(secondary_router)), s_rows(s_noise), k2,
+                         options.noise_epsilon(), picked.reshape({-1}));
 
   // Product choices: choice (s1, s2) of token t -> expert g·b + j with weight Gp(x)_g · G_g(x)_j
   // (Eq. 12).

@@ -54,8 +54,11 @@ RoutingResult route_top_k(torch::Tensor xr, const LogitsOf& logits_of,
 
   TopKGate g;
   if (rule.kind == RouterKind::kNoisyTopK) {
-    const auto noise_logits = noise_logits_of(xr);
-    const auto noise = training ? at::randn_like(logits) : torch::Tensor();
+    // Without noise (inference, or noisy gating off) the gate is the clean top-k: the noise
+    // logits are not computed at all.
+    const bool noisy = training && noise_logits_of;
+    const auto noise_logits = noisy ? noise_logits_of(xr) : torch::Tensor();
+    const auto noise = noisy ? at::randn_like(logits) : torch::Tensor();
     g = noisy_top_k_gating(logits, noise_logits, noise, k, rule.noise_epsilon, valid);
   } else {
     g = softmax_top_k_gating(logits, k, rule.normalize, valid);

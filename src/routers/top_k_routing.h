@@ -31,7 +31,8 @@ struct TopKRule {
 /// A linear map of router-dtype tokens [T, d] to [T, E] (an undefined function = not used).
 using LogitsOf = std::function<torch::Tensor(const torch::Tensor&)>;
 
-/// Routes the router-dtype tokens `xr` [T, d]. `noise_logits_of` is needed for kNoisyTopK only.
+/// Routes the router-dtype tokens `xr` [T, d]. `noise_logits_of` is used by kNoisyTopK only; left
+/// undefined, the noisy kind gates on the clean logits (noisy gating off).
 /// `training` draws the gating noise and computes the auxiliary losses.
 RoutingResult route_top_k(torch::Tensor xr, const LogitsOf& logits_of,
                           const LogitsOf& noise_logits_of, const TopKRule& rule, bool training);

@@ -68,7 +68,7 @@ void TopKRouterImpl::reset() {
   const bool smoe_dropout = options.kind() == RouterKind::kFrozenRandom;
   const bool train = !options.frozen() && !smoe_dropout;
   weight = register_parameter("weight", torch::empty({E, d}), train);
-  if (options.kind() == RouterKind::kNoisyTopK) {
+  if (options.kind() == RouterKind::kNoisyTopK && options.noisy_gating()) {
     noise_weight = register_parameter("noise_weight", torch::empty({E, d}), train);
   } else {
     noise_weight = torch::Tensor();

@@ -220,6 +220,10 @@ TEST(TrainConfig, DefaultsAndTypedValues) {
   const auto h = moe::train::parse_train_config(RunConfig::from_string(
       "[run]\ntask = \"lm\"\n[moe]\nrouter = \"hierarchical\"\nnum_experts = 12\n"));
   EXPECT_EQ(h.moe.groups, 3);  // the divisor of 12 closest to sqrt(12) from below
+  EXPECT_TRUE(h.moe.noisy_gating);
+  const auto quiet = moe::train::parse_train_config(RunConfig::from_string(
+      "[run]\ntask = \"lm\"\n[moe]\nrouter = \"noisy_topk\"\nnoisy_gating = false\n"));
+  EXPECT_FALSE(quiet.moe.noisy_gating);
 }
 
 TEST(TrainConfig, BadValuesNameTheKeyAndTheValue) {
@@ -312,7 +316,8 @@ INSTANTIATE_TEST_SUITE_P(
         Variant{"dense", {"model.moe_every=0"}, 0},
         Variant{"every_other", {"model.moe_every=2"}, 1},
         Variant{"softmax_topk", {"moe.router=\"softmax_topk\"", "moe.capacity_factor=1.0"}, 2},
-        Variant{"noisy_topk", {}, 2}, Variant{"switch", {"moe.router=\"switch\""}, 2},
+        Variant{"noisy_topk", {}, 2}, Variant{"noisy_topk_no_noise", {"moe.noisy_gating=false"}, 2},
+        Variant{"switch", {"moe.router=\"switch\""}, 2},
         Variant{
             "hierarchical",
             {"moe.router=\"hierarchical\"", "moe.groups=2", "moe.top_k=1", "moe.secondary_top_k=1"},

@@ -2,6 +2,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <map>
+#include <set>
+
 #include "moe/losses.h"
 #include "moe/nn/hierarchical_moe.h"
 #include "moe/nn/sparse_moe.h"
@@ -144,6 +147,32 @@ TEST(HierarchicalMoE, ParameterNames) {
       {"secondary_router.weight", {6, 4}}, {"secondary_router.noise_weight", {6, 4}},
       {"experts.w1", {6, 4, 5}},           {"experts.w2", {6, 5, 4}}};
   EXPECT_EQ(got, expect);
+}
+
+// noisy_gating(false): no noise_weight, and a training forward routes as inference does (whose
+// routing HierarchicalVsHand checks by hand), whatever the seed.
+TEST(HierarchicalMoE, NoisyGatingOffRoutesAsInferenceInTraining) {
+  torch::manual_seed(2);
+  HierarchicalMoE layer(HierarchicalMoEOptions(6, 3, 4).hidden_size(5).noisy_gating(false));
+  std::set<std::string> names;
+  for (const auto& p : layer->named_parameters()) names.insert(p.key());
+  EXPECT_EQ(names, (std::set<std::string>{"primary_router.weight", "secondary_router.weight",
+                                          "experts.w1", "experts.w2"}));
+  {
+    torch::NoGradGuard g;
+    layer->primary_router->weight.normal_();
+    layer->secondary_router->weight.normal_();
+  }
+  const auto x = torch::randn({25, 6});
+  layer->eval();
+  const auto inference = layer->forward(x);
+  layer->train();
+  for (int seed : {1, 2}) {
+    torch::manual_seed(seed);
+    const auto training = layer->forward(x);
+    EXPECT_TRUE(torch::equal(training.routing.expert_index, inference.routing.expert_index));
+    EXPECT_TRUE(mt::bitwise_equal(training.output, inference.output));
+  }
 }
 
 }  // namespace

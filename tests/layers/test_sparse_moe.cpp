@@ -98,9 +98,10 @@ TEST_P(SparseMoEVsDense, OutputAndRoutingMatchTheReference) {
   }
 
   const double tol = c.dtype == at::kDouble ? 1e-10 : 1e-5;
-  if (c.dtype != at::kDouble)
+  if (c.dtype != at::kDouble) {
     ASSERT_GT(mt::topk_margin(routed_on, c.k), 1e-4)
         << "the draw has a near-tie: pick another seed";
+  }
   ASSERT_TRUE(torch::equal(out.routing.expert_index, route.expert_index));
   EXPECT_CLOSE(out.routing.gate, route.gate, tol, tol);
   const auto& ex = layer->experts;
@@ -217,3 +218,54 @@ TEST(SparseMoE, CloneCopiesEveryParameter) {
 }
 
 }  // namespace
+
+// noisy_gating(false): the noisy router gates on the clean logits in training too (Eq. 3 without
+// the noise of Eq. 4), has no noise_weight, and its load loss counts the hard assignments.
+TEST(SparseMoE, NoisyGatingOffRoutesOnTheCleanLogitsInTraining) {
+  const int64_t d = 10, h = 6, E = 6, k = 2, T = 16;
+  torch::manual_seed(3);
+  SparseMoE layer(SparseMoEOptions(d, E)
+                      .hidden_size(h)
+                      .top_k(k)
+                      .router(RouterKind::kNoisyTopK)
+                      .noisy_gating(false)
+                      .importance_coef(0.1)
+                      .load_coef(0.2)
+                      .router_zero_init(false)
+                      .router_init_std(1.0));
+  layer->to(at::kDouble);
+  EXPECT_FALSE(layer->router->noise_weight.defined());
+  EXPECT_FALSE(layer->named_parameters().contains("router.noise_weight"));
+  layer->train();
+  const auto x = torch::randn({T, d}, at::kDouble);
+  const auto out = layer->forward(x);
+
+  const auto logits = x.matmul(layer->router->weight.to(at::kDouble).t());
+  const auto route = mt::reference_noisy_route(logits, logits, k);
+  ASSERT_TRUE(torch::equal(out.routing.expert_index, route.expert_index));
+  EXPECT_CLOSE(out.routing.gate, route.gate, 1e-12, 1e-12);
+  const auto& ex = layer->experts;
+  EXPECT_CLOSE(out.output,
+               mt::dense_moe_reference(x, route.expert_index, route.gate, ex->w1, ex->w2, ex->w3,
+                                       ex->b1, ex->b2, Activation::kReLU),
+               1e-10, 1e-10);
+  // The losses by hand: CV² = population variance / mean² of the importance (the gate sums) and
+  // of the hard counts.
+  auto cv2 = [](std::vector<double> v) {
+    double mean = 0, var = 0;
+    for (double a : v) mean += a / v.size();
+    for (double a : v) var += (a - mean) * (a - mean) / v.size();
+    return var / (mean * mean);
+  };
+  std::vector<double> imp(E, 0.0), count(E, 0.0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t s = 0; s < k; ++s) {
+      const int64_t e = route.expert_index[t][s].item<int64_t>();
+      imp[e] += route.gate[t][s].item<double>();
+      count[e] += 1;
+    }
+  EXPECT_NEAR(out.aux_loss.item<double>(), 0.1 * cv2(imp) + 0.2 * cv2(count), 1e-8);
+  // Deterministic in training: another seed, the same routing.
+  torch::manual_seed(99);
+  EXPECT_TRUE(torch::equal(layer->forward(x).routing.expert_index, route.expert_index));
+}

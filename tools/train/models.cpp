@@ -122,6 +122,7 @@ class FeedForwardImpl : public torch::nn::Module {
       auto o = nn::HierarchicalMoEOptions(d, m.groups, m.num_experts / m.groups)
                    .hidden_size(m.hidden)
                    .activation(act)
+                   .noisy_gating(m.noisy_gating)
                    .noise_epsilon(m.noise_epsilon);
       o.primary_top_k(m.top_k).secondary_top_k(m.secondary_top_k);
       if (m.importance_coef >= 0) o.importance_coef(m.importance_coef);
@@ -151,6 +152,7 @@ class FeedForwardImpl : public torch::nn::Module {
                                              .router(kind)
                                              .activation(act)
                                              .capacity_factor(m.capacity_factor)
+                                             .noisy_gating(m.noisy_gating)
                                              .noise_epsilon(m.noise_epsilon)
                                              .importance_coef(optional_coef(m.importance_coef))
                                              .load_coef(optional_coef(m.load_coef))

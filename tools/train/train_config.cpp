@@ -131,6 +131,7 @@ void parse_hierarchical(const RunConfig& c, MoESection& m, int64_t default_k) {
         "at most the experts per group, " + std::to_string(m.num_experts / m.groups));
   m.importance_coef = coef(c, "moe.importance_coef");
   m.load_coef = coef(c, "moe.load_coef");
+  m.noisy_gating = c.get_bool("moe.noisy_gating", m.noisy_gating);
   m.noise_epsilon = number_in(c, "moe.noise_epsilon", m.noise_epsilon, 0, 1e3);
 }
 
@@ -188,8 +189,10 @@ MoESection parse_moe(const RunConfig& c) {
   m.load_coef = coef(c, "moe.load_coef");
   m.balance_coef = coef(c, "moe.balance_coef");
   m.z_loss_coef = coef(c, "moe.z_loss_coef");
-  if (m.router == "noisy_topk")
+  if (m.router == "noisy_topk") {
+    m.noisy_gating = c.get_bool("moe.noisy_gating", m.noisy_gating);
     m.noise_epsilon = number_in(c, "moe.noise_epsilon", m.noise_epsilon, 0, 1e3);
+  }
   return m;
 }
 
@@ -250,6 +253,7 @@ bool is_known_key(const std::string& key) {
                                               "moe.hidden",
                                               "moe.activation",
                                               "moe.capacity_factor",
+                                              "moe.noisy_gating",
                                               "moe.noise_epsilon",
                                               "moe.importance_coef",
                                               "moe.load_coef",

@@ -50,12 +50,12 @@ struct DataSection {
 struct MoESection {
   /// softmax_topk noisy_topk switch top_any hyper smoe_dropout hierarchical expert_choice
   std::string router = "noisy_topk";
-  ///< smoe_dropout hierarchical
   int64_t num_experts = 8;
   int64_t top_k = 2;
   int64_t hidden = 128;  ///< expert hidden width
   std::string activation = "relu";
   double capacity_factor = 0.0;
+  bool noisy_gating = true;  ///< noisy_topk, hierarchical: the Gaussian gating noise in training
   double noise_epsilon = 1e-2;
   // < 0 = the router's own default (docs/algorithms.md); >= 0 = this coefficient
   double importance_coef = -1, load_coef = -1, balance_coef = -1, z_loss_coef = -1;

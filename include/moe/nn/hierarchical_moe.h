@@ -51,6 +51,7 @@ struct HierarchicalMoEOptions {
   // Router settings (HierarchicalRouterOptions).
   MOE_NESTED_ARG(int64_t, primary_top_k, router_options_, primary_top_k)
   MOE_NESTED_ARG(int64_t, secondary_top_k, router_options_, secondary_top_k)
+  MOE_NESTED_ARG(bool, noisy_gating, router_options_, noisy_gating)
   MOE_NESTED_ARG(double, noise_epsilon, router_options_, noise_epsilon)
   MOE_NESTED_ARG(double, importance_coef, router_options_, importance_coef)
   MOE_NESTED_ARG(double, load_coef, router_options_, load_coef)

@@ -63,6 +63,7 @@ struct SparseMoEOptions {
   MOE_NESTED_ARG(int64_t, min_capacity, router_options_, min_capacity)
   MOE_NESTED_ARG(bool, normalize_top_k, router_options_, normalize_top_k)
   MOE_NESTED_ARG(bool, router_bias, router_options_, bias)
+  MOE_NESTED_ARG(bool, noisy_gating, router_options_, noisy_gating)  ///< kNoisyTopK: noise on
   MOE_NESTED_ARG(double, noise_epsilon, router_options_, noise_epsilon)
   MOE_NESTED_ARG(double, jitter, router_options_, jitter)
   MOE_NESTED_ARG(c10::optional<double>, importance_coef, router_options_, importance_coef)

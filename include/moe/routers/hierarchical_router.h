@@ -30,6 +30,9 @@ struct HierarchicalRouterOptions {
   TORCH_ARG(int64_t, experts_per_group);  ///< b
   TORCH_ARG(int64_t, primary_top_k) = 2;
   TORCH_ARG(int64_t, secondary_top_k) = 2;
+  /// Draw the gating noise of both gates in training (as RouterOptions::noisy_gating). Off, the
+  /// gates are clean and have no noise_weight.
+  TORCH_ARG(bool, noisy_gating) = true;
   TORCH_ARG(double, noise_epsilon) = 1e-2;
   TORCH_ARG(double, importance_coef) = 1e-2;
   TORCH_ARG(double, load_coef) = 1e-2;
@@ -38,12 +41,13 @@ struct HierarchicalRouterOptions {
   TORCH_ARG(std::string, name) = "HierarchicalRouter";
 };
 
-/// One noisy gate: weight and noise_weight [E, d], zero-initialised.
+/// One noisy gate: weight and noise_weight [E, d] (noisy gating only), zero-initialised.
 class HierarchicalGateImpl : public torch::nn::Cloneable<HierarchicalGateImpl> {
  public:
-  HierarchicalGateImpl(int64_t d_model, int64_t num_experts);
+  HierarchicalGateImpl(int64_t d_model, int64_t num_experts, bool noisy = true);
   void reset() override;
   int64_t d_model, num_experts;
+  bool noisy;
   torch::Tensor weight, noise_weight;
 };
 TORCH_MODULE(HierarchicalGate);
