@@ -106,17 +106,12 @@ void TopAnyRouterImpl::reset() {
   weight = register_parameter("weight", torch::empty({E, d}));
   threshold = register_parameter("threshold", torch::empty({E}));
   const auto log_scale = torch::full({1}, std::log(1.0 / options.resolved_init_temperature()));
-  switch (options.temperature()) {
-    case TopAnyTemperature::kTrainable:
-      temperature = register_parameter("temperature", log_scale);
-      break;
-    case TopAnyTemperature::kFrozen:
-      temperature = register_buffer("temperature", log_scale);
-      break;
-    case TopAnyTemperature::kNone:
-      temperature = torch::Tensor();
-      break;
-  }
+  // A frozen temperature is a parameter that takes no gradient, as every frozen weight of the
+  // library is (SMoE-Dropout's router, HyperRouter's hypernetwork): one name, one kind of tensor.
+  const bool trainable = options.temperature() == TopAnyTemperature::kTrainable;
+  temperature = options.temperature() == TopAnyTemperature::kNone
+                    ? torch::Tensor()
+                    : register_parameter("temperature", log_scale, /*requires_grad=*/trainable);
   active = register_buffer("active", torch::zeros({E}));
   reset_parameters();
 }
@@ -146,9 +141,8 @@ torch::Tensor TopAnyRouterImpl::logit_scale() const {
 }
 
 double TopAnyRouting::term(const std::string& name) const {
-  for (const auto& [n, t] : loss_terms)
-    if (n == name) return t.item<double>();
-  return 0.0;
+  const auto t = find_loss_term(loss_terms, name);
+  return t.defined() ? t.item<double>() : 0.0;
 }
 
 RoutingResult TopAnyRouting::result() const {

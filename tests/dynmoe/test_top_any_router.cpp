@@ -40,9 +40,13 @@ TEST(TopAnyRouter, InitialisationFollowsTheReference) {
   EXPECT_TRUE(torch::equal(r->threshold, torch::zeros({6})));
   EXPECT_TRUE(torch::equal(r->active, torch::tensor({1.f, 1.f, 0.f, 0.f, 0.f, 0.f})));
   EXPECT_DOUBLE_EQ(lambda_of(r), 1.0);
-  EXPECT_FALSE(r->temperature.requires_grad());  // frozen temperature is a buffer
+  // One name and one kind of tensor for every temperature mode: a parameter, trained or frozen.
+  EXPECT_FALSE(r->temperature.requires_grad());
+  EXPECT_TRUE(r->named_parameters().contains("temperature"));
+  EXPECT_FALSE(r->named_buffers().contains("temperature"));
   TopAnyRouter t(TopAnyRouterOptions(16, 6).temperature(TopAnyTemperature::kTrainable));
   EXPECT_TRUE(t->temperature.requires_grad());
+  EXPECT_TRUE(t->named_parameters().contains("temperature"));
   EXPECT_NEAR(lambda_of(t), 10.0, 1e-5);  // init_t = 0.1
   TopAnyRouter n(TopAnyRouterOptions(16, 6).temperature(TopAnyTemperature::kNone));
   EXPECT_FALSE(n->temperature.defined());

@@ -6,9 +6,9 @@
 // (R_S); an update removes every active expert with R_E = 0 and then adds at most one expert whose
 // representation is R_S/||R_S|| and whose threshold is 0 (§2.4).
 //
-// Parameters: router.weight [E, d], router.threshold [E], router.temperature [1] (trainable
-//             temperature), experts.w1 [E, d, h], experts.w2 [E, h, d], experts.w3, b1, b2 as in
-//             SparseMoE. Buffers: router.active [E], router.temperature (frozen temperature),
+// Parameters: router.weight [E, d], router.threshold [E], router.temperature [1] (log(1/t); no
+//             gradient when frozen, absent for kNone), experts.w1 [E, d, h], experts.w2 [E, h, d],
+//             experts.w3, b1, b2 as in SparseMoE. Buffers: router.active [E],
 //             expert_template_* (resize mode with copied experts: the network new experts copy),
 //             forward_count [1] (the schedule's position).
 // E is max_experts in pool mode and the number of active experts in resize mode.

@@ -6,9 +6,9 @@
 // over the activated experts (not score-weighted). The 0/1 decision uses a straight-through sign.
 //
 // Parameters: router.weight [E, d] (orthogonal init; the transpose of the reference's sim_matrix),
-//             router.threshold [E] (zeros), router.temperature [1] (trainable temperature only).
-// Buffers:    router.active [E] (1 = active expert, 0 = free expert), router.temperature [1] when
-// frozen.
+//             router.threshold [E] (zeros), router.temperature [1] (kFrozen and kTrainable; it
+//             holds log(1/t), the log of the logit scale; requires_grad only when trainable).
+// Buffers:    router.active [E] (1 = active expert, 0 = free expert).
 #pragma once
 
 #include <c10/util/Optional.h>
@@ -86,7 +86,7 @@ struct TopAnyRouting {
   torch::Tensor aux_loss;      ///< 0-dim, weighted by aux_loss_coef; 0 in eval by default
   /// The unweighted terms that were computed ("diversity", "simplicity", "balance",
   /// "efficiency"), detached 0-dim tensors.
-  std::vector<std::pair<std::string, torch::Tensor>> loss_terms;
+  LossTerms loss_terms;
   torch::Tensor skipped_tokens;  ///< 0-dim int64: non-finite tokens under NonFinitePolicy::kSkip
   torch::Tensor active_count;    ///< 0-dim int64: active experts
 
