@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "moe/router_options.h"
+#include "moe/stats.h"
 
 namespace moe {
 
@@ -29,7 +30,7 @@ struct RoutingResult {
   torch::Tensor aux_loss;    ///< 0-dim, weighted by the router's coefficients
   /// The unweighted auxiliary terms by name ("importance", "load", "balance", "z", "diversity",
   /// ...), detached 0-dim tensors, for logging. Only the terms the router computed.
-  std::vector<std::pair<std::string, torch::Tensor>> loss_terms;
+  LossTerms loss_terms;
   torch::Tensor assigned;        ///< 0-dim int64: choices the router made (before capacity)
   torch::Tensor dropped;         ///< 0-dim int64: choices dropped by capacity
   torch::Tensor skipped_tokens;  ///< 0-dim int64: non-finite tokens under NonFinitePolicy::kSkip

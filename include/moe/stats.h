@@ -10,6 +10,13 @@
 
 namespace moe {
 
+/// Named auxiliary loss terms ("importance", "load", "balance", "z", "diversity", ...): unweighted,
+/// detached 0-dim tensors in the order the router computed them.
+using LossTerms = std::vector<std::pair<std::string, torch::Tensor>>;
+
+/// The term called `name`, or an undefined tensor when the router did not compute it.
+torch::Tensor find_loss_term(const LossTerms& terms, const std::string& name);
+
 /// Routing statistics of one forward pass, as detached tensors on the layer's device: computing
 /// them never waits for the device. The methods turn them into numbers; each of those reads the
 /// device, so call them only where a number is wanted (a log line, a test).
@@ -26,7 +33,7 @@ struct RoutingStats {
   torch::Tensor unrouted;
   torch::Tensor num_active_experts;  ///< 0-dim int64: experts that may receive tokens
   /// The router's unweighted auxiliary terms by name (see RoutingResult::loss_terms).
-  std::vector<std::pair<std::string, torch::Tensor>> loss_terms;
+  LossTerms loss_terms;
 
   double dropped_fraction() const;  ///< dropped / assigned (0 when nothing was assigned)
   int64_t skipped_tokens() const;

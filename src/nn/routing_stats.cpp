@@ -48,10 +48,15 @@ double RoutingStats::cv_load() const { return coefficient_of_variation(load); }
 int64_t RoutingStats::active_experts() const { return count(num_active_experts); }
 int64_t RoutingStats::tokens_without_expert() const { return count(unrouted); }
 
+torch::Tensor find_loss_term(const LossTerms& terms, const std::string& name) {
+  for (const auto& [n, t] : terms)
+    if (n == name) return t;
+  return {};
+}
+
 double RoutingStats::loss_term(const std::string& name) const {
-  for (const auto& [n, t] : loss_terms)
-    if (n == name) return t.item<double>();
-  return std::numeric_limits<double>::quiet_NaN();
+  const auto t = find_loss_term(loss_terms, name);
+  return t.defined() ? t.item<double>() : std::numeric_limits<double>::quiet_NaN();
 }
 
 }  // namespace moe

@@ -6,9 +6,7 @@
 namespace moe {
 
 torch::Tensor RoutingResult::loss_term(const std::string& name) const {
-  for (const auto& [n, t] : loss_terms)
-    if (n == name) return t;
-  return {};
+  return find_loss_term(loss_terms, name);
 }
 
 void RouterInterface::set_top_k(int64_t k) {

@@ -327,3 +327,22 @@ TEST(TopAnyMoEBadInput, ClearErrors) {
 }
 
 }  // namespace
+
+namespace {
+
+// The layer's output carries the four unweighted terms of §2.3 (checked by hand against the
+// router in TopAnyRouter.AuxiliaryTermsMatchHandComputations): no second routing pass to read them.
+TEST(TopAnyMoEOutput, CarriesItsFourLossTerms) {
+  auto layer = pool_layer(6, 4, 3);
+  layer->train();
+  const auto x = torch::randn({20, 3});
+  const auto out = layer->forward(x);
+  const auto routed = layer->router->decide(x);
+  for (const char* name : {"diversity", "simplicity", "balance", "efficiency"}) {
+    ASSERT_TRUE(moe::find_loss_term(out.stats.loss_terms, name).defined()) << name;
+    EXPECT_DOUBLE_EQ(out.stats.loss_term(name), routed.term(name)) << name;
+  }
+  EXPECT_TRUE(std::isnan(out.stats.loss_term("load")));  // not a DynMoE term
+}
+
+}  // namespace

@@ -37,9 +37,9 @@ enum class HyperRouterKind {
 ///              TopKSchedule(TopKSchedule::Mode::kLinearIncrease, 8, 16, 400000)));
 struct HyperRouterMoEOptions {
   HyperRouterMoEOptions(int64_t d_model, int64_t num_experts)
-      : d_model_(d_model),
-        num_experts_(num_experts),
-        expert_options_(num_experts, d_model, 4 * d_model) {}
+      : expert_options_(num_experts, d_model, 4 * d_model),
+        d_model_(d_model),
+        num_experts_(num_experts) {}
   /// The router these settings describe: the HyperRouter (kHyper) or SMoE-Dropout's frozen random
   /// TopKRouter (kFrozenRandom).
   HyperRouterOptions hyper_router_options() const;
