@@ -9,6 +9,8 @@
 
 #include "moe/gating.h"
 #include "moe/losses.h"
+#include "moe/plan.h"
+#include "routers/grouped_linear.h"
 #include "routers/non_finite.h"
 #include "routers/top_k_routing.h"
 
@@ -75,56 +77,62 @@ RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
   const int64_t k1 = options.primary_top_k(), k2 = options.secondary_top_k();
   const auto rd = router_dtype(x.scalar_type());
   auto xr = x.to(rd);
-  const auto Wp = primary_router->weight.to(rd), Ws = secondary_router->weight.to(rd);
+  const auto Wp = primary_router->weight.to(rd);
   auto pl = at::linear(xr, Wp);
-  auto sl = at::linear(xr, Ws);
-
-  const auto finite =
-      detail::check_finite_tokens(at::cat({pl, sl}, 1), options.non_finite(), who, "router logits");
+  // A non-finite token makes its primary logits non-finite (x·0 is NaN for x = ±inf).
+  const auto finite = detail::check_finite_tokens(pl, options.non_finite(), who, "router logits");
   const auto& valid = finite.valid;
   if (valid.defined()) {
     xr = detail::zero_invalid_rows(xr, valid);
     pl = at::linear(xr, Wp);
-    sl = at::linear(xr, Ws);
   }
 
-  // Noise: the secondary draw comes first, so that with one group the secondary gate sees exactly
-  // the noise a flat noisy top-k router with the same seed would.
+  // The secondary noise is drawn first (one row per routed (token, group) pair, in group order), so
+  // that a one-group hierarchy sees exactly the noise of a flat noisy router with the same seed.
   const bool train = is_training(), noisy = train && options.noisy_gating();
-  const auto s_noise = noisy ? at::randn_like(sl) : torch::Tensor();
+  const auto p_noise_logits =
+      noisy ? at::linear(xr, primary_router->noise_weight.to(rd)) : torch::Tensor();
+  // The primary gate makes k1 pairs per valid token, so the size of the secondary draw is known
+  // before the pick. (Counting the valid tokens reads the device; the plan below is built on the
+  // host anyway.)
+  const int64_t pairs = k1 * (valid.defined() ? valid.sum().item<int64_t>() : T);
+  const auto s_noise = noisy ? at::randn({pairs, b}, pl.options()) : torch::Tensor();
   const auto p_noise = noisy ? at::randn_like(pl) : torch::Tensor();
-  const auto noise_logits = [&](const HierarchicalGate& gate) {
-    return noisy ? at::linear(xr, gate->noise_weight.to(rd)) : torch::Tensor();
-  };
-  const auto gp = noisy_top_k_gating(pl, noise_logits(primary_router), p_noise, k1,
-                                     options.noise_epsilon(), valid);
+  const auto gp =
+      noisy_top_k_gating(pl, p_noise_logits, p_noise, k1, options.noise_epsilon(), valid);
 
-  // Secondary gates on rows (t, g); a row is valid iff the primary gate picked g for t (X^(g)).
-  auto picked = at::zeros({T, a}, x.options().dtype(at::kBool));
-  picked.scatter_(1, gp.expert_index.clamp_min(0), gp.expert_index >= 0);
-  const auto s_rows = [&](const torch::Tensor& t) {
-    return t.defined() ? t.reshape({T * a, b}) : t;
-  };
-  const auto gs =
-      noisy_top_k_gating(s_rows(sl), s_rows(noise_logits(secondary_router)), s_rows(s_noise), k2,
-                         options.noise_epsilon(), picked.reshape({-1}));
+  // X^(g): the pairs (token, group) of the primary choices, grouped by group (the plan of the
+  // primary gate). Secondary gate g runs on its own rows only (Eq. 12).
+  const auto plan = build_routing_plan(gp.expert_index, a);
+  const auto x_pairs = xr.index_select(0, plan.token_index);  // [P, d], P = pairs
+  const auto group_of_pair = at::repeat_interleave(plan.tokens_per_expert());
+  const auto sl = detail::grouped_linear(x_pairs, secondary_router->weight.to(rd).view({a, b, -1}),
+                                         plan.expert_offsets);
+  TORCH_CHECK_VALUE(at::isfinite(sl).all().item<bool>(), who,
+                    ": secondary router logits are non-finite for finite inputs: the secondary "
+                    "router weights contain NaN or Inf");
+  const auto s_noise_logits =
+      noisy
+          ? detail::grouped_linear(x_pairs, secondary_router->noise_weight.to(rd).view({a, b, -1}),
+                                   plan.expert_offsets)
+          : torch::Tensor();
+  const auto gs = noisy_top_k_gating(sl, s_noise_logits, s_noise, k2, options.noise_epsilon(), {});
 
-  // Product choices: choice (s1, s2) of token t -> expert g·b + j with weight Gp(x)_g · G_g(x)_j
-  // (Eq. 12).
-  const auto gidx = gp.expert_index.clamp_min(0).unsqueeze(2).expand({T, k1, k2});
-  const auto s_idx = gs.expert_index.reshape({T, a, k2}).gather(1, gidx);
-  const auto s_gate = gs.gate.reshape({T, a, k2}).gather(1, gidx);
-  const auto primary_ok = (gp.expert_index >= 0).unsqueeze(2);
+  // Back to the token's slots: primary choice i of token t (flat slot t·k1 + i) holds the k2
+  // secondary choices of its pair: expert g·b + j with weight Gp(x)_g · G_g(x)_j (Eq. 12).
+  const auto slots = plan.pair_slot;
+  auto s_idx = at::full({T * k1, k2}, -1, gp.expert_index.options());
+  s_idx.index_copy_(0, slots, group_of_pair.unsqueeze(1) * b + gs.expert_index);
+  const auto s_gate = at::zeros({T * k1, k2}, gs.gate.options()).index_copy(0, slots, gs.gate);
   RoutingResult out;
-  out.expert_index = at::where(primary_ok.logical_and(s_idx >= 0), gidx * b + s_idx,
-                               at::full({}, -1, gidx.options()))
-                         .reshape({T, k1 * k2});
-  out.gate = (gp.gate.unsqueeze(2) * s_gate).reshape({T, k1 * k2});
+  out.expert_index = s_idx.reshape({T, k1 * k2});
+  out.gate = (gp.gate.unsqueeze(2) * s_gate.view({T, k1, k2})).reshape({T, k1 * k2});
 
   // Importance_H (Eq. 13) and Load_H (Eq. 14) over the a·b experts.
   out.importance = importance(out.expert_index, out.gate, a * b);
   const auto true_load = assignment_counts(gp.expert_index, a, pl.options());  // |X^(g)|
-  const auto s_load = gs.in_top_k.reshape({T, a, b}).sum(0);                   // Load_g(X^(g))_j
+  const auto s_load = at::zeros({a, b}, gs.in_top_k.options())
+                          .index_add(0, group_of_pair, gs.in_top_k);  // Load_g(X^(g))_j
   out.load = ((gp.load / (true_load + 1e-10)).unsqueeze(1) * s_load).reshape({-1});
 
   out.skipped_tokens = finite.skipped;

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <set>
+#include <utility>
 
 #include "moe/losses.h"
 #include "moe/nn/hierarchical_moe.h"
@@ -41,11 +42,12 @@ TEST_P(HierarchicalVsHand, OutputImportanceAndLoad) {
   torch::manual_seed(9);
   const auto out = layer->forward(x);
 
-  // Hand computation. Noise: secondary [T, a·b] is drawn first, then primary [T, a].
+  // Hand computation. Noise: the secondary draw [T·k1, b] comes first, one row per (token, group)
+  // pair of the primary choices, ordered by group and then by token; then the primary [T, a].
   torch::Tensor s_noise, p_noise;
   if (train) {
     torch::manual_seed(9);
-    s_noise = torch::randn({T, a * b}, at::kDouble);
+    s_noise = torch::randn({T * k1, b}, at::kDouble);
     p_noise = torch::randn({T, a}, at::kDouble);
   }
   auto softplus = [](const torch::Tensor& v) { return at::log1p(at::exp(v)); };
@@ -54,8 +56,12 @@ TEST_P(HierarchicalVsHand, OutputImportanceAndLoad) {
   const auto pH = train ? pl + p_noise * psd : pl;
   const auto sl = x.matmul(layer->secondary_router->weight.t());
   const auto ssd = softplus(x.matmul(layer->secondary_router->noise_weight.t())) + 1e-2;
-  const auto sH = train ? sl + s_noise * ssd : sl;
   const auto proute = mt::reference_noisy_route(pl, pH, k1);
+  // The row of pair (t, g) in the secondary draw.
+  std::map<std::pair<int64_t, int64_t>, int64_t> row_of;
+  for (int64_t g = 0, r = 0; g < a; ++g)
+    for (int64_t t = 0; t < T; ++t)
+      if ((proute.expert_index[t] == g).any().item<bool>()) row_of[{t, g}] = r++;
 
   auto idx = torch::full({T, k1 * k2}, -1, at::kLong);
   auto gate = torch::zeros({T, k1 * k2}, at::kDouble);
@@ -69,11 +75,11 @@ TEST_P(HierarchicalVsHand, OutputImportanceAndLoad) {
       true_load[g] += 1;
       const auto rows = torch::indexing::Slice(g * b, (g + 1) * b);
       const auto cl = sl.index({torch::indexing::Slice(t, t + 1), rows});
-      const auto hl = sH.index({torch::indexing::Slice(t, t + 1), rows});
+      const auto sd = ssd.index({torch::indexing::Slice(t, t + 1), rows});
+      const auto hl = train ? cl + s_noise[row_of.at({t, g})].unsqueeze(0) * sd : cl;
       const auto sr = mt::reference_noisy_route(cl, hl, k2);
       if (train)
-        s_load[g] += mt::reference_prob_in_top_k(
-            cl, hl, ssd.index({torch::indexing::Slice(t, t + 1), rows}), k2)[0];
+        s_load[g] += mt::reference_prob_in_top_k(cl, hl, sd, k2)[0];
       else
         for (int64_t s2 = 0; s2 < k2; ++s2) s_load[g][sr.expert_index[0][s2].item<int64_t>()] += 1;
       for (int64_t s2 = 0; s2 < k2; ++s2) {

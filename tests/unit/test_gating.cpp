@@ -1,11 +1,14 @@
 // Gating functions vs the formulas of docs/algorithms.md computed by hand in the test.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/autograd.h>
 
 #include <cmath>
 #include <random>
+#include <vector>
 
 #include "moe/gating.h"
+#include "routers/grouped_linear.h"
 #include "support/reference.h"
 #include "support/test_util.h"
 
@@ -168,6 +171,36 @@ TEST(Capacity, RandomTablesRespectTheBound) {
     EXPECT_EQ((kept >= 0).sum().item<int64_t>() + dropped, T * k);
     for (int64_t e = 0; e < E; ++e) EXPECT_LE((kept == e).sum().item<int64_t>(), cap);
   }
+}
+
+}  // namespace
+
+namespace {
+
+// grouped_linear against the same product written with one at::linear per group and a cat, whose
+// gradients come from LibTorch's own autograd; group 2 has no rows.
+TEST(GroupedLinear, MatchesPerGroupLinearsWithGradients) {
+  torch::manual_seed(4);
+  const std::vector<int64_t> rows{3, 5, 0, 2};
+  const int64_t d = 6, n = 4, G = 4, P = 10;
+  const auto x = torch::randn({P, d}, at::kDouble).requires_grad_();
+  const auto w = torch::randn({G, n, d}, at::kDouble).requires_grad_();
+  const auto offsets = torch::tensor({0, 3, 8, 8, 10}, at::kLong);
+  const auto y = moe::detail::grouped_linear(x, w, offsets);
+  std::vector<torch::Tensor> parts;
+  for (int64_t g = 0, r = 0; g < G; r += rows[g], ++g)
+    parts.push_back(at::linear(x.narrow(0, r, rows[g]), w[g]));
+  const auto ref = torch::cat(parts);
+  ASSERT_EQ(y.sizes(), ref.sizes());
+  EXPECT_TRUE(torch::allclose(y, ref, 1e-12, 1e-12));
+  const auto dy = torch::randn_like(ref);
+  const auto got = torch::autograd::grad({y}, {x, w}, {dy});
+  const auto want = torch::autograd::grad({ref}, {x, w}, {dy});
+  EXPECT_TRUE(torch::allclose(got[0], want[0], 1e-12, 1e-12));
+  EXPECT_TRUE(torch::allclose(got[1], want[1], 1e-12, 1e-12));
+  EXPECT_EQ(got[1][2].abs().max().item<double>(), 0.0);  // the empty group
+  EXPECT_THROW(moe::detail::grouped_linear(x, w, torch::tensor({0, 3, 8, 8, 9}, at::kLong)),
+               c10::Error);
 }
 
 }  // namespace

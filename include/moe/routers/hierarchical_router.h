@@ -4,7 +4,9 @@
 // a groups of b experts. A primary noisy top-k gate picks k1 groups; the secondary noisy top-k gate
 // of each picked group picks k2 of its b experts; the combine weight is the product of the two gate
 // values (Eq. 12). Losses: CV² of Importance_H (Eq. 13) and of Load_H (Eq. 14), over the a·b
-// entries. Expert g·b + j is expert j of group g.
+// entries. Expert g·b + j is expert j of group g. Secondary gate g runs only on the tokens that
+// picked group g (a grouped product over the primary gate's plan): routing costs T·(a + k1·b)·d
+// multiply-adds, and no tensor has T × a·b entries.
 //
 // Parameters (the names a routed layer registers): primary_router.weight / noise_weight [a, d],
 // secondary_router.weight / noise_weight [a·b, d] (rows g·b .. g·b+b-1 belong to group g), all
