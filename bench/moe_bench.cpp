@@ -32,6 +32,7 @@
 #include "bench_main.h"
 #include "kernels/cpu/acc_type.h"
 #include "kernels/cpu/kernels.h"
+#include "layer_bench.h"
 #include "memory.h"
 #include "moe/cpu.h"
 #include "moe/gating.h"
@@ -71,6 +72,8 @@ struct Options {
   uint64_t seed = 0;
   std::string json;
   bool check = true;
+  std::vector<std::string> layers;  // --layers: whole layers with many experts instead of shapes
+  bool naive_layers = true;
 };
 
 // ---- measurements
@@ -462,7 +465,11 @@ void usage() {
       "  --warmup N           untimed rounds first (default 2)\n"
       "  --threads N          intra-op threads (default: all cores)\n"
       "  --json FILE          also write one JSON object per measurement\n"
-      "  --no-check           skip the correctness gate\n");
+      "  --no-check           skip the correctness gate\n"
+      "  --layers LIST        instead: whole layers with many small experts, training fwd + bwd:\n"
+      "                       F256, F1024, F4096 (noisy top-4), H16x16, H32x32, H64x64\n"
+      "                       (hierarchical top-2 x top-2), or 'many' for all six\n"
+      "  --no-naive           with --layers: skip the naive per-expert loop\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -501,6 +508,12 @@ Options parse(int argc, char** argv) {
       o.json = next();
     else if (a == "--no-check")
       o.check = false;
+    else if (a == "--layers") {
+      o.layers = split(next());
+      if (o.layers == std::vector<std::string>{"many"})
+        o.layers = {"F256", "F1024", "F4096", "H16x16", "H32x32", "H64x64"};
+    } else if (a == "--no-naive")
+      o.naive_layers = false;
     else if (a == "--help" || a == "-h") {
       usage();
       std::exit(0);
@@ -522,6 +535,7 @@ Options parse(int argc, char** argv) {
         m != "dense_equiv")
       throw std::invalid_argument("unknown impl '" + m + "'");
   for (const auto& s : o.shapes) shape_by_id(s);
+  check_layer_shapes(o.layers);
   for (const auto& d : o.dists)
     if (std::find(distributions().begin(), distributions().end(), d) == distributions().end())
       throw std::invalid_argument("unknown distribution '" + d + "'");
@@ -561,6 +575,11 @@ int bench_main(int argc, char** argv) {
       std::printf(
           "peak %s: %.0f GFLOP/s (2048^3 %s)\n", dt.c_str(), peak[dt],
           dt == "bf16" && ops::products_in_float32(at::kBFloat16) ? "float32 path" : "at::mm");
+    }
+    if (!o.layers.empty()) {
+      run_layer_bench(o.layers, o.rounds, o.warmup, o.naive_layers,
+                      json.is_open() ? &json : nullptr);
+      return 0;
     }
     bool all_ok = true;
     for (const auto& sid : o.shapes)
