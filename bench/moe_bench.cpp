@@ -74,6 +74,7 @@ struct Options {
   bool check = true;
   std::vector<std::string> layers;  // --layers: whole layers with many experts instead of shapes
   bool naive_layers = true;
+  bool block_cache = true;  // moe::runtime::enable_cpu_block_cache
 };
 
 // ---- measurements
@@ -469,7 +470,8 @@ void usage() {
       "  --layers LIST        instead: whole layers with many small experts, training fwd + bwd:\n"
       "                       F256, F1024, F4096 (noisy top-4), H16x16, H32x32, H64x64\n"
       "                       (hierarchical top-2 x top-2), or 'many' for all six\n"
-      "  --no-naive           with --layers: skip the naive per-expert loop\n");
+      "  --no-naive           with --layers: skip the naive per-expert loop\n"
+      "  --no-block-cache     leave the CPU allocator as it is (moe/runtime.h)\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -514,6 +516,8 @@ Options parse(int argc, char** argv) {
         o.layers = {"F256", "F1024", "F4096", "H16x16", "H32x32", "H64x64"};
     } else if (a == "--no-naive")
       o.naive_layers = false;
+    else if (a == "--no-block-cache")
+      o.block_cache = false;
     else if (a == "--help" || a == "-h") {
       usage();
       std::exit(0);
@@ -549,9 +553,11 @@ namespace moe::bench {
 
 int bench_main(int argc, char** argv) {
   moe::runtime::configure_threading(argv);
-  install_counting_allocator();
   try {
     const Options o = parse(argc, argv);
+    // The block cache first: the counting allocator wraps whatever allocator is in place.
+    const bool cache = o.block_cache && moe::runtime::enable_cpu_block_cache();
+    install_counting_allocator();
     const int threads = moe::runtime::configure_threads(o.threads);
     at::set_num_interop_threads(1);
     std::ofstream json;
@@ -569,6 +575,7 @@ int bench_main(int argc, char** argv) {
         threads, blas.empty() ? "(not OpenBLAS)" : blas.c_str(), env("OMP_WAIT_POLICY"),
         env("OPENBLAS_CORETYPE"));
     std::printf("cpu: %s\n", cpu::describe().c_str());
+    std::printf("CPU block cache: %s\n", cache ? "on" : "off");
     std::map<std::string, double> peak;
     for (const auto& dt : o.dtypes) {
       peak[dt] = gemm_peak(dt == "bf16" ? at::kBFloat16 : at::kFloat);

@@ -2,6 +2,7 @@
 // Library code never calls these: they change global state of the process.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace moe::runtime {
@@ -40,6 +41,20 @@ void apply_isa_caps();
 /// stderr; the program is correct either way, only slower). MOE_OPENBLAS=keep keeps the loaded
 /// build.
 void configure_threading(char** argv);
+
+/// Makes freed CPU tensor blocks of 1 MiB and more reusable by later allocations of the same size
+/// class (sizes rounded up by at most 1/8), keeping at most `max_cached_bytes` of freed blocks.
+/// A training step allocates the same large buffers every step (weight gradients [E, d, h], router
+/// intermediates, engine scratch); without the cache glibc maps each fresh and the kernel
+/// zero-fills every page (docs/benchmarks.md, "Many experts"). Values are unaffected: only where
+/// memory comes from changes. `max_cached_bytes` < 0 takes $MOE_CPU_BLOCK_CACHE_MB (MiB), else 4096
+/// MiB; 0 leaves the allocator as it is. Call before creating tensors that should use it (blocks
+/// made earlier are freed by their own allocator). Returns whether the cache is on. Throws
+/// c10::ValueError for a MOE_CPU_BLOCK_CACHE_MB that is not an integer >= 0.
+bool enable_cpu_block_cache(int64_t max_cached_bytes = -1);
+
+/// Bytes of freed blocks the cache holds now (0 without the cache).
+int64_t cpu_block_cache_bytes();
 
 /// The OpenBLAS build this process runs: "pthread", "openmp", "sequential", or "" when the BLAS is
 /// not OpenBLAS.

@@ -14,6 +14,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -62,6 +63,13 @@ int parse_error_exit(const CLI::App& app, const CLI::ParseError& e) {
 
 int main(int argc, char** argv) {
   moe::runtime::configure_threading(argv);
+  // Large blocks are reused across training steps instead of being mapped and zero-filled anew.
+  try {
+    moe::runtime::enable_cpu_block_cache();
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "moe: %s\n", e.what_without_backtrace());
+    return 2;
+  }
   // Log lines (and errors) on stderr; results, tables and plain progress lines on stdout.
   spdlog::set_default_logger(spdlog::stderr_color_mt("moe"));
   CLI::App app{
