@@ -12,6 +12,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "train/cli_routers.h"
+
 namespace moe::train {
 namespace {
 
@@ -40,11 +42,7 @@ int64_t gated_mats(const std::string& activation) {
 
 // Experts each token may use: the activations of the expert hidden layers grow with it.
 LD most_experts_per_token(const MoESection& m) {
-  if (m.router == "top_any") return static_cast<LD>(m.num_experts);  // up to every expert
-  // Expert choice computes T·cf pairs in all (each expert takes T·cf/E tokens, rounded up).
-  if (m.router == "expert_choice") return std::ceil(static_cast<LD>(m.capacity_factor));
-  if (m.router == "hierarchical") return static_cast<LD>(m.top_k) * m.secondary_top_k;
-  return static_cast<LD>(std::max(m.top_k, m.k_max));
+  return static_cast<LD>(cli_router(m.router).most_experts_per_token(m));
 }
 
 struct Counts {
@@ -66,16 +64,11 @@ Counts count_single_task(const TrainConfig& c, LD vocab) {
   const LD Hd = static_cast<LD>(m.dense_hidden);
   n.dense = D * (mats * d * Hd + (mats - 1) * Hd + d);
   n.experts = S * E * mats * d * h;
-  LD router = E * d;  // softmax_topk, switch
-  if (e.router == "noisy_topk") router = 2 * E * d;
-  if (e.router == "smoe_dropout" || e.router == "top_any") router = E * d + E;
-  if (e.router == "hierarchical") router = 2 * d * (static_cast<LD>(e.groups) + E);
-  if (e.router == "hyper") {
-    const LD hh = static_cast<LD>(e.hyper_hidden);
-    router = d;  // the trainable embedding; the hyper-network is frozen
-    n.hyper = S * (hh * d + hh + E * (d + 1) * hh + E * (d + 1));
-  }
-  n.routers = S * router;
+  const CliRouter& router = cli_router(e.router);
+  n.routers = S * static_cast<LD>(router.router_parameters(e, static_cast<double>(d)));
+  // A frozen hyper-network is an estimate line of its own.
+  if (router.frozen_parameters != nullptr)
+    n.hyper = S * static_cast<LD>(router.frozen_parameters(e, static_cast<double>(d)));
   const LD L = static_cast<LD>(m.layers);
   if (c.run.task == Task::kLanguageModel) {
     n.attention = L * (4 * d * d + 4 * d + 4 * d);  // qkv, proj, two LayerNorms
@@ -165,7 +158,7 @@ void estimate_single_task(const TrainConfig& c, LD vocab, MemoryEstimate* e) {
       {kv("moe.hyper_hidden", x.hyper_hidden), E, d, layers});
   // model.dense_hidden defaults to moe.top_k · moe.hidden: name the key the user set
   std::string dense_key = kv("model.dense_hidden", m.dense_hidden);
-  const int64_t k = x.router == "top_any" ? 1 : x.top_k;
+  const int64_t k = experts_per_token(x);
   if (m.dense_hidden == (x.hidden > INT64_MAX / k ? INT64_MAX : k * x.hidden))
     dense_key += " (moe.top_k x moe.hidden, moe.hidden = " + std::to_string(x.hidden) + ")";
   add(e, "dense feed-forward layers", per * n.dense, {dense_key, d, layers});

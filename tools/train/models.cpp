@@ -7,39 +7,10 @@
 #include <stdexcept>
 
 #include "moe/moe.h"
+#include "train/cli_routers.h"
 
 namespace moe::train {
 namespace {
-
-Activation activation_of(const std::string& s) {
-  if (s == "gelu") return Activation::kGELU;
-  if (s == "silu") return Activation::kSiLU;
-  if (s == "swiglu") return Activation::kSwiGLU;
-  if (s == "geglu") return Activation::kGEGLU;
-  return Activation::kReLU;
-}
-
-TopKSchedule::Mode schedule_mode(const std::string& s) {
-  using M = TopKSchedule::Mode;
-  if (s == "linear_increase") return M::kLinearIncrease;
-  if (s == "linear_decrease") return M::kLinearDecrease;
-  if (s == "cosine_increase") return M::kCosineIncrease;
-  if (s == "cosine_decrease") return M::kCosineDecrease;
-  if (s == "exp_increase") return M::kExpIncrease;
-  if (s == "multistep_increase") return M::kMultiStepIncrease;
-  if (s == "multistep_decrease") return M::kMultiStepDecrease;
-  return M::kConstant;
-}
-
-// Every named layer is a RoutedMoE: the model holds that one type.
-template <typename NamedLayer>
-nn::RoutedMoE as_routed(const NamedLayer& layer) {
-  return nn::RoutedMoE(std::shared_ptr<nn::RoutedMoEImpl>(layer.ptr()));
-}
-
-c10::optional<double> optional_coef(double c) {
-  return c < 0 ? c10::nullopt : c10::optional<double>(c);
-}
 
 // A dense feed-forward layer with the experts' activation: w2·act(w1·x) or, gated,
 // w2·(act(w1·x) * w3·x). Width k·h has the active compute of an MoE layer of k experts of width h.
@@ -92,73 +63,7 @@ class FeedForwardImpl : public torch::nn::Module {
       dense = register_module("dense", DenseFFN(d, dense_hidden, act));
       return;
     }
-    if (m.router == "top_any") {
-      auto o = nn::TopAnyMoEOptions(d, m.num_experts)
-                   .initial_experts(m.initial_experts)
-                   .hidden_size(m.hidden)
-                   .activation(act)
-                   .aux_loss_coef(m.top_any_aux_coef)
-                   .storage(m.storage == "resize" ? nn::ExpertStorage::kResize
-                                                  : nn::ExpertStorage::kPoolMask)
-                   .temperature(m.temperature == "trainable" ? TopAnyTemperature::kTrainable
-                                : m.temperature == "none"    ? TopAnyTemperature::kNone
-                                                             : TopAnyTemperature::kFrozen);
-      if (m.schedule == "window")
-        o.schedule(nn::ExpertSchedule::window(m.record, m.period));
-      else if (m.schedule == "every_step")
-        o.schedule(nn::ExpertSchedule::every_step());
-      moe = register_module("moe", as_routed(nn::TopAnyMoE(o)));
-    } else if (m.router == "expert_choice") {
-      const auto ro = ExpertChoiceRouterOptions(d, m.num_experts)
-                          .capacity_factor(m.capacity_factor)
-                          .z_loss_coef(std::max(0.0, m.z_loss_coef))
-                          .name("ExpertChoiceMoE");
-      moe = register_module(
-          "moe", nn::RoutedMoE(nn::RoutedMoEOptions(
-                                   d, [ro] { return ExpertChoiceRouter(ro).ptr(); },
-                                   ExpertBankOptions(m.num_experts, d, m.hidden).activation(act))
-                                   .name("ExpertChoiceMoE")));
-    } else if (m.router == "hierarchical") {
-      auto o = nn::HierarchicalMoEOptions(d, m.groups, m.num_experts / m.groups)
-                   .hidden_size(m.hidden)
-                   .activation(act)
-                   .noisy_gating(m.noisy_gating)
-                   .noise_epsilon(m.noise_epsilon);
-      o.primary_top_k(m.top_k).secondary_top_k(m.secondary_top_k);
-      if (m.importance_coef >= 0) o.importance_coef(m.importance_coef);
-      if (m.load_coef >= 0) o.load_coef(m.load_coef);
-      moe = register_module("moe", as_routed(nn::HierarchicalMoE(o)));
-    } else if (m.router == "hyper" || m.router == "smoe_dropout") {
-      auto o = nn::HyperRouterMoEOptions(d, m.num_experts)
-                   .hidden_size(m.hidden)
-                   .router(m.router == "hyper" ? nn::HyperRouterKind::kHyper
-                                               : nn::HyperRouterKind::kFrozenRandom)
-                   .top_k(m.top_k)
-                   .activation(act)
-                   .hyper_hidden(m.hyper_hidden)
-                   .balance_coef(std::max(0.0, m.balance_coef))
-                   .z_loss_coef(std::max(0.0, m.z_loss_coef));
-      if (m.k_schedule != "constant")
-        o.k_schedule(TopKSchedule(schedule_mode(m.k_schedule), m.k_min, m.k_max, total_steps));
-      moe = register_module("moe", as_routed(nn::HyperRouterMoE(o)));
-    } else {
-      const RouterKind kind = m.router == "softmax_topk" ? RouterKind::kSoftmaxTopK
-                              : m.router == "switch"     ? RouterKind::kSwitch
-                                                         : RouterKind::kNoisyTopK;
-      moe = register_module(
-          "moe", as_routed(nn::SparseMoE(nn::SparseMoEOptions(d, m.num_experts)
-                                             .hidden_size(m.hidden)
-                                             .top_k(m.top_k)
-                                             .router(kind)
-                                             .activation(act)
-                                             .capacity_factor(m.capacity_factor)
-                                             .noisy_gating(m.noisy_gating)
-                                             .noise_epsilon(m.noise_epsilon)
-                                             .importance_coef(optional_coef(m.importance_coef))
-                                             .load_coef(optional_coef(m.load_coef))
-                                             .balance_coef(optional_coef(m.balance_coef))
-                                             .z_loss_coef(optional_coef(m.z_loss_coef)))));
-    }
+    moe = register_module("moe", cli_router(m.router).build(m, d, total_steps));
   }
 
   // x: [..., d]. Adds the aux loss to *aux and appends the layer's statistics to *probes.

@@ -79,7 +79,7 @@ json start_record(const TrainConfig& c, Model& model, const ParameterCount& para
                 {key::kTime, iso_time_now()}};
   if (routed) {
     start[key::kNumExperts] = c.moe.num_experts;
-    if (c.moe.router != "top_any") start[key::kTopK] = c.moe.top_k;
+    if (c.moe.top_k > 0) start[key::kTopK] = c.moe.top_k;  // top_any, expert_choice: no k
   }
   return start;
 }

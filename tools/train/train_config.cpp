@@ -9,64 +9,14 @@
 #include <stdexcept>
 
 #include "cli/run_config.h"
+#include "train/cli_routers.h"
+#include "train/config_readers.h"
 
 namespace moe::train {
 namespace {
 
 using moe::cli::RunConfig;
-
-std::string number(double v) {
-  std::ostringstream s;
-  s << v;  // 6 significant digits: 1e-15 stays 1e-15, 0.002 stays 0.002
-  return s.str();
-}
-
-[[noreturn]] void bad(const std::string& key, const std::string& value,
-                      const std::string& expected) {
-  throw std::invalid_argument("config: " + key + " = " + value + ": expected " + expected);
-}
-
-int64_t int_at_least(const RunConfig& c, const std::string& key, int64_t fallback, int64_t min) {
-  const int64_t v = c.get_int(key, fallback);
-  if (v < min) bad(key, std::to_string(v), "an integer >= " + std::to_string(min));
-  return v;
-}
-
-double number_in(const RunConfig& c, const std::string& key, double fallback, double lo,
-                 double hi) {
-  const double v = c.get_double(key, fallback);
-  if (!std::isfinite(v) || v < lo || v > hi) {
-    std::ostringstream s;
-    s << "a number in [" << lo << ", " << hi << "]";
-    bad(key, number(v), s.str());
-  }
-  return v;
-}
-
-std::string one_of(const RunConfig& c, const std::string& key, const std::string& fallback,
-                   const std::vector<std::string>& allowed) {
-  const std::string v = c.get_string(key, fallback);
-  if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
-    std::string list;
-    for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-    bad(key, "'" + v + "'", "one of " + list);
-  }
-  return v;
-}
-
-std::vector<int64_t> widths(const RunConfig& c, const std::string& key,
-                            const std::vector<int64_t>& fallback) {
-  const auto v = c.get_int_list(key, fallback);
-  for (const int64_t w : v)
-    if (w < 1) bad(key, std::to_string(w), "widths >= 1");
-  return v;
-}
-
-// An optional coefficient: absent = -1 (the router's default).
-double coef(const RunConfig& c, const std::string& key) {
-  if (!c.has(key)) return -1;
-  return number_in(c, key, 0, 0, 1e6);
-}
+using namespace config;
 
 RunSection parse_run(const RunConfig& c, Task task) {
   RunSection r;
@@ -88,191 +38,75 @@ RunSection parse_run(const RunConfig& c, Task task) {
   return r;
 }
 
-// The keys of DynMoE's top-any layers (docs/cli.md).
-void parse_top_any(const RunConfig& c, MoESection& m) {
-  m.initial_experts =
-      int_at_least(c, "moe.initial_experts", std::max<int64_t>(1, m.num_experts / 2), 1);
-  if (m.initial_experts > m.num_experts)
-    bad("moe.initial_experts", std::to_string(m.initial_experts),
-        "at most moe.num_experts = " + std::to_string(m.num_experts) + " (the pool size E_max)");
-  m.storage = one_of(c, "moe.storage", m.storage, {"pool", "resize"});
-  m.schedule = one_of(c, "moe.schedule", m.schedule, {"window", "every_step", "manual"});
-  if (m.schedule == "window") {
-    m.record = int_at_least(c, "moe.record", m.record, 1);
-    m.period = int_at_least(c, "moe.period", m.period, 2);
-    if (m.record >= m.period)
-      bad("moe.record", std::to_string(m.record),
-          "less than moe.period = " + std::to_string(m.period));
-  }
-  m.temperature = one_of(c, "moe.temperature", m.temperature, {"frozen", "trainable", "none"});
-  m.top_any_aux_coef = number_in(c, "moe.aux_coef", m.top_any_aux_coef, 0, 1e6);
-  m.top_k = 0;  // top-any: every token chooses its own k
-}
-
-// The keys of the two-level gate (docs/cli.md).
-void parse_hierarchical(const RunConfig& c, MoESection& m, int64_t default_k) {
-  m.groups = int_at_least(c, "moe.groups", 0, 0);
-  if (m.groups == 0) {  // the largest divisor of E not above sqrt(E)
-    int64_t g = static_cast<int64_t>(std::sqrt(static_cast<double>(m.num_experts)));
-    while (m.num_experts % g != 0) --g;
-    m.groups = g;
-  }
-  if (m.num_experts % m.groups != 0)
-    bad("moe.groups", std::to_string(m.groups),
-        "a divisor of moe.num_experts = " + std::to_string(m.num_experts));
-  m.top_k = int_at_least(c, "moe.top_k", std::min(default_k, m.groups), 1);
-  if (m.top_k > m.groups)
-    bad("moe.top_k", std::to_string(m.top_k),
-        "at most moe.groups = " + std::to_string(m.groups) + " (the primary gate's k)");
-  m.secondary_top_k =
-      int_at_least(c, "moe.secondary_top_k", std::min<int64_t>(2, m.num_experts / m.groups), 1);
-  if (m.secondary_top_k > m.num_experts / m.groups)
-    bad("moe.secondary_top_k", std::to_string(m.secondary_top_k),
-        "at most the experts per group, " + std::to_string(m.num_experts / m.groups));
-  m.importance_coef = coef(c, "moe.importance_coef");
-  m.load_coef = coef(c, "moe.load_coef");
-  m.noisy_gating = c.get_bool("moe.noisy_gating", m.noisy_gating);
-  m.noise_epsilon = number_in(c, "moe.noise_epsilon", m.noise_epsilon, 0, 1e3);
-}
-
 MoESection parse_moe(const RunConfig& c) {
   MoESection m;
-  m.router = one_of(c, "moe.router", m.router,
-                    {"softmax_topk", "noisy_topk", "switch", "top_any", "hyper", "smoe_dropout",
-                     "hierarchical", "expert_choice"});
+  std::vector<std::string> names;
+  for (const auto& r : cli_routers()) names.push_back(r.name);
+  m.router = one_of(c, "moe.router", m.router, names);
   m.num_experts = int_at_least(c, "moe.num_experts", m.num_experts, 1);
   m.hidden = int_at_least(c, "moe.hidden", m.hidden, 1);
   m.activation =
       one_of(c, "moe.activation", m.activation, {"relu", "gelu", "silu", "swiglu", "geglu"});
-  if (m.router == "top_any") {
-    parse_top_any(c, m);
-    return m;
-  }
-  if (m.router == "expert_choice") {  // each expert takes T·cf/E tokens; on average cf per token
-    m.capacity_factor = number_in(c, "moe.capacity_factor", 2.0, 0, 1e6);
-    if (!(m.capacity_factor > 0))
-      bad("moe.capacity_factor", std::to_string(m.capacity_factor),
-          "> 0 for expert_choice (the tokens each expert takes: T * capacity_factor / E)");
-    m.z_loss_coef = coef(c, "moe.z_loss_coef");
-    m.top_k = 0;  // no k: an expert takes tokens, a token gets 0 to E experts
-    return m;
-  }
-  const int64_t default_k = m.router == "switch" ? 1 : 2;
-  if (m.router == "hierarchical") {
-    parse_hierarchical(c, m, default_k);
-    return m;
-  }
-  m.top_k = int_at_least(c, "moe.top_k", std::min(default_k, m.num_experts), 1);
-  if (m.top_k > m.num_experts)
-    bad("moe.top_k", std::to_string(m.top_k),
-        "at most moe.num_experts = " + std::to_string(m.num_experts));
-  if (m.router == "hyper" || m.router == "smoe_dropout") {
-    m.k_schedule =
-        one_of(c, "moe.k_schedule", m.k_schedule,
-               {"constant", "linear_increase", "linear_decrease", "cosine_increase",
-                "cosine_decrease", "exp_increase", "multistep_increase", "multistep_decrease"});
-    if (m.k_schedule != "constant") {
-      m.k_min = int_at_least(c, "moe.k_min", m.top_k, 1);
-      m.k_max = int_at_least(c, "moe.k_max", m.num_experts, 1);
-      if (m.k_min > m.k_max || m.k_max > m.num_experts)
-        bad("moe.k_min/k_max", std::to_string(m.k_min) + "/" + std::to_string(m.k_max),
-            "1 <= k_min <= k_max <= moe.num_experts = " + std::to_string(m.num_experts));
-    }
-    if (m.router == "hyper")
-      m.hyper_hidden = int_at_least(c, "moe.hyper_hidden", m.hyper_hidden, 1);
-    m.balance_coef = coef(c, "moe.balance_coef");
-    m.z_loss_coef = coef(c, "moe.z_loss_coef");
-    return m;
-  }
-  m.capacity_factor = number_in(c, "moe.capacity_factor", m.capacity_factor, 0, 1e6);
-  m.importance_coef = coef(c, "moe.importance_coef");
-  m.load_coef = coef(c, "moe.load_coef");
-  m.balance_coef = coef(c, "moe.balance_coef");
-  m.z_loss_coef = coef(c, "moe.z_loss_coef");
-  if (m.router == "noisy_topk") {
-    m.noisy_gating = c.get_bool("moe.noisy_gating", m.noisy_gating);
-    m.noise_epsilon = number_in(c, "moe.noise_epsilon", m.noise_epsilon, 0, 1e3);
-  }
+  cli_router(m.router).parse(c, m);
   return m;
 }
 
 }  // namespace
 
-int64_t experts_per_token(const MoESection& m) {
-  if (m.router == "top_any") return 1;
-  if (m.router == "expert_choice")
-    return std::max<int64_t>(1, static_cast<int64_t>(std::llround(m.capacity_factor)));
-  if (m.router == "hierarchical") return m.top_k * m.secondary_top_k;
-  return std::max(m.top_k, m.k_max);
-}
+int64_t experts_per_token(const MoESection& m) { return cli_router(m.router).experts_per_token(m); }
 
 namespace {
 
 // Every key of docs/cli.md, for any task and router.
 bool is_known_key(const std::string& key) {
-  static const std::set<std::string> known = {"run.task",
-                                              "run.seed",
-                                              "run.steps",
-                                              "run.batch_size",
-                                              "run.optimizer",
-                                              "run.lr",
-                                              "run.min_lr_fraction",
-                                              "run.warmup_steps",
-                                              "run.weight_decay",
-                                              "run.momentum",
-                                              "run.grad_clip",
-                                              "run.log_every",
-                                              "run.eval_every",
-                                              "run.eval_batches",
-                                              "run.checkpoint_every",
-                                              "data.dir",
-                                              "data.context",
-                                              "data.file",
-                                              "data.correlation",
-                                              "data.samples",
-                                              "data.dim",
-                                              "data.seed",
-                                              "model.d_model",
-                                              "model.layers",
-                                              "model.heads",
-                                              "model.moe_every",
-                                              "model.dense_hidden",
-                                              "model.dropout",
-                                              "model.kind",
-                                              "model.num_experts",
-                                              "model.expert_hidden",
-                                              "model.tower_hidden",
-                                              "model.bottom_hidden",
-                                              "model.levels",
-                                              "model.specific_experts",
-                                              "model.shared_experts",
-                                              "model.gate_top_k",
-                                              "moe.router",
-                                              "moe.num_experts",
-                                              "moe.top_k",
-                                              "moe.hidden",
-                                              "moe.activation",
-                                              "moe.capacity_factor",
-                                              "moe.noisy_gating",
-                                              "moe.noise_epsilon",
-                                              "moe.importance_coef",
-                                              "moe.load_coef",
-                                              "moe.balance_coef",
-                                              "moe.z_loss_coef",
-                                              "moe.groups",
-                                              "moe.secondary_top_k",
-                                              "moe.initial_experts",
-                                              "moe.storage",
-                                              "moe.schedule",
-                                              "moe.record",
-                                              "moe.period",
-                                              "moe.temperature",
-                                              "moe.aux_coef",
-                                              "moe.k_schedule",
-                                              "moe.k_min",
-                                              "moe.k_max",
-                                              "moe.hyper_hidden"};
-  return known.count(key) > 0;
+  static const std::set<std::string> known = {
+      "run.task",
+      "run.seed",
+      "run.steps",
+      "run.batch_size",
+      "run.optimizer",
+      "run.lr",
+      "run.min_lr_fraction",
+      "run.warmup_steps",
+      "run.weight_decay",
+      "run.momentum",
+      "run.grad_clip",
+      "run.log_every",
+      "run.eval_every",
+      "run.eval_batches",
+      "run.checkpoint_every",
+      "data.dir",
+      "data.context",
+      "data.file",
+      "data.correlation",
+      "data.samples",
+      "data.dim",
+      "data.seed",
+      "model.d_model",
+      "model.layers",
+      "model.heads",
+      "model.moe_every",
+      "model.dense_hidden",
+      "model.dropout",
+      "model.kind",
+      "model.num_experts",
+      "model.expert_hidden",
+      "model.tower_hidden",
+      "model.bottom_hidden",
+      "model.levels",
+      "model.specific_experts",
+      "model.shared_experts",
+      "model.gate_top_k",
+      "moe.router",
+      "moe.num_experts",
+      "moe.top_k",
+      "moe.hidden",
+      "moe.activation",
+  };
+  if (known.count(key) > 0) return true;
+  for (const auto& r : cli_routers())
+    if (std::find(r.keys.begin(), r.keys.end(), key) != r.keys.end()) return true;
+  return false;
 }
 
 }  // namespace
