@@ -11,3 +11,14 @@
     return *this;                                     \
   }                                                   \
   inline const T& name() const noexcept { return this->nested.field(); }
+
+// The short names of the experts' settings (ExpertBankOptions, moe/experts.h) that every routed
+// layer's options offer, on its nested member `nested`.
+#define MOE_EXPERT_SHORT_NAMES(nested)                       \
+  MOE_NESTED_ARG(int64_t, hidden_size, nested, hidden_size)  \
+  MOE_NESTED_ARG(Activation, activation, nested, activation) \
+  MOE_NESTED_ARG(bool, expert_bias, nested, bias)            \
+  MOE_NESTED_ARG(ExpertInit, expert_init, nested, init)      \
+  MOE_NESTED_ARG(double, expert_init_std, nested, init_std)  \
+  /* See ExpertBankOptions::recompute_hidden. */             \
+  MOE_NESTED_ARG(bool, recompute_hidden, nested, recompute_hidden)

@@ -58,11 +58,7 @@ struct HierarchicalMoEOptions {
   MOE_NESTED_ARG(bool, aux_loss_in_eval, router_options_, aux_loss_in_eval)
   MOE_NESTED_ARG(NonFinitePolicy, non_finite, router_options_, non_finite)
   // Expert settings (ExpertBankOptions).
-  MOE_NESTED_ARG(int64_t, hidden_size, expert_options_, hidden_size)
-  MOE_NESTED_ARG(Activation, activation, expert_options_, activation)
-  MOE_NESTED_ARG(bool, expert_bias, expert_options_, bias)
-  MOE_NESTED_ARG(ExpertInit, expert_init, expert_options_, init)
-  MOE_NESTED_ARG(double, expert_init_std, expert_options_, init_std)
+  MOE_EXPERT_SHORT_NAMES(expert_options_)
 };
 
 /// A named constructor of RoutedMoE (moe/nn/routed_moe.h) with a HierarchicalRouter

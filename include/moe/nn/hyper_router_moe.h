@@ -60,7 +60,6 @@ struct HyperRouterMoEOptions {
   int64_t num_experts() const { return num_experts_; }
   /// The experts' options; hidden_size defaults to 4·d_model.
   TORCH_ARG(ExpertBankOptions, expert_options);
-  MOE_NESTED_ARG(int64_t, hidden_size, expert_options_, hidden_size)
   TORCH_ARG(HyperRouterKind, router) = HyperRouterKind::kHyper;
   /// k when there is no schedule (and the k a schedule starts from before the first forward).
   TORCH_ARG(int64_t, top_k) = 2;
@@ -74,11 +73,7 @@ struct HyperRouterMoEOptions {
   TORCH_ARG(bool, aux_loss_in_eval) = false;
   TORCH_ARG(NonFinitePolicy, non_finite) = NonFinitePolicy::kError;
   // Expert settings (ExpertBankOptions).
-  MOE_NESTED_ARG(Activation, activation, expert_options_, activation)
-  MOE_NESTED_ARG(bool, expert_bias, expert_options_, bias)
-  MOE_NESTED_ARG(ExpertInit, expert_init, expert_options_, init)
-  MOE_NESTED_ARG(double, expert_init_std, expert_options_, init_std)
-  MOE_NESTED_ARG(bool, recompute_hidden, expert_options_, recompute_hidden)
+  MOE_EXPERT_SHORT_NAMES(expert_options_)
 
  private:
   int64_t d_model_, num_experts_;

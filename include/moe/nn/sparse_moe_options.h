@@ -77,13 +77,7 @@ struct SparseMoEOptions {
   /// Keep the router at its initialisation (RouterKind::kFrozenRandom implies it).
   MOE_NESTED_ARG(bool, freeze_router, router_options_, frozen)
   // Expert settings (ExpertBankOptions).
-  MOE_NESTED_ARG(int64_t, hidden_size, expert_options_, hidden_size)
-  MOE_NESTED_ARG(Activation, activation, expert_options_, activation)
-  MOE_NESTED_ARG(bool, expert_bias, expert_options_, bias)
-  MOE_NESTED_ARG(ExpertInit, expert_init, expert_options_, init)
-  MOE_NESTED_ARG(double, expert_init_std, expert_options_, init_std)
-  /// See ExpertBankOptions::recompute_hidden.
-  MOE_NESTED_ARG(bool, recompute_hidden, expert_options_, recompute_hidden)
+  MOE_EXPERT_SHORT_NAMES(expert_options_)
 };
 
 }  // namespace moe::nn
