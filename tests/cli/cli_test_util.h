@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -31,6 +32,15 @@ inline void write_corpus(const std::filesystem::path& dir) {
   std::ofstream(dir / "train.txt") << text.substr(0, a);
   std::ofstream(dir / "valid.txt") << text.substr(a, b - a);
   std::ofstream(dir / "test.txt") << text.substr(b);
+}
+
+/// The records of RUN_DIR/metrics.jsonl, one JSON object per line.
+inline std::vector<nlohmann::json> read_metrics(const std::filesystem::path& run) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  return out;
 }
 
 }  // namespace moe::testing

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/cli_test_util.h"
 #include "moe/io/safetensors.h"
 #include "support/test_util.h"
 
@@ -31,16 +32,10 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+using moe::testing::read_metrics;
+
 const fs::path kFixture = fs::path(MOE_TEST_FIXTURES) / "multitask_run_v1";
 constexpr int kCheckpointStep = 4;
-
-std::vector<json> read_metrics(const fs::path& run) {
-  std::vector<json> out;
-  std::ifstream in(run / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(json::parse(line));
-  return out;
-}
 
 // The train and eval records after the checkpoint's step, by (event, step).
 std::map<std::pair<std::string, int>, json> after_checkpoint(const std::vector<json>& all) {

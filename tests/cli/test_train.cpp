@@ -31,6 +31,7 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using moe::cli::RunConfig;
+using moe::testing::read_metrics;
 using moe::testing::TempDir;
 using moe::testing::write_corpus;
 
@@ -42,14 +43,6 @@ std::string lm_config(const fs::path& corpus) {
          "\"\ncontext = 32\n"
          "[model]\nd_model = 32\nlayers = 2\nheads = 2\nmoe_every = 1\n"
          "[moe]\nrouter = \"noisy_topk\"\nnum_experts = 4\nhidden = 32\n";
-}
-
-std::vector<json> read_metrics(const fs::path& run) {
-  std::vector<json> out;
-  std::ifstream in(run / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(json::parse(line));
-  return out;
 }
 
 // The same while a process may be writing the file: a line cut short is skipped.
