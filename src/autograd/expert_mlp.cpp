@@ -21,8 +21,9 @@ struct Keep {
   bool hidden = false;  // keep h (and g); otherwise backward recomputes them
 };
 
-// Custom autograd functions cannot take undefined inputs: absent optional weights travel as empty
-// placeholders (a real w2/b1/b2/w3 is never empty) and reach the backend as undefined tensors.
+// Custom autograd functions cannot take undefined inputs: an absent optional weight travels as an
+// empty tensor (a real w2/b1/b2/w3 is never empty), reaches the backend as an undefined tensor and
+// gets an undefined gradient.
 at::Tensor absent_as_undefined(const at::Tensor& t) { return t.numel() > 0 ? t : at::Tensor(); }
 
 engine::ExpertProblem problem(const at::Tensor& x, const at::Tensor& pair_weight,
@@ -133,8 +134,7 @@ torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
     keep.any = any_grad;
   }
   keep.hidden = !recompute_hidden;
-  // Custom autograd functions cannot take undefined inputs: absent optional weights travel as empty
-  // placeholders (a real b1/b2/w3 is never empty) and get an undefined gradient.
+  // Absent optional weights travel as empty tensors (see absent_as_undefined).
   const auto absent = at::empty({0}, x.options());
   auto or_absent = [&](const at::Tensor& t) { return t.defined() ? t : absent; };
   return ExpertMLPFunction::apply(x, pair_weight, w.w1, or_absent(w.w2), or_absent(w.w3),

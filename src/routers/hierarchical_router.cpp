@@ -108,6 +108,8 @@ RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
   const auto group_of_pair = at::repeat_interleave(plan.tokens_per_expert());
   const auto sl = detail::grouped_linear(x_pairs, secondary_router->weight.to(rd).view({a, b, -1}),
                                          plan.expert_offsets);
+  // Finite tokens passed the check above, so non-finite logits here mean corrupt secondary weights:
+  // an error under either policy (deciding to raise reads one flag from the device).
   TORCH_CHECK_VALUE(at::isfinite(sl).all().item<bool>(), who,
                     ": secondary router logits are non-finite for finite inputs: the secondary "
                     "router weights contain NaN or Inf");
