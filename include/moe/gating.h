@@ -50,6 +50,18 @@ TopKGate noisy_top_k_gating(const torch::Tensor& clean_logits, const torch::Tens
                             const torch::Tensor& noise, int64_t k, double noise_epsilon,
                             const torch::Tensor& valid = {});
 
+/// noisy_top_k_gating fused with its linear maps, for CPU float32/float64 tensors: the same gate,
+/// load and gradients, block by block over the tokens with no [T, E] tensor (in_top_k is left
+/// undefined). x [T, d] is the router input (invalid rows already zeroed), weight and noise_weight
+/// [E, d], bias [E] or undefined. noise_weight undefined: clean top-k (H = clean logits, the load
+/// is the hard count). Otherwise the noise is drawn from the default generator block after block,
+/// the same numbers as one torch::randn({T, E}). block_rows: rows per block (0 = about 2^21
+/// logits per block; rounded up to a multiple of 16).
+TopKGate fused_noisy_top_k_gating(const torch::Tensor& x, const torch::Tensor& weight,
+                                  const torch::Tensor& bias, const torch::Tensor& noise_weight,
+                                  int64_t k, double noise_epsilon, const torch::Tensor& valid = {},
+                                  int64_t block_rows = 0);
+
 /// Number of (token, expert) assignments per expert, [E] in `like`'s dtype; -1 slots are ignored.
 torch::Tensor assignment_counts(const torch::Tensor& expert_index, int64_t num_experts,
                                 const torch::TensorOptions& like);

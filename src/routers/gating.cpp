@@ -85,7 +85,7 @@ TopKGate noisy_top_k_gating(const torch::Tensor& clean_logits, const torch::Tens
                     noise.sizes() == clean_logits.sizes(),
                 "noisy_top_k_gating: noise_logits and noise must be ", clean_logits.sizes());
     noise_std = at::softplus(noise_logits) + noise_epsilon;
-    H = clean_logits + noise * noise_std;
+    H = at::addcmul(clean_logits, noise, noise_std);  // as the fused gate computes it
   }
   // The load estimator needs the (k+1)-th value too (t2t computes min(k+1, E) values).
   const int64_t m = std::min<int64_t>(k + 1, E);

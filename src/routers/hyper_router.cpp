@@ -117,9 +117,7 @@ RoutingResult HyperRouterImpl::route(const torch::Tensor& x) {
   rule.aux_loss_in_eval = options.aux_loss_in_eval();
   rule.non_finite = options.non_finite();
   rule.who = who;
-  return detail::route_top_k(
-      x.to(rd), [&](const torch::Tensor& v) { return at::linear(v, W, b); }, {}, rule,
-      is_training());
+  return detail::route_top_k(x.to(rd), {W, b, {}}, rule, is_training());
 }
 
 }  // namespace moe

@@ -6,7 +6,6 @@
 
 #include <torch/types.h>
 
-#include <functional>
 #include <string>
 
 #include "moe/router.h"
@@ -28,14 +27,18 @@ struct TopKRule {
   std::string who;
 };
 
-/// A linear map of router-dtype tokens [T, d] to [T, E] (an undefined function = not used).
-using LogitsOf = std::function<torch::Tensor(const torch::Tensor&)>;
+/// The linear maps of a top-k router, in router precision.
+struct RouterWeights {
+  torch::Tensor weight;        ///< [E, d]
+  torch::Tensor bias;          ///< [E] or undefined
+  torch::Tensor noise_weight;  ///< [E, d], kNoisyTopK only; undefined = noisy gating off
+};
 
-/// Routes the router-dtype tokens `xr` [T, d]. `noise_logits_of` is used by kNoisyTopK only; left
-/// undefined, the noisy kind gates on the clean logits (noisy gating off).
-/// `training` draws the gating noise and computes the auxiliary losses.
-RoutingResult route_top_k(torch::Tensor xr, const LogitsOf& logits_of,
-                          const LogitsOf& noise_logits_of, const TopKRule& rule, bool training);
+/// Routes the router-dtype tokens `xr` [T, d] with the logits xr·weightᵀ + bias. `training` draws
+/// the gating noise and computes the auxiliary losses. On the CPU, the noisy kind runs the fused
+/// gate (fused_noisy_top_k_gating: no [T, E] tensor) unless a balance or z loss needs the logits.
+RoutingResult route_top_k(torch::Tensor xr, const RouterWeights& weights, const TopKRule& rule,
+                          bool training);
 
 /// Checks a router input: [T, d_model].
 void check_router_input(const torch::Tensor& x, int64_t d_model, const std::string& who);

@@ -132,12 +132,8 @@ RoutingResult TopKRouterImpl::route(const torch::Tensor& x) {
   rule.aux_loss_in_eval = options.aux_loss_in_eval();
   rule.non_finite = options.non_finite();
   rule.who = options.name();
-  const detail::LogitsOf noise_logits = [&](const torch::Tensor& v) {
-    return at::linear(v, noise_weight.to(rd));
-  };
-  return detail::route_top_k(
-      xr, [&](const torch::Tensor& v) { return at::linear(v, W, b); },
-      noise_weight.defined() ? noise_logits : detail::LogitsOf(), rule, is_training());
+  detail::RouterWeights w{W, b, noise_weight.defined() ? noise_weight.to(rd) : torch::Tensor()};
+  return detail::route_top_k(xr, w, rule, is_training());
 }
 
 }  // namespace moe
