@@ -30,9 +30,11 @@
 
 #include <vector>
 
+#include "engine/cpu/cpu_pass.h"
 #include "engine/cpu/engine_schedule.h"
 #include "engine/cpu/expert_ffn_cpu.h"
 #include "engine/cpu/gemm.h"
+#include "engine/cpu/small_experts.h"
 #include "engine/cpu/workspace.h"
 #include "kernels/cpu/acc_type.h"
 #include "kernels/cpu/kernels.h"
@@ -41,64 +43,6 @@ namespace moe::engine::cpu {
 namespace {
 
 namespace k = moe::kernels::cpu;
-
-// One dtype switch for the backend (float, double, bfloat16).
-template <typename F>
-void dispatch_dtype(at::ScalarType t, F&& f) {
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t, "expert_mlp", [&] { f(scalar_t(0)); });
-}
-
-// The zeroed accumulator of run_chunked for an output of type `opts`: the output itself, or a
-// float32 buffer for bf16 (accumulation in float32, docs/routing.md).
-at::Tensor make_accumulator(int64_t T, int64_t d, const at::TensorOptions& opts) {
-  return at::zeros({T, d}, opts.dtype() == at::kBFloat16 ? opts.dtype(at::kFloat) : opts);
-}
-
-// The accumulator in the stored dtype.
-at::Tensor stored(const at::Tensor& acc, at::ScalarType store) {
-  return acc.scalar_type() == store ? acc : acc.to(store);
-}
-
-// What both passes derive from the problem: sizes, the plan's host pointers, the schedule.
-struct Pass {
-  int64_t T, d, h, E, P, out;
-  at::ScalarType store, cdt;  // the stored and the compute dtype
-  bool convert, gated, relu, parallel;
-  const int64_t* offsets;
-  const int64_t* tok;
-  int64_t rows;  // of the largest expert
-  at::TensorOptions copts;
-  StackedWeights w;  // biases in the compute dtype
-
-  explicit Pass(const ExpertProblem& p)
-      : T(p.x.size(0)),
-        d(p.x.size(1)),
-        h(p.w1.size(2)),
-        E(p.w1.size(0)),
-        P(p.token_index.size(0)),
-        out(output_width(p)),
-        store(p.x.scalar_type()),
-        cdt(compute_dtype(store)),
-        convert(cdt != store),
-        gated(is_gated(p.act)),
-        relu(p.act == Activation::kReLU),
-        offsets(p.expert_offsets.data_ptr<int64_t>()),
-        tok(p.token_index.data_ptr<int64_t>()),
-        rows(schedule::largest_segment(offsets, E)),
-        copts(p.x.options().dtype(cdt)),
-        w{p.w1, p.w2, p.w3, in_dtype(p.b1, cdt), in_dtype(p.b2, cdt)} {
-    parallel = schedule::experts_in_parallel(offsets, E);
-  }
-
-  std::vector<Work> workspace(bool keep_h, bool backward) const {
-    return make_workspace(
-        parallel, {rows, d, h, keep_h, gated, relu, backward, convert, out, w.w2.defined()}, copts);
-  }
-  // Rows of `width` columns: the experts' outputs (out) or input gradients (d, or 0 for none).
-  at::Tensor chunk_buffer(int64_t width) const {
-    return at::empty({schedule::chunk_rows(parallel, rows, P), width}, copts);
-  }
-};
 
 class CpuBackend final : public ExpertBackend {
  public:
@@ -109,6 +53,7 @@ class CpuBackend final : public ExpertBackend {
 
 ForwardResult CpuBackend::forward(const ExpertProblem& p, bool keep_h) const {
   const Pass ps(p);
+  if (use_small_experts(p, ps)) return small_experts_forward(p, ps, keep_h);
   const auto opts = p.x.options();
   const auto xc = in_dtype(p.x, ps.cdt);
   const auto wc = in_dtype(p.pair_weight, ps.cdt);
@@ -139,8 +84,8 @@ ForwardResult CpuBackend::forward(const ExpertProblem& p, bool keep_h) const {
   return {stored(acc, ps.store), {hall, gall}};
 }
 
-// The stored weight gradients, and the bias gradients in the compute dtype. Every expert with
-// pairs writes its whole slice; the others are zeroed here (never left uninitialised).
+}  // namespace
+
 ExpertGradients allocate_gradients(const ExpertProblem& p, const Pass& ps) {
   ExpertGradients g;
   g.w1 = at::empty_like(p.w1);
@@ -157,9 +102,12 @@ ExpertGradients allocate_gradients(const ExpertProblem& p, const Pass& ps) {
   return g;
 }
 
+namespace {
+
 ExpertGradients CpuBackend::backward(const ExpertProblem& p, const SavedHidden& hidden,
                                      const at::Tensor& dy_in, const WantedGradients& want) const {
   const Pass ps(p);
+  if (use_small_experts(p, ps)) return small_experts_backward(p, ps, hidden, dy_in, want);
   const auto x = in_dtype(p.x, ps.cdt);
   const auto pw = in_dtype(p.pair_weight, ps.cdt);
   const auto dy = in_dtype(dy_in, ps.cdt);
