@@ -26,7 +26,7 @@ namespace k = moe::kernels::cpu;
 
 // Mean rows per busy expert up to which the batched path is taken. Measured on the 2-core build
 // machine (expert_mlp alone, GELU, T = 8192, d = 256, h = 64, top-4, fp32, forward / backward ms):
-// 8 rows per expert (E = 4096) 121–161 / 305–351 per expert vs 81–98 / 200–265 batched; 32 rows
+// 8 rows per expert (E = 4096) 121–161 / 305–351 per expert vs 81–98 / 200–266 batched; 32 rows
 // (E = 1024) 66–73 / 156–160 vs 49–53 / 116–124; at 128 rows (E = 256) the two are equal.
 constexpr int64_t kSmallExpertRows = 64;
 
