@@ -81,8 +81,12 @@ RoutingResult route_top_k(torch::Tensor xr, const RouterWeights& w, const TopKRu
     finite = check_finite_tokens(xr, rule.non_finite, rule.who, "router inputs");
     if (finite.valid.defined()) xr = zero_invalid_rows(xr, finite.valid);
     const bool noisy = training && w.noise_weight.defined();
-    g = fused_noisy_top_k_gating(xr, w.weight, w.bias, noisy ? w.noise_weight : torch::Tensor(), k,
-                                 rule.noise_epsilon, finite.valid);
+    try {
+      g = fused_noisy_top_k_gating(xr, w.weight, w.bias, noisy ? w.noise_weight : torch::Tensor(),
+                                   k, rule.noise_epsilon, finite.valid);
+    } catch (const c10::ValueError& e) {  // name the layer
+      TORCH_CHECK_VALUE(false, rule.who, ": ", e.what_without_backtrace());
+    }
   } else {
     g = gate_from_logits(xr, logits, finite, w, rule, training);
   }

@@ -127,6 +127,29 @@ TEST(EdgeCases, NonFiniteInputIsAnErrorByDefault) {
   EXPECT_TRUE(mt::throws_with([&] { layer->forward(x); }, {"non-finite for 2 of 10 tokens"}));
 }
 
+TEST(EdgeCases, NonFiniteNoisyRouterWeightsAreAnErrorUnderEitherPolicy) {
+  // The noisy router's fused gate checks the input rows; NaN logits of finite inputs are the
+  // weights' fault, whatever the policy.
+  for (auto policy : {moe::NonFinitePolicy::kError, moe::NonFinitePolicy::kSkip}) {
+    SparseMoE layer(SparseMoEOptions(4, 3)
+                        .hidden_size(5)
+                        .top_k(1)
+                        .router(RouterKind::kNoisyTopK)
+                        .non_finite(policy));
+    {
+      torch::NoGradGuard no_grad;
+      layer->router->noise_weight[1][2] = std::nanf("");
+    }
+    EXPECT_TRUE(mt::throws_with(
+        [&] {
+          layer->forward(torch::randn({6, 4}));
+        },
+        {"SparseMoE", "non-finite for finite inputs", "router weights"}));
+    layer->eval();  // inference does not read the noise weights
+    EXPECT_NO_THROW(layer->forward(torch::randn({6, 4})));
+  }
+}
+
 TEST(EdgeCases, NonFiniteSkipPolicyZeroesOnlyThoseTokens) {
   torch::manual_seed(3);
   for (auto kind : {RouterKind::kSoftmaxTopK, RouterKind::kNoisyTopK}) {
