@@ -25,7 +25,8 @@ CMAKE_ARGS ?=
 # loader tests), chromium (the report page is tested in headless Chromium).
 DEMO_PACKAGES := g++ cmake ninja-build ccache libtorch-dev libopenblas0-pthread libopenblas0-openmp zlib1g-dev \
                  nlohmann-json3-dev libcli11-dev libspdlog-dev libtomlplusplus-dev bible-kjv bible-kjv-text
-PACKAGES := $(DEMO_PACKAGES) googletest libgtest-dev libgmock-dev dataset-fashion-mnist chromium
+PACKAGES := $(DEMO_PACKAGES) googletest libgtest-dev libgmock-dev dataset-fashion-mnist chromium \
+            libgloo-dev
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -1,0 +1,73 @@
+// Processes working together: a LibTorch c10d process group (Gloo on the CPU) and the collectives
+// the library's expert and data parallelism are built on (docs/distributed.md).
+//
+// The c10d headers stay out of this header (they pull in Gloo's); ProcessGroup wraps one.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moe::dist {
+
+/// True when this build of the library has the c10d Gloo backend (CMake found Gloo's headers;
+/// Debian: libgloo-dev). Without it every function here throws.
+bool available();
+
+/// One c10d process group of `size` ranks. Every collective must be called by every rank in the
+/// same order; a rank that fails or dies makes the others fail within the group's timeout.
+class ProcessGroup {
+ public:
+  /// Rendezvous through a file that every rank opens (c10d::FileStore): processes of one machine.
+  static std::shared_ptr<ProcessGroup> gloo_file(const std::string& path, int rank, int size,
+                                                 std::chrono::milliseconds timeout);
+  /// Rendezvous through rank 0's TCP store at MASTER_ADDR:MASTER_PORT, with RANK and WORLD_SIZE
+  /// from the environment (the variables torchrun and most cluster launchers set).
+  static std::shared_ptr<ProcessGroup> gloo_from_env(std::chrono::milliseconds timeout);
+
+  ~ProcessGroup();
+  int rank() const;
+  int size() const;
+
+  /// Sums `t` over the ranks, in place (every rank gets the sum).
+  void all_reduce_sum(at::Tensor& t);
+  /// Sends rows [Σ send_rows[<j], +send_rows[j]) of `input` [n, ...] to rank j and returns the
+  /// rows received, those from rank 0 first; recv_rows[j] rows come from rank j. Empty splits
+  /// allowed; every rank joins even with nothing to send. Contiguous CPU tensors.
+  at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send_rows,
+                        const std::vector<int64_t>& recv_rows);
+  /// counts[j] goes to rank j; returns what each rank sent to this one (an all-to-all of one
+  /// integer per pair: how the ranks agree on the sizes of an uneven all-to-all).
+  std::vector<int64_t> exchange_counts(const std::vector<int64_t>& counts);
+  void barrier();
+
+  /// A number that names this group in the process (autograd nodes keep it, not the group).
+  int64_t id() const { return id_; }
+  /// The live group with this id, or null once it is destroyed.
+  static std::shared_ptr<ProcessGroup> find(int64_t id);
+
+  struct Impl;
+
+ private:
+  explicit ProcessGroup(std::unique_ptr<Impl> impl);
+  static std::shared_ptr<ProcessGroup> registered(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+  int64_t id_ = 0;
+};
+
+/// all_to_all with gradients: backward sends the gradient rows back the way they came. The group
+/// must outlive the backward.
+at::Tensor all_to_all_rows(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& input,
+                           const std::vector<int64_t>& send_rows,
+                           const std::vector<int64_t>& recv_rows);
+
+/// The sum of `x` over the ranks, with gradients: the backward of a sum that every rank uses is
+/// the sum of the ranks' gradients (so that averaging gradients over ranks, as data parallelism
+/// does, gives the gradient of the loss on the global batch).
+at::Tensor all_reduce_sum(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& x);
+
+}  // namespace moe::dist
