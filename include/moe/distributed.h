@@ -12,6 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "moe/functional.h"
+#include "moe/types.h"
+
 namespace moe::dist {
 
 /// True when this build of the library has the c10d Gloo backend (CMake found Gloo's headers;
@@ -69,5 +72,19 @@ at::Tensor all_to_all_rows(const std::shared_ptr<ProcessGroup>& group, const at:
 /// the sum of the ranks' gradients (so that averaging gradients over ranks, as data parallelism
 /// does, gives the gradient of the loss on the global batch).
 at::Tensor all_reduce_sum(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& x);
+
+/// functional::expert_mlp with its experts spread over the ranks of `group` (expert parallelism,
+/// Shazeer et al. §3.1): of E = num_experts global experts, rank r holds [r·E/W, (r+1)·E/W), whose
+/// weights are `local` ([E/W, ...] each). Every rank routes its own tokens x [T, d] over all E
+/// experts (expert_index [T, K] global ids or -1, gate [T, K]); each pair's row travels to the rank
+/// of its expert with one uneven all-to-all (the per-expert counts go first), the rank's experts
+/// run on what arrived, the outputs travel back with the reverse all-to-all, and each rank combines
+/// its own tokens: y [T, out]. Dropless, no padding. Gradients flow to x, gate and the local
+/// weights; a local expert's weight gradient sums the pairs of every rank, as the single-process
+/// layer on the concatenated batch. Every rank must call it, with zero tokens too.
+at::Tensor expert_parallel_mlp(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& x,
+                               const at::Tensor& expert_index, const at::Tensor& gate,
+                               int64_t num_experts, const functional::ExpertWeights& local,
+                               Activation activation);
 
 }  // namespace moe::dist

@@ -1,0 +1,24 @@
+// Running a test as the ranks of one Gloo group: the parent test starts W copies of the test
+// program, each running one child test as one rank; the ranks meet through a FileStore.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe/distributed.h"
+
+namespace moe::testing::dist {
+
+/// Starts `size` ranks running the test `child` (a gtest filter) and waits for them, at most
+/// `timeout` (then they are killed). Returns each rank's exit status (-1: killed or crashed).
+std::vector<int> run_ranks(int size, const std::string& child, std::chrono::seconds timeout);
+
+/// This process's rank when it was started by run_ranks, else -1 (the parent test).
+int my_rank();
+
+/// Joins the group of the ranks run_ranks started.
+std::shared_ptr<moe::dist::ProcessGroup> join();
+
+}  // namespace moe::testing::dist
