@@ -73,6 +73,17 @@ at::Tensor all_to_all_rows(const std::shared_ptr<ProcessGroup>& group, const at:
 /// does, gives the gradient of the loss on the global batch).
 at::Tensor all_reduce_sum(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& x);
 
+/// Data parallelism's gradient step: every defined gradient of `params` summed over the ranks and
+/// multiplied by `scale`, in place, through buckets of at most `bucket_bytes` per all-reduce (one
+/// flat buffer per dtype and bucket, so a model of many small tensors makes few collectives).
+/// Every rank must pass the same parameters in the same order, with the same gradients defined
+/// (parameters without a gradient are skipped), so that the ranks' buckets match. With each rank's
+/// loss a sum over its tokens divided by the global token count and scale = 1, the result is the
+/// gradient of the mean loss on the global batch. Returns the number of all-reduces made.
+int64_t all_reduce_gradients(const std::shared_ptr<ProcessGroup>& group,
+                             const std::vector<at::Tensor>& params, double scale = 1.0,
+                             int64_t bucket_bytes = int64_t(25) << 20);
+
 /// functional::expert_mlp with its experts spread over the ranks of `group` (expert parallelism,
 /// Shazeer et al. §3.1): of E = num_experts global experts, rank r holds [r·E/W, (r+1)·E/W), whose
 /// weights are `local` ([E/W, ...] each). Every rank routes its own tokens x [T, d] over all E
