@@ -62,6 +62,20 @@ std::vector<int> run_ranks(int size, const std::string& child, std::chrono::seco
   return status;
 }
 
+::testing::AssertionResult ranks_pass(int size, const std::string& child) {
+  const auto status = run_ranks(size, child, std::chrono::seconds(120));
+  auto result = ::testing::AssertionSuccess();
+  bool ok = true;
+  std::string failed;
+  for (int r = 0; r < size; ++r) {
+    if (status[r] == 0) continue;
+    ok = false;
+    failed += " rank " + std::to_string(r) + " (status " + std::to_string(status[r]) + ")";
+  }
+  if (ok) return result;
+  return ::testing::AssertionFailure() << child << " with " << size << " ranks failed on" << failed;
+}
+
 int my_rank() {
   const char* r = std::getenv(kRankEnv);
   return r ? std::atoi(r) : -1;
