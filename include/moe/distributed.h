@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/batch_shards.h"
 #include "moe/functional.h"
 #include "moe/types.h"
 
@@ -73,6 +74,14 @@ at::Tensor all_to_all_rows(const std::shared_ptr<ProcessGroup>& group, const at:
 /// does, gives the gradient of the loss on the global batch).
 at::Tensor all_reduce_sum(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& x);
 
+/// The rows of `x` [n, ...] of every rank, concatenated in rank order (every rank gets all), with
+/// gradients: the backward gives each rank the sum over the ranks of the gradients of its rows (a
+/// reduce-scatter), so that a loss every rank computes alike on the gathered rows, with gradients
+/// averaged over the ranks, trains as that loss in one process.
+at::Tensor all_gather_rows(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& x);
+/// Every rank's string, in rank order (to compare configurations before working together).
+std::vector<std::string> all_gather_strings(const std::shared_ptr<ProcessGroup>& group,
+                                            const std::string& s);
 /// Data parallelism's gradient step: every defined gradient of `params` summed over the ranks and
 /// multiplied by `scale`, in place, through buckets of at most `bucket_bytes` per all-reduce (one
 /// flat buffer per dtype and bucket, so a model of many small tensors makes few collectives).
@@ -83,6 +92,11 @@ at::Tensor all_reduce_sum(const std::shared_ptr<ProcessGroup>& group, const at::
 int64_t all_reduce_gradients(const std::shared_ptr<ProcessGroup>& group,
                              const std::vector<at::Tensor>& params, double scale = 1.0,
                              int64_t bucket_bytes = int64_t(25) << 20);
+
+/// This rank's `rows` tokens as a shard of the batch of all ranks (shards in rank order), for a
+/// router's statistics over the global batch (moe/batch_shards.h): sums are all-reduces, rows are
+/// gathered with an all-to-all. Makes one exchange of the row counts; every rank must call it.
+std::unique_ptr<BatchShards> batch_shards(const std::shared_ptr<ProcessGroup>& group, int64_t rows);
 
 /// functional::expert_mlp with its experts spread over the ranks of `group` (expert parallelism,
 /// Shazeer et al. §3.1): of E = num_experts global experts, rank r holds [r·E/W, (r+1)·E/W), whose

@@ -32,6 +32,9 @@ struct ExpertBankOptions {
   /// Recompute the hidden layer in backward instead of storing it (saves P·h values, 2·P·h for
   /// gated units, for one more GEMM per expert).
   TORCH_ARG(bool, recompute_hidden) = false;
+  /// The global id of this bank's expert 0 when the bank holds a slice of a layer's experts
+  /// (expert parallelism: RoutedMoEImpl::distribute_experts).
+  TORCH_ARG(int64_t, first_expert) = 0;
 };
 
 class ExpertBankImpl : public torch::nn::Cloneable<ExpertBankImpl> {

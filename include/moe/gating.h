@@ -57,10 +57,18 @@ TopKGate noisy_top_k_gating(const torch::Tensor& clean_logits, const torch::Tens
 /// is the hard count). Otherwise the noise is drawn from the default generator block after block,
 /// the same numbers as one torch::randn({T, E}). block_rows: rows per block (0 = about 2^21
 /// logits per block; rounded up to a multiple of 16).
+/// x's rows in a batch split over processes: the noise is one draw of [total_rows, E] for the
+/// global batch, of which x's tokens are the rows [row_offset, row_offset + T). Every rank draws
+/// the whole noise (the generators of all ranks stay in step) and every world size routes a token
+/// alike. Default: x is the whole batch.
+struct NoiseRows {
+  int64_t row_offset = 0;
+  int64_t total_rows = -1;  ///< -1: T
+};
 TopKGate fused_noisy_top_k_gating(const torch::Tensor& x, const torch::Tensor& weight,
                                   const torch::Tensor& bias, const torch::Tensor& noise_weight,
                                   int64_t k, double noise_epsilon, const torch::Tensor& valid = {},
-                                  int64_t block_rows = 0);
+                                  int64_t block_rows = 0, NoiseRows noise_rows = {});
 
 /// Number of (token, expert) assignments per expert, [E] in `like`'s dtype; -1 slots are ignored.
 torch::Tensor assignment_counts(const torch::Tensor& expert_index, int64_t num_experts,
@@ -78,7 +86,10 @@ int64_t expert_capacity(int64_t num_tokens, int64_t k, int64_t num_experts, doub
 /// Drops assignments beyond `capacity` per expert with first-choice priority: all slot-0 choices
 /// are placed first (in token order), then slot 1, and so on. Returns the new index table (-1 where
 /// dropped) and the number of dropped assignments. Deterministic.
+/// `fill_before` [K, E] int64 (optional): the pairs already placed at expert e before slot s of
+/// this table begins (a shard of a batch split over processes; docs/distributed.md).
 std::tuple<torch::Tensor, int64_t> apply_capacity(const torch::Tensor& expert_index,
-                                                  int64_t num_experts, int64_t capacity);
+                                                  int64_t num_experts, int64_t capacity,
+                                                  const torch::Tensor& fill_before = {});
 
 }  // namespace moe

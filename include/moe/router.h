@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "moe/batch_shards.h"
 #include "moe/router_options.h"
 #include "moe/stats.h"
 
@@ -54,8 +55,13 @@ using RouterOutput = RoutingResult;
 class RouterInterface {
  public:
   virtual ~RouterInterface() = default;
-  /// x: [T, d] (any float dtype; routers compute in float32, or float64 for float64 input).
-  virtual RoutingResult route(const torch::Tensor& x) = 0;
+  /// x: [T, d] (any float dtype; routers compute in float32, or float64 for float64 input), the
+  /// whole batch.
+  RoutingResult route(const torch::Tensor& x);
+  /// x: this process's shard of a batch split over processes (moe/batch_shards.h): the choices are
+  /// those of x's tokens; importance, load, the auxiliary losses, the capacity and the gating noise
+  /// are those of the global batch, so every world size routes alike.
+  virtual RoutingResult route(const torch::Tensor& x, const BatchShards& batch) = 0;
   virtual int64_t num_experts() const = 0;
   /// k of a router that gives every token k choices; 0 for routers without one (top-any, expert
   /// choice).
@@ -80,7 +86,8 @@ class TopKRouterImpl : public torch::nn::Cloneable<TopKRouterImpl>, public Route
   void reset_parameters() override;
   void pretty_print(std::ostream& stream) const override;
 
-  RoutingResult route(const torch::Tensor& x) override;
+  using RouterInterface::route;
+  RoutingResult route(const torch::Tensor& x, const BatchShards& batch) override;
   RoutingResult forward(const torch::Tensor& x) { return route(x); }
   int64_t num_experts() const override { return options.num_experts(); }
   int64_t top_k() const override { return options.top_k(); }

@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "moe/distributed.h"
 
 namespace moe::dist {
@@ -69,6 +73,37 @@ at::Tensor all_to_all_rows(const std::shared_ptr<ProcessGroup>& group, const at:
 at::Tensor all_reduce_sum(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& x) {
   TORCH_CHECK_VALUE(group != nullptr, "all_reduce_sum: no process group");
   return AllReduceSum::apply(x, group);
+}
+
+at::Tensor all_gather_rows(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(group != nullptr, "all_gather_rows: no process group");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "all_gather_rows: expected rows [n, ...], got a 0-dim tensor");
+  const int W = group->size();
+  const int64_t n = x.size(0);
+  const auto from = group->exchange_counts(std::vector<int64_t>(W, n));
+  // W copies of x, one to each rank: the all-to-all's backward returns each copy's gradient, and
+  // cat's backward sums them.
+  return all_to_all_rows(group, at::cat(std::vector<at::Tensor>(W, x)), std::vector<int64_t>(W, n),
+                         from);
+}
+
+std::vector<std::string> all_gather_strings(const std::shared_ptr<ProcessGroup>& group,
+                                            const std::string& s) {
+  TORCH_CHECK_VALUE(group != nullptr, "all_gather_strings: no process group");
+  const int W = group->size();
+  const int64_t n = static_cast<int64_t>(s.size());
+  const auto from = group->exchange_counts(std::vector<int64_t>(W, n));
+  auto bytes = at::empty({n}, at::kByte);
+  std::copy(s.begin(), s.end(), reinterpret_cast<char*>(bytes.data_ptr<uint8_t>()));
+  const auto all = group->all_to_all(at::cat(std::vector<at::Tensor>(W, bytes)),
+                                     std::vector<int64_t>(W, n), from);
+  std::vector<std::string> out;
+  const char* p = reinterpret_cast<const char*>(all.data_ptr<uint8_t>());
+  for (int j = 0; j < W; ++j) {
+    out.emplace_back(p, p + from[j]);
+    p += from[j];
+  }
+  return out;
 }
 
 }  // namespace moe::dist

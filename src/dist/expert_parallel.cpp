@@ -65,9 +65,13 @@ at::Tensor expert_parallel_mlp(const std::shared_ptr<ProcessGroup>& group, const
   const auto out = functional::expert_mlp(arrived, local_plan, ones, local, activation);
   const auto returned = all_to_all_rows(group, out, recv_rows, send_rows);  // [P, out], plan order
 
-  const auto w = pair_weights(plan, gate).to(returned.scalar_type());
-  return at::zeros({x.size(0), returned.size(1)}, returned.options())
-      .index_add(0, plan.token_index, returned * w.unsqueeze(1));
+  // bfloat16 outputs are combined in float32 and rounded once, as the single-process engine does.
+  const auto type = returned.scalar_type();
+  const auto acc_type = type == at::kBFloat16 ? at::kFloat : type;
+  const auto w = pair_weights(plan, gate).to(acc_type);
+  return at::zeros({x.size(0), returned.size(1)}, returned.options().dtype(acc_type))
+      .index_add(0, plan.token_index, returned.to(acc_type) * w.unsqueeze(1))
+      .to(type);
 }
 
 }  // namespace moe::dist

@@ -84,8 +84,18 @@ std::shared_ptr<ProcessGroup> ProcessGroup::gloo_from_env(std::chrono::milliseco
   o.isServer = rank == 0;
   o.numWorkers = size;
   o.timeout = timeout;
-  auto store = c10::make_intrusive<c10d::TCPStore>(addr, o);
-  return registered(gloo_group(store, rank, size, timeout, nullptr));
+  // Rank 0 serves the store and waits for all; the others connect to it. A rank that does not come
+  // makes the others fail here after `timeout`, with c10d's terse message: say what was waited for.
+  try {
+    auto store = c10::make_intrusive<c10d::TCPStore>(addr, o);
+    return registered(gloo_group(store, rank, size, timeout, nullptr));
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, who, ": rank ", rank, " of ", size, " could not meet the other ranks at ",
+                addr, ":", port, " within ", timeout.count() / 1000.0, " s (",
+                e.what_without_backtrace(),
+                "); every rank must be started with the same WORLD_SIZE, MASTER_ADDR and "
+                "MASTER_PORT, and rank 0 must be reachable there");
+  }
 }
 
 int ProcessGroup::rank() const { return impl_->pg->getRank(); }
@@ -94,6 +104,14 @@ int ProcessGroup::size() const { return impl_->pg->getSize(); }
 void ProcessGroup::all_reduce_sum(at::Tensor& t) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(),
               "ProcessGroup::all_reduce_sum: expected a contiguous CPU tensor");
+  // Gloo (LibTorch 1.13) sums float32/64, float16 and integers; a bfloat16 sum is made in float32
+  // and rounded once, a bool one as a count.
+  if (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kBool) {
+    auto wide = t.to(t.scalar_type() == at::kBool ? at::kLong : at::kFloat);
+    all_reduce_sum(wide);
+    t.copy_(wide);
+    return;
+  }
   std::vector<at::Tensor> ts{t};
   impl_->pg->allreduce(ts)->wait();
 }
@@ -120,7 +138,12 @@ at::Tensor ProcessGroup::all_to_all(const at::Tensor& input, const std::vector<i
   sizes[0] = received;
   auto out = at::empty(sizes, in.options());
   auto s = send_rows, r = recv_rows;
-  impl_->pg->alltoall_base(out, in, r, s)->wait();
+  // Gloo (LibTorch 1.13) moves no bfloat16 or bool: their bytes travel as int16 and uint8.
+  const auto type = in.scalar_type();
+  const auto wire = type == at::kBFloat16 ? at::kShort : type == at::kBool ? at::kByte : type;
+  auto out_wire = out.view(wire);
+  auto in_wire = in.view(wire);
+  impl_->pg->alltoall_base(out_wire, in_wire, r, s)->wait();
   return out;
 }
 

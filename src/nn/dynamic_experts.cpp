@@ -140,10 +140,26 @@ void DynamicExpertSet::after_routing(RoutedMoEImpl& layer, const torch::Tensor& 
   torch::NoGradGuard no_grad;
   // R_E counts the experts each token used (after the inference fallback); R_S sums the raw inputs
   // of tokens that activated none (§2.4).
-  records_.expert_counts += (r.expert_index >= 0).sum(0);
-  records_.unrouted_sum += x.index({r.unrouted}).to(records_.unrouted_sum.scalar_type()).sum(0);
-  records_.tokens += x.size(0);
-  records_.unrouted_count += r.unrouted.sum();
+  auto counts = at::cat({(r.expert_index >= 0).sum(0), r.unrouted.sum().view({1}),
+                         at::full({1}, x.size(0), r.expert_index.options())});
+  auto unrouted_sum = x.index({r.unrouted}).to(records_.unrouted_sum.scalar_type()).sum(0);
+  if (const auto& group = layer.expert_group()) {
+    // Experts spread over processes: every rank records the global batch, so that all ranks make
+    // the same expert updates.
+    group->all_reduce_sum(counts);
+    group->all_reduce_sum(unrouted_sum);
+  }
+  const int64_t E = r.expert_index.size(1);
+  records_.expert_counts += counts.narrow(0, 0, E);
+  records_.unrouted_sum += unrouted_sum;
+  records_.unrouted_count += counts[E];
+  records_.tokens += layer.expert_group() ? counts[E + 1].item<int64_t>() : x.size(0);
+}
+
+void DynamicExpertSet::before_distributing(RoutedMoEImpl& layer, dist::ProcessGroup& group) {
+  TORCH_CHECK_VALUE(options_.storage() == ExpertStorage::kPoolMask, kWho,
+                    ": experts spread over processes need a fixed expert count (storage=pool); "
+                    "storage=resize changes the number of experts");
 }
 
 void DynamicExpertSet::check_records(const RoutingRecords& rec) const {
@@ -220,6 +236,10 @@ ExpertUpdate DynamicExpertSet::update_pool(const RoutingRecords& rec,
 // zeroed optimizer moments.
 void DynamicExpertSet::reinit_expert(int64_t e, torch::optim::Optimizer* optimizer) {
   ExpertBank fresh(options_.expert_options_for(1));
+  // Experts spread over processes: every rank draws the fresh expert (the generators stay in
+  // step), the rank that holds it keeps it.
+  e -= experts_->options.first_expert();
+  if (e < 0 || e >= experts_->options.num_experts()) return;
   const auto src = bank_tensors(fresh);
   auto dst = bank_tensors(experts_);
   for (size_t i = 0; i < dst.size(); ++i) {

@@ -5,10 +5,13 @@
 #include <c10/util/Exception.h>
 
 #include <ostream>
+#include <sstream>
+#include <string>
 #include <typeinfo>
 
 #include "moe/plan.h"
 #include "nn/common.h"
+#include "nn/optimizer_state.h"
 
 namespace moe::nn {
 namespace {
@@ -82,6 +85,7 @@ void RoutedMoEImpl::add_component(std::shared_ptr<LayerComponent> component) {
 
 MoEOutput RoutedMoEImpl::forward(const torch::Tensor& x) {
   const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, options.name().c_str());
+  if (expert_group_ != nullptr) return forward_expert_parallel(x, xf);
   for (auto& c : components_) c->before_routing(*this);
   RoutingResult r;
   try {
@@ -98,6 +102,115 @@ MoEOutput RoutedMoEImpl::forward(const torch::Tensor& x) {
   out.output = experts->forward(xf, plan, w).view(x.sizes());
   out.aux_loss = r.aux_loss;
   out.stats = routing_stats(plan, r);
+  out.routing = {r.expert_index, r.gate.detach()};
+  for (auto& c : components_) c->after_forward(*this);
+  return out;
+}
+
+std::string RoutedMoEImpl::signature() const {
+  const auto& e = experts->options;
+  std::ostringstream s;
+  s << "layer=" << options.name() << " router=" << router_->kind()
+    << " d_model=" << options.d_model() << " num_experts=" << router_->num_experts()
+    << " hidden_size=" << e.hidden_size() << " activation=" << to_string(e.activation())
+    << " expert_bias=" << e.bias() << " dtype=" << experts->w1.scalar_type()
+    << " top_k=" << router_->top_k() << " training=" << is_training();
+  return s.str();
+}
+
+void RoutedMoEImpl::distribute_experts(std::shared_ptr<dist::ProcessGroup> group,
+                                       torch::optim::Optimizer* optimizer) {
+  const auto& who = options.name();
+  TORCH_CHECK_VALUE(group != nullptr, who, ": distribute_experts() needs a process group");
+  TORCH_CHECK_VALUE(expert_group_ == nullptr, who, ": the experts are already distributed");
+  // Every rank compares before any rank changes anything: a difference fails on all of them.
+  const auto mine = signature();
+  const auto all = dist::all_gather_strings(group, mine);
+  for (size_t j = 0; j < all.size(); ++j) {
+    if (all[j] == all[0]) continue;
+    std::istringstream a(all[0]), b(all[j]);
+    std::string wa, wb;
+    while (a >> wa && b >> wb && wa == wb) {
+    }
+    TORCH_CHECK_VALUE(false, who, ": the ranks built different layers: rank 0 has ", wa,
+                      " but rank ", j, " has ", wb, "; every rank must build the same model");
+  }
+  keep_local_experts(std::move(group), optimizer);
+}
+
+void RoutedMoEImpl::keep_local_experts(std::shared_ptr<dist::ProcessGroup> group,
+                                       torch::optim::Optimizer* optimizer) {
+  const auto& who = options.name();
+  const int64_t W = group->size(), r = group->rank(), E = experts->options.num_experts();
+  TORCH_CHECK_VALUE(E % W == 0, who, ": num_experts=", E,
+                    " must be a multiple of the process group's size ", W,
+                    " to spread the experts over its ranks");
+  for (auto& c : components_) c->before_distributing(*this, *group);
+  const int64_t local = E / W;
+  const auto mine = [&](const torch::Tensor& t) { return t.narrow(0, r * local, local).clone(); };
+  torch::NoGradGuard no_grad;
+  for (auto* t : {&experts->w1, &experts->w2, &experts->w3, &experts->b1, &experts->b2}) {
+    if (!t->defined()) continue;
+    if (optimizer != nullptr) detail::transform_param_state(*optimizer, *t, mine, who.c_str());
+    t->set_data(mine(*t));
+  }
+  experts->options.num_experts(local).first_expert(r * local);
+  expert_group_ = std::move(group);
+}
+
+void RoutedMoEImpl::gather_experts(torch::optim::Optimizer* optimizer) {
+  const auto& who = options.name();
+  TORCH_CHECK_VALUE(expert_group_ != nullptr, who, ": the experts are not distributed");
+  const auto all = [&](const torch::Tensor& t) {
+    return dist::all_gather_rows(expert_group_, t.detach());
+  };
+  torch::NoGradGuard no_grad;
+  for (auto* t : {&experts->w1, &experts->w2, &experts->w3, &experts->b1, &experts->b2}) {
+    if (!t->defined()) continue;
+    // Every rank has state for its experts or none (same optimizer, same steps).
+    if (optimizer != nullptr) detail::transform_param_state(*optimizer, *t, all, who.c_str());
+    t->set_data(all(*t));
+  }
+  experts->options.num_experts(router_->num_experts()).first_expert(0);
+  expert_group_ = nullptr;
+}
+
+MoEOutput RoutedMoEImpl::forward_expert_parallel(const torch::Tensor& x, const torch::Tensor& xf) {
+  const auto& group = expert_group_;
+  const auto batch = dist::batch_shards(group, xf.size(0));
+  for (auto& c : components_) c->before_routing(*this);
+  RoutingResult r;
+  try {
+    r = router_->route(xf, *batch);
+  } catch (...) {
+    for (auto& c : components_) c->routing_failed(*this);
+    throw;
+  }
+  for (auto& c : components_) c->after_routing(*this, xf, r);
+
+  const int64_t E = router_->num_experts();
+  MoEOutput out;
+  out.output =
+      dist::expert_parallel_mlp(group, xf, r.expert_index, r.gate.to(xf.scalar_type()), E,
+                                {experts->w1, experts->w2, experts->w3, experts->b1, experts->b2},
+                                experts->options.activation())
+          .view(x.sizes());
+  out.aux_loss = r.aux_loss;
+  // The statistics of the global batch: the counts summed over the ranks in one all-reduce, the
+  // experts of every token gathered.
+  const RoutingPlan plan = build_routing_plan(r.expert_index, E);
+  out.stats = routing_stats(plan, r);
+  auto& s = out.stats;
+  const auto zero = at::zeros({1}, s.tokens_per_expert.options());
+  const auto counts = batch->sum(
+      at::cat({s.tokens_per_expert, s.assigned.view({1}), s.dropped.view({1}), s.skipped.view({1}),
+               s.unrouted.defined() ? s.unrouted.view({1}) : zero}));
+  s.tokens_per_expert = counts.narrow(0, 0, E);
+  s.assigned = counts[E];
+  s.dropped = counts[E + 1];
+  s.skipped = counts[E + 2];
+  if (s.unrouted.defined()) s.unrouted = counts[E + 3];
+  s.experts_per_token = batch->all_rows(s.experts_per_token);
   out.routing = {r.expert_index, r.gate.detach()};
   for (auto& c : components_) c->after_forward(*this);
   return out;
@@ -137,6 +250,7 @@ std::shared_ptr<torch::nn::Module> RoutedMoEImpl::clone(
     const c10::optional<torch::Device>& device) const {
   torch::NoGradGuard no_grad;
   auto copy = make_copy();
+  if (expert_group_ != nullptr) copy->keep_local_experts(expert_group_, nullptr);
   if (top_k() > 0 && copy->top_k() != top_k()) copy->set_top_k(top_k());
   auto copy_into = [&](const torch::OrderedDict<std::string, torch::Tensor>& from,
                        torch::OrderedDict<std::string, torch::Tensor> to) {

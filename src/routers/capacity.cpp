@@ -26,13 +26,23 @@ int64_t expert_capacity(int64_t num_tokens, int64_t k, int64_t num_experts, doub
 }
 
 std::tuple<torch::Tensor, int64_t> apply_capacity(const torch::Tensor& expert_index,
-                                                  int64_t num_experts, int64_t capacity) {
+                                                  int64_t num_experts, int64_t capacity,
+                                                  const torch::Tensor& fill_before) {
   auto idx = expert_index.to(at::kCPU).contiguous().clone();
   const int64_t T = idx.size(0), K = idx.size(1);
+  TORCH_CHECK(!fill_before.defined() || fill_before.sizes() == at::IntArrayRef({K, num_experts}),
+              "apply_capacity: fill_before must be [K=", K, ", E=", num_experts, "], got ",
+              fill_before.sizes());
+  const auto before =
+      fill_before.defined() ? fill_before.to(at::kCPU, at::kLong).contiguous() : at::Tensor();
   int64_t* p = idx.data_ptr<int64_t>();
   std::vector<int64_t> fill(num_experts, 0);
   int64_t dropped = 0;
   for (int64_t s = 0; s < K; ++s) {
+    if (before.defined()) {
+      const int64_t* b = before.data_ptr<int64_t>() + s * num_experts;
+      fill.assign(b, b + num_experts);
+    }
     for (int64_t t = 0; t < T; ++t) {
       int64_t& e = p[t * K + s];
       if (e < 0) continue;

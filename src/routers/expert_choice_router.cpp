@@ -55,10 +55,12 @@ int64_t ExpertChoiceRouterImpl::capacity(int64_t num_tokens) const {
   return std::min<int64_t>(num_tokens, std::max<int64_t>(1, static_cast<int64_t>(c)));
 }
 
-RoutingResult ExpertChoiceRouterImpl::route(const torch::Tensor& x) {
+RoutingResult ExpertChoiceRouterImpl::route(const torch::Tensor& x, const BatchShards& batch) {
   const auto& who = options.name();
   detail::check_router_input(x, options.d_model(), who);
-  const int64_t T = x.size(0), E = options.num_experts(), C = capacity(T);
+  // Each expert chooses among the tokens of the global batch: C follows its size, and every rank
+  // ranks the scores of all shards (the same choice on every rank) and keeps its own rows.
+  const int64_t T = x.size(0), E = options.num_experts(), C = capacity(batch.total_rows());
   const auto rd = router_dtype(x.scalar_type());
   TORCH_CHECK_TYPE(weight.scalar_type() == rd, who, ": router parameters are ",
                    weight.scalar_type(), " but inputs of dtype ", x.scalar_type(), " need ", rd);
@@ -74,19 +76,21 @@ RoutingResult ExpertChoiceRouterImpl::route(const torch::Tensor& x) {
   // Skipped tokens rank below every valid one (-1 < any probability) and are dropped after.
   auto rank = scores.detach();
   if (valid.defined()) rank = rank.masked_fill(~valid.unsqueeze(1), -1.0);
-  auto taken = at::zeros({T, E}, x.options().dtype(at::kBool));
+  const auto all_rank = batch.all_rows(rank);
+  auto taken = at::zeros({batch.total_rows(), E}, x.options().dtype(at::kBool));
   if (C > 0) {
-    const auto picked = std::get<0>(topk_lowest_index(rank.t().contiguous(), C));  // [E, C]
+    const auto picked = std::get<0>(topk_lowest_index(all_rank.t().contiguous(), C));  // [E, C]
     taken.t().scatter_(1, picked, true);
-    if (valid.defined()) taken &= valid.unsqueeze(1);
   }
+  if (!batch.whole()) taken = taken.narrow(0, batch.row_offset(), T);
+  if (valid.defined()) taken &= valid.unsqueeze(1);
 
   RoutingResult out;
   const auto experts = at::arange(E, x.options().dtype(at::kLong)).unsqueeze(0).expand({T, E});
   out.expert_index = at::where(taken, experts, at::full({}, -1, experts.options()));
   out.gate = scores * taken.to(scores.scalar_type());  // S[t, e], not renormalised
-  out.importance = out.gate.sum(0);
-  out.load = taken.sum(0).to(scores.scalar_type());
+  out.importance = batch.sum(out.gate.sum(0));
+  out.load = batch.sum(taken.sum(0).to(scores.scalar_type()));
   out.assigned = taken.sum();
   out.dropped = at::zeros({}, out.assigned.options());
   out.skipped_tokens = finite.skipped;
@@ -96,7 +100,12 @@ RoutingResult ExpertChoiceRouterImpl::route(const torch::Tensor& x) {
   // Every parameter stays in the graph (a zero-token batch still gets zero, not undefined, grads).
   auto aux = logits.sum() * 0.0;
   if ((is_training() || options.aux_loss_in_eval()) && options.z_loss_coef() > 0) {
-    const auto z = router_z_loss(valid.defined() ? logits.index({valid}) : logits);
+    const auto kept = valid.defined() ? logits.index({valid}) : logits;
+    const auto z =
+        batch.whole()
+            ? router_z_loss(kept)
+            : batch.sum(at::logsumexp(kept, -1).pow(2).sum()) /
+                  batch.sum(at::full({}, double(kept.size(0)), kept.options())).clamp_min(1);
     aux = aux + options.z_loss_coef() * z;
     out.loss_terms.emplace_back("z", z.detach());
   }

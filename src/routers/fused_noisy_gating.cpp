@@ -87,7 +87,7 @@ struct FusedNoisyGateFunction : public torch::autograd::Function<FusedNoisyGateF
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                                const at::Tensor& bias_or_empty, const at::Tensor& noise_or_empty,
                                int64_t k, double noise_epsilon, const at::Tensor& valid_or_empty,
-                               int64_t block_rows) {
+                               int64_t block_rows, int64_t row_offset, int64_t total_rows) {
     const auto present = [](const at::Tensor& t) { return t.numel() > 0 ? t : at::Tensor(); };
     const auto bias = present(bias_or_empty), noise_weight = present(noise_or_empty),
                valid = present(valid_or_empty);
@@ -97,7 +97,9 @@ struct FusedNoisyGateFunction : public torch::autograd::Function<FusedNoisyGateF
     const bool estimator = noisy && k < E;  // otherwise the load is the count of choices
     const int64_t m = estimator ? k + 1 : k;
     const auto opts = x.options();
-    const Blocks blocks(T, E, block_rows);
+    // The blocks cover the global batch (x's rows are [row_offset, row_offset + T) of it): the
+    // noise of every block is drawn, and a block's rows outside x are drawn and dropped.
+    const Blocks blocks(total_rows, E, block_rows);
 
     auto top_idx = at::empty({T, m}, opts.dtype(at::kLong));
     auto top_val = at::empty({T, m}, opts);
@@ -115,17 +117,24 @@ struct FusedNoisyGateFunction : public torch::autograd::Function<FusedNoisyGateF
     auto H = at::empty({blocks.max_rows, E}, opts);
     auto A = estimator ? at::empty({blocks.max_rows, E}, opts) : at::Tensor();
     for (size_t i = 0; i < blocks.count() && bad_rows == 0; ++i) {
-      const int64_t r0 = blocks.begin(i), B = blocks.rows(i);
+      const int64_t g0 = blocks.begin(i), g1 = g0 + blocks.rows(i);
+      const int64_t lo = std::max(g0, row_offset), hi = std::min(g1, row_offset + T);
+      at::Tensor Zb;
+      if (noisy) {
+        auto Zg = Z.narrow(0, 0, g1 - g0);
+        Zg.normal_();
+        if (lo < hi) Zb = Zg.narrow(0, lo - g0, hi - lo);
+      }
+      if (lo >= hi) continue;
+      const int64_t r0 = lo - row_offset, B = hi - lo;
       auto clean = C.narrow(0, 0, B);
       auto nl = noisy ? N.narrow(0, 0, B) : at::Tensor();
       block_logits(clean, nl, x.narrow(0, r0, B), weight, bias, noise_weight);
       auto Hb = H.narrow(0, 0, B);
       auto Sb = noisy ? S.narrow(0, 0, B) : at::Tensor();
-      auto Zb = noisy ? Z.narrow(0, 0, B) : at::Tensor();
       if (noisy) {
         at::softplus_out(Sb, nl, 1, 20);
         Sb.add_(noise_epsilon);
-        Zb.normal_();
         at::addcmul_out(Hb, clean, Zb, Sb);
       } else {
         Hb.copy_(clean);
@@ -256,8 +265,8 @@ struct FusedNoisyGateFunction : public torch::autograd::Function<FusedNoisyGateF
     }
     auto dweight = noisy ? dwcat.narrow(0, 0, E) : dwcat;
     auto dnoise_weight = noisy ? dwcat.narrow(0, E, E) : at::Tensor();
-    return {dx,           dweight,      dbias,        dnoise_weight,
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx,           dweight,      dbias,        dnoise_weight, at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),  at::Tensor()};
   }
 };
 
@@ -266,7 +275,7 @@ struct FusedNoisyGateFunction : public torch::autograd::Function<FusedNoisyGateF
 TopKGate fused_noisy_top_k_gating(const torch::Tensor& x, const torch::Tensor& weight,
                                   const torch::Tensor& bias, const torch::Tensor& noise_weight,
                                   int64_t k, double noise_epsilon, const torch::Tensor& valid,
-                                  int64_t block_rows) {
+                                  int64_t block_rows, NoiseRows noise_rows) {
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
               "fused_noisy_top_k_gating: expected x [T, d] and weight [E, d], got ", x.sizes(),
               " and ", weight.sizes());
@@ -288,13 +297,18 @@ TopKGate fused_noisy_top_k_gating(const torch::Tensor& x, const torch::Tensor& w
   TORCH_CHECK(!valid.defined() ||
                   (valid.dim() == 1 && valid.size(0) == T && valid.scalar_type() == at::kBool),
               "fused_noisy_top_k_gating: valid must be a bool [T] mask with T=", T);
+  const int64_t total = noise_rows.total_rows < 0 ? T : noise_rows.total_rows;
+  TORCH_CHECK_VALUE(noise_rows.row_offset >= 0 && noise_rows.row_offset + T <= total,
+                    "fused_noisy_top_k_gating: rows [", noise_rows.row_offset, ", ",
+                    noise_rows.row_offset + T, ") are not inside a global batch of ", total,
+                    " rows");
   const auto or_empty = [&](const at::Tensor& t, c10::ScalarType type) {
     return t.defined() ? t.contiguous() : at::empty({0}, x.options().dtype(type));
   };
-  auto out = FusedNoisyGateFunction::apply(x.contiguous(), weight.contiguous(),
-                                           or_empty(bias, x.scalar_type()),
-                                           or_empty(noise_weight, x.scalar_type()), k,
-                                           noise_epsilon, or_empty(valid, at::kBool), block_rows);
+  auto out = FusedNoisyGateFunction::apply(
+      x.contiguous(), weight.contiguous(), or_empty(bias, x.scalar_type()),
+      or_empty(noise_weight, x.scalar_type()), k, noise_epsilon, or_empty(valid, at::kBool),
+      block_rows, noise_rows.row_offset, total);
   TopKGate g;
   g.gate = out[0];
   g.load = out[1];

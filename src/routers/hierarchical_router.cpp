@@ -70,7 +70,7 @@ HierarchicalRouterImpl::layer_modules() {
   return {{"primary_router", primary_router.ptr()}, {"secondary_router", secondary_router.ptr()}};
 }
 
-RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
+RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x, const BatchShards& batch) {
   const auto& who = options.name();
   detail::check_router_input(x, options.d_model(), who);
   const int64_t T = x.size(0), a = options.groups(), b = options.experts_per_group();
@@ -87,17 +87,17 @@ RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
     pl = at::linear(xr, Wp);
   }
 
-  // The secondary noise is drawn first (one row per routed (token, group) pair, in group order), so
-  // that a one-group hierarchy sees exactly the noise of a flat noisy router with the same seed.
+  // The secondary noise is drawn first, one row per primary slot (token t's choice i is row
+  // t·k1 + i), so that a one-group hierarchy sees exactly the noise of a flat noisy router with the
+  // same seed; both draws are over the global batch (moe/batch_shards.h).
   const bool train = is_training(), noisy = train && options.noisy_gating();
   const auto p_noise_logits =
       noisy ? at::linear(xr, primary_router->noise_weight.to(rd)) : torch::Tensor();
-  // The primary gate makes k1 pairs per valid token, so the size of the secondary draw is known
-  // before the pick. (Counting the valid tokens reads the device; the plan below is built on the
-  // host anyway.)
-  const int64_t pairs = k1 * (valid.defined() ? valid.sum().item<int64_t>() : T);
-  const auto s_noise = noisy ? at::randn({pairs, b}, pl.options()) : torch::Tensor();
-  const auto p_noise = noisy ? at::randn_like(pl) : torch::Tensor();
+  const auto normal = [](at::Tensor& t) { t.normal_(); };
+  const auto s_noise_slots =
+      noisy ? detail::shard_of_global_draw(batch, T, k1, b, pl.options(), normal) : torch::Tensor();
+  const auto p_noise =
+      noisy ? detail::shard_of_global_draw(batch, T, 1, a, pl.options(), normal) : torch::Tensor();
   const auto gp =
       noisy_top_k_gating(pl, p_noise_logits, p_noise, k1, options.noise_epsilon(), valid);
 
@@ -118,6 +118,7 @@ RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
           ? detail::grouped_linear(x_pairs, secondary_router->noise_weight.to(rd).view({a, b, -1}),
                                    plan.expert_offsets)
           : torch::Tensor();
+  const auto s_noise = noisy ? s_noise_slots.index_select(0, plan.pair_slot) : torch::Tensor();
   const auto gs = noisy_top_k_gating(sl, s_noise_logits, s_noise, k2, options.noise_epsilon(), {});
 
   // Back to the token's slots: primary choice i of token t (flat slot t·k1 + i) holds the k2
@@ -130,12 +131,13 @@ RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x) {
   out.expert_index = s_idx.reshape({T, k1 * k2});
   out.gate = (gp.gate.unsqueeze(2) * s_gate.view({T, k1, k2})).reshape({T, k1 * k2});
 
-  // Importance_H (Eq. 13) and Load_H (Eq. 14) over the a·b experts.
-  out.importance = importance(out.expert_index, out.gate, a * b);
-  const auto true_load = assignment_counts(gp.expert_index, a, pl.options());  // |X^(g)|
-  const auto s_load = at::zeros({a, b}, gs.in_top_k.options())
-                          .index_add(0, group_of_pair, gs.in_top_k);  // Load_g(X^(g))_j
-  out.load = ((gp.load / (true_load + 1e-10)).unsqueeze(1) * s_load).reshape({-1});
+  // Importance_H (Eq. 13) and Load_H (Eq. 14) over the a·b experts, each of their sums over the
+  // global batch.
+  out.importance = batch.sum(importance(out.expert_index, out.gate, a * b));
+  const auto true_load = batch.sum(assignment_counts(gp.expert_index, a, pl.options()));  // |X^(g)|
+  const auto s_load = batch.sum(at::zeros({a, b}, gs.in_top_k.options())
+                                    .index_add(0, group_of_pair, gs.in_top_k));  // Load_g(X^(g))_j
+  out.load = ((batch.sum(gp.load) / (true_load + 1e-10)).unsqueeze(1) * s_load).reshape({-1});
 
   out.skipped_tokens = finite.skipped;
   out.assigned = (T - finite.skipped) * (k1 * k2);

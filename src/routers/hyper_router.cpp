@@ -84,7 +84,7 @@ bool HyperRouterImpl::cache_valid() const {
          cached_storage_ == embedding.data_ptr();
 }
 
-RoutingResult HyperRouterImpl::route(const torch::Tensor& x) {
+RoutingResult HyperRouterImpl::route(const torch::Tensor& x, const BatchShards& batch) {
   const auto& who = options.name();
   detail::check_router_input(x, options.d_model(), who);
   const auto rd = router_dtype(x.scalar_type());
@@ -117,7 +117,7 @@ RoutingResult HyperRouterImpl::route(const torch::Tensor& x) {
   rule.aux_loss_in_eval = options.aux_loss_in_eval();
   rule.non_finite = options.non_finite();
   rule.who = who;
-  return detail::route_top_k(x.to(rd), {W, b, {}}, rule, is_training());
+  return detail::route_top_k(x.to(rd), {W, b, {}}, rule, is_training(), batch);
 }
 
 }  // namespace moe

@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/nn/init.h>
 
+#include <algorithm>
 #include <cmath>
 #include <ostream>
 
@@ -80,6 +81,19 @@ torch::Tensor top_any_balance_loss(const torch::Tensor& a) {
   return (me * ce).mean() * static_cast<double>(E * E);
 }
 
+// top_any_balance_loss over a batch split over processes: the means over the tokens with k > 0 of
+// the global batch.
+static torch::Tensor global_balance_loss(const torch::Tensor& a, const BatchShards& batch) {
+  const int64_t E = a.size(1);
+  const auto nz = (a.detach() > 0).any(1);
+  const auto an = a.index({nz});
+  const auto p = an / an.sum(1, /*keepdim=*/true);
+  const auto n = batch.sum(nz.sum().to(a.scalar_type())).clamp_min(1);
+  const auto me = batch.sum(p.sum(0)) / n;
+  const auto ce = batch.sum((an.detach() > 0).to(a.scalar_type()).sum(0)) / n;
+  return (me * ce).mean() * static_cast<double>(E * E);
+}
+
 torch::Tensor top_any_efficiency_loss(const torch::Tensor& a) {
   return a.numel() > 0 ? a.mean() : a.sum();  // an empty batch contributes 0, not NaN
 }
@@ -145,13 +159,15 @@ double TopAnyRouting::term(const std::string& name) const {
   return t.defined() ? t.item<double>() : 0.0;
 }
 
-RoutingResult TopAnyRouting::result() const {
+RoutingResult TopAnyRouting::result() const { return result(BatchShards(gate.size(0))); }
+
+RoutingResult TopAnyRouting::result(const BatchShards& batch) const {
   RoutingResult r;
   r.expert_index = expert_index;
   r.gate = gate;
   const auto used = expert_index >= 0;
-  r.importance = gate.sum(0);
-  r.load = used.sum(0).to(gate.scalar_type());
+  r.importance = batch.sum(gate.sum(0));
+  r.load = batch.sum(used.sum(0).to(gate.scalar_type()));
   r.aux_loss = aux_loss;
   r.loss_terms = loss_terms;
   r.assigned = used.sum();
@@ -163,6 +179,10 @@ RoutingResult TopAnyRouting::result() const {
 }
 
 TopAnyRouting TopAnyRouterImpl::decide(const torch::Tensor& x_in) {
+  return decide(x_in, BatchShards(x_in.dim() >= 1 ? x_in.size(0) : 0));
+}
+
+TopAnyRouting TopAnyRouterImpl::decide(const torch::Tensor& x_in, const BatchShards& batch) {
   const char* who = options.name().c_str();
   TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == options.d_model(), who,
               ": router input must be [T, d_model=", options.d_model(), "], got ", x_in.sizes());
@@ -223,8 +243,14 @@ TopAnyRouting TopAnyRouterImpl::decide(const torch::Tensor& x_in) {
     };
     if (options.diversity_loss()) add_term("diversity", top_any_diversity_loss(weight, active));
     if (options.simplicity_loss()) add_term("simplicity", top_any_simplicity_loss(weight));
-    if (options.balance_loss()) add_term("balance", top_any_balance_loss(a));
-    if (options.efficiency_loss()) add_term("efficiency", top_any_efficiency_loss(a));
+    if (options.balance_loss())
+      add_term("balance", batch.whole() ? top_any_balance_loss(a) : global_balance_loss(a, batch));
+    if (options.efficiency_loss()) {
+      add_term("efficiency",
+               batch.whole() ? top_any_efficiency_loss(a)
+                             : batch.sum(a.sum()) /
+                                   std::max<double>(1.0, double(E) * double(batch.total_rows())));
+    }
     aux = aux * options.aux_loss_coef();
   }
   r.aux_loss = aux;

@@ -15,29 +15,59 @@ namespace {
 // are needed by the balance and z losses only.
 void add_aux_losses(RoutingResult& out, const torch::Tensor& anchor, const torch::Tensor& logits,
                     const torch::Tensor& valid, const torch::Tensor& chosen,
-                    const LossCoefficients& c) {
+                    const LossCoefficients& c, const BatchShards& batch) {
   auto aux = anchor.sum() * 0.0;
   auto term = [&](const char* name, double coef, const torch::Tensor& value) {
     aux = aux + coef * value;
     out.loss_terms.emplace_back(name, value.detach());
   };
+  // out.importance and out.load are already the global batch's.
   if (c.importance > 0) term("importance", c.importance, cv_squared(out.importance));
   if (c.load > 0) term("load", c.load, cv_squared(out.load));
   if (c.balance > 0 || c.z > 0) {
     const auto kept = valid.defined() ? logits.index({valid}) : logits;
-    if (c.balance > 0) {
-      const auto kept_chosen = valid.defined() ? chosen.index({valid}) : chosen;
-      term("balance", c.balance, balance_loss(at::softmax(kept, -1), kept_chosen));
+    const auto kept_chosen = valid.defined() ? chosen.index({valid}) : chosen;
+    if (batch.whole()) {
+      if (c.balance > 0)
+        term("balance", c.balance, balance_loss(at::softmax(kept, -1), kept_chosen));
+      if (c.z > 0) term("z", c.z, router_z_loss(kept));
+    } else {
+      // The same means over the global batch: sums over the shards divided by its token count.
+      const int64_t E = logits.size(1);
+      const auto n =
+          batch.sum(at::full({}, static_cast<double>(kept.size(0)), kept.options())).clamp_min(1);
+      if (c.balance > 0) {
+        const auto f = batch.sum(assignment_counts(kept_chosen, E, kept.options())) / n;
+        const auto P = batch.sum(at::softmax(kept, -1).sum(0)) / n;
+        term("balance", c.balance, static_cast<double>(E) * (f * P).sum());
+      }
+      if (c.z > 0) term("z", c.z, batch.sum(at::logsumexp(kept, -1).pow(2).sum()) / n);
     }
-    if (c.z > 0) term("z", c.z, router_z_loss(kept));
   }
   out.aux_loss = aux;
+}
+
+// Capacity over the global batch (docs/algorithms.md §5.2): first choices before second choices,
+// earlier tokens first. A shard's slot s of expert e starts after the slot-s pairs of the shards
+// before it and after the pairs of every shard's earlier slots.
+torch::Tensor capacity_fill_before(const torch::Tensor& expert_index, int64_t E,
+                                   const BatchShards& batch) {
+  if (batch.whole()) return {};
+  const int64_t K = expert_index.size(1);
+  const auto idx = expert_index.to(at::kCPU);
+  auto counts = at::zeros({K, E + 1}, idx.options());
+  counts.scatter_add_(1, (idx.t() + 1).contiguous(), at::ones({K, idx.size(0)}, idx.options()));
+  counts = counts.narrow(1, 1, E).contiguous();  // [K, E] without the -1 column
+  const auto before = batch.sum_before(counts);
+  const auto total = batch.sum(counts);
+  return before + (total.cumsum(0) - total);
 }
 
 // The unfused gate: the [T, E] logits first (the reference for the fused noisy gate, and what the
 // balance and z losses need).
 TopKGate gate_from_logits(torch::Tensor& xr, torch::Tensor& logits, FiniteTokens& finite,
-                          const RouterWeights& w, const TopKRule& rule, bool training) {
+                          const RouterWeights& w, const TopKRule& rule, bool training,
+                          const BatchShards& batch) {
   logits = at::linear(xr, w.weight, w.bias);
   finite = check_finite_tokens(logits, rule.non_finite, rule.who, "router logits");
   const auto& valid = finite.valid;
@@ -55,7 +85,10 @@ TopKGate gate_from_logits(torch::Tensor& xr, torch::Tensor& logits, FiniteTokens
   // are not computed at all.
   const bool noisy = training && w.noise_weight.defined();
   const auto noise_logits = noisy ? at::linear(xr, w.noise_weight) : torch::Tensor();
-  const auto noise = noisy ? at::randn_like(logits) : torch::Tensor();
+  const auto noise =
+      noisy ? shard_of_global_draw(batch, logits.size(0), 1, logits.size(1), logits.options(),
+                                   [](at::Tensor& t) { t.normal_(); })
+            : torch::Tensor();
   return noisy_top_k_gating(logits, noise_logits, noise, rule.top_k, rule.noise_epsilon, valid);
 }
 
@@ -66,8 +99,18 @@ void check_router_input(const torch::Tensor& x, int64_t d_model, const std::stri
               d_model, "], got ", x.sizes());
 }
 
+at::Tensor shard_of_global_draw(const BatchShards& batch, int64_t local_rows,
+                                int64_t rows_per_token, int64_t cols,
+                                const at::TensorOptions& options,
+                                const std::function<void(at::Tensor&)>& fill) {
+  auto all = at::empty({batch.total_rows() * rows_per_token, cols}, options);
+  fill(all);
+  if (batch.whole()) return all;
+  return all.narrow(0, batch.row_offset() * rows_per_token, local_rows * rows_per_token);
+}
+
 RoutingResult route_top_k(torch::Tensor xr, const RouterWeights& w, const TopKRule& rule,
-                          bool training) {
+                          bool training, const BatchShards& batch) {
   const int64_t T = xr.size(0), E = rule.num_experts, k = rule.top_k;
   const auto& c = rule.coefficients;
   const bool fused =
@@ -83,33 +126,36 @@ RoutingResult route_top_k(torch::Tensor xr, const RouterWeights& w, const TopKRu
     const bool noisy = training && w.noise_weight.defined();
     try {
       g = fused_noisy_top_k_gating(xr, w.weight, w.bias, noisy ? w.noise_weight : torch::Tensor(),
-                                   k, rule.noise_epsilon, finite.valid);
+                                   k, rule.noise_epsilon, finite.valid, /*block_rows=*/0,
+                                   {batch.row_offset(), batch.total_rows()});
     } catch (const c10::ValueError& e) {  // name the layer
       TORCH_CHECK_VALUE(false, rule.who, ": ", e.what_without_backtrace());
     }
   } else {
-    g = gate_from_logits(xr, logits, finite, w, rule, training);
+    g = gate_from_logits(xr, logits, finite, w, rule, training, batch);
   }
   const auto& valid = finite.valid;
 
   RoutingResult out;
   out.skipped_tokens = finite.skipped;
   out.assigned = (T - finite.skipped) * k;
-  out.importance = importance(g.expert_index, g.gate, E);
-  out.load = g.load;
+  out.importance = batch.sum(importance(g.expert_index, g.gate, E));
+  out.load = batch.sum(g.load);
   out.expert_index = g.expert_index;
   out.gate = g.gate;
   out.dropped = at::zeros({}, out.assigned.options());
   if (rule.capacity_factor > 0) {
-    const int64_t cap = expert_capacity(T, k, E, rule.capacity_factor, rule.min_capacity);
+    const int64_t cap =
+        expert_capacity(batch.total_rows(), k, E, rule.capacity_factor, rule.min_capacity);
     int64_t dropped = 0;
-    std::tie(out.expert_index, dropped) = apply_capacity(g.expert_index, E, cap);
+    std::tie(out.expert_index, dropped) =
+        apply_capacity(g.expert_index, E, cap, capacity_fill_before(g.expert_index, E, batch));
     out.dropped.fill_(dropped);
     out.gate = out.gate * (out.expert_index >= 0).to(out.gate.scalar_type());
   }
   const auto& anchor = fused ? g.gate : logits;
   if (training || rule.aux_loss_in_eval) {
-    add_aux_losses(out, anchor, logits, valid, g.expert_index, c);
+    add_aux_losses(out, anchor, logits, valid, g.expert_index, c, batch);
   } else {
     out.aux_loss = anchor.sum() * 0.0;
   }

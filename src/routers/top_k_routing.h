@@ -6,6 +6,7 @@
 
 #include <torch/types.h>
 
+#include <functional>
 #include <string>
 
 #include "moe/router.h"
@@ -37,8 +38,18 @@ struct RouterWeights {
 /// Routes the router-dtype tokens `xr` [T, d] with the logits xr·weightᵀ + bias. `training` draws
 /// the gating noise and computes the auxiliary losses. On the CPU, the noisy kind runs the fused
 /// gate (fused_noisy_top_k_gating: no [T, E] tensor) unless a balance or z loss needs the logits.
+/// `batch`: xr's place in a batch split over processes (moe/batch_shards.h).
 RoutingResult route_top_k(torch::Tensor xr, const RouterWeights& weights, const TopKRule& rule,
-                          bool training);
+                          bool training, const BatchShards& batch);
+
+/// This shard's rows of one random draw over the global batch: `fill` draws a
+/// [total_rows·rows_per_token, cols] tensor and the rows of the shard's tokens are returned
+/// ([local_rows·rows_per_token, cols]). One draw of the global tensor, so that every world size
+/// draws the same numbers for a token and the generators of all ranks stay in step.
+at::Tensor shard_of_global_draw(const BatchShards& batch, int64_t local_rows,
+                                int64_t rows_per_token, int64_t cols,
+                                const at::TensorOptions& options,
+                                const std::function<void(at::Tensor&)>& fill);
 
 /// Checks a router input: [T, d_model].
 void check_router_input(const torch::Tensor& x, int64_t d_model, const std::string& who);

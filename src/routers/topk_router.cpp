@@ -108,12 +108,14 @@ void TopKRouterImpl::set_top_k(int64_t k) {
   options.top_k(k);
 }
 
-RoutingResult TopKRouterImpl::route(const torch::Tensor& x) {
+RoutingResult TopKRouterImpl::route(const torch::Tensor& x, const BatchShards& batch) {
   detail::check_router_input(x, options.d_model(), options.name());
   const auto rd = router_dtype(x.scalar_type());
   auto xr = x.to(rd);
   if (is_training() && options.jitter() > 0) {
-    xr = xr * at::empty_like(xr).uniform_(1.0 - options.jitter(), 1.0 + options.jitter());
+    const double lo = 1.0 - options.jitter(), hi = 1.0 + options.jitter();
+    xr = xr * detail::shard_of_global_draw(batch, xr.size(0), 1, xr.size(1), xr.options(),
+                                           [&](at::Tensor& t) { t.uniform_(lo, hi); });
   }
   const auto W = weight.to(rd);
   const auto b = bias.defined() ? bias.to(rd) : torch::Tensor();
@@ -133,7 +135,7 @@ RoutingResult TopKRouterImpl::route(const torch::Tensor& x) {
   rule.non_finite = options.non_finite();
   rule.who = options.name();
   detail::RouterWeights w{W, b, noise_weight.defined() ? noise_weight.to(rd) : torch::Tensor()};
-  return detail::route_top_k(xr, w, rule, is_training());
+  return detail::route_top_k(xr, w, rule, is_training(), batch);
 }
 
 }  // namespace moe

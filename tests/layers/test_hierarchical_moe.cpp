@@ -42,8 +42,8 @@ TEST_P(HierarchicalVsHand, OutputImportanceAndLoad) {
   torch::manual_seed(9);
   const auto out = layer->forward(x);
 
-  // Hand computation. Noise: the secondary draw [T·k1, b] comes first, one row per (token, group)
-  // pair of the primary choices, ordered by group and then by token; then the primary [T, a].
+  // Hand computation. Noise: the secondary draw [T·k1, b] comes first, one row per primary slot
+  // (token t's choice s1 is row t·k1 + s1); then the primary [T, a].
   torch::Tensor s_noise, p_noise;
   if (train) {
     torch::manual_seed(9);
@@ -57,11 +57,6 @@ TEST_P(HierarchicalVsHand, OutputImportanceAndLoad) {
   const auto sl = x.matmul(layer->secondary_router->weight.t());
   const auto ssd = softplus(x.matmul(layer->secondary_router->noise_weight.t())) + 1e-2;
   const auto proute = mt::reference_noisy_route(pl, pH, k1);
-  // The row of pair (t, g) in the secondary draw.
-  std::map<std::pair<int64_t, int64_t>, int64_t> row_of;
-  for (int64_t g = 0, r = 0; g < a; ++g)
-    for (int64_t t = 0; t < T; ++t)
-      if ((proute.expert_index[t] == g).any().item<bool>()) row_of[{t, g}] = r++;
 
   auto idx = torch::full({T, k1 * k2}, -1, at::kLong);
   auto gate = torch::zeros({T, k1 * k2}, at::kDouble);
@@ -76,7 +71,7 @@ TEST_P(HierarchicalVsHand, OutputImportanceAndLoad) {
       const auto rows = torch::indexing::Slice(g * b, (g + 1) * b);
       const auto cl = sl.index({torch::indexing::Slice(t, t + 1), rows});
       const auto sd = ssd.index({torch::indexing::Slice(t, t + 1), rows});
-      const auto hl = train ? cl + s_noise[row_of.at({t, g})].unsqueeze(0) * sd : cl;
+      const auto hl = train ? cl + s_noise[t * k1 + s1].unsqueeze(0) * sd : cl;
       const auto sr = mt::reference_noisy_route(cl, hl, k2);
       if (train)
         s_load[g] += mt::reference_prob_in_top_k(cl, hl, sd, k2)[0];

@@ -65,6 +65,7 @@ class DynamicExpertSet : public LayerComponent {
   void after_routing(RoutedMoEImpl& layer, const torch::Tensor& tokens,
                      const RoutingResult& routing) override;
   void after_forward(RoutedMoEImpl& layer) override;
+  void before_distributing(RoutedMoEImpl& layer, dist::ProcessGroup& group) override;
 
   void begin_recording();
   void resume_recording(RoutingRecords records);

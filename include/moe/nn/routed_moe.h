@@ -25,9 +25,14 @@
 #include <string>
 #include <vector>
 
+#include "moe/distributed.h"
 #include "moe/experts.h"
 #include "moe/router.h"
 #include "moe/stats.h"
+
+namespace torch::optim {
+class Optimizer;
+}
 
 namespace moe::nn {
 
@@ -64,6 +69,9 @@ class LayerComponent {
   virtual void routing_failed(RoutedMoEImpl& layer) {}
   /// Called after the expert pass.
   virtual void after_forward(RoutedMoEImpl& layer) {}
+  /// Called by distribute_experts() before the layer keeps only its experts; a component that
+  /// cannot work with experts spread over processes raises an error naming itself.
+  virtual void before_distributing(RoutedMoEImpl& layer, dist::ProcessGroup& group) {}
 };
 
 class RoutedMoEImpl : public torch::nn::Module {
@@ -86,6 +94,24 @@ class RoutedMoEImpl : public torch::nn::Module {
     if (r == nullptr) throw_router_type_error();
     return *r;
   }
+  /// Expert parallelism (docs/distributed.md): from now on this rank keeps only its experts,
+  /// [r·E/W, (r+1)·E/W) of the E global experts, and every forward routes its tokens over all E
+  /// (the router is replicated: its gradients must be averaged over the ranks, see
+  /// moe/nn/data_parallel.h), sends them to their experts' ranks and back, and computes the
+  /// auxiliary losses and statistics over the global batch. A collective: every rank of `group`
+  /// calls it on the same layer, built alike (same seed), and the ranks first compare the layers
+  /// (shapes, expert count, dtype, router): a difference is an error naming it, on every rank.
+  /// E % W must be 0. `optimizer`: one that already holds the parameters (a resumed run), whose
+  /// state for the experts is cut the same way.
+  void distribute_experts(std::shared_ptr<dist::ProcessGroup> group,
+                          torch::optim::Optimizer* optimizer = nullptr);
+  /// The inverse, a collective too: every rank gets all E experts back (and the optimizer's state
+  /// for them), e.g. to save a checkpoint that any world size can load.
+  void gather_experts(torch::optim::Optimizer* optimizer = nullptr);
+  /// The group the experts are spread over, or null.
+  const std::shared_ptr<dist::ProcessGroup>& expert_group() const { return expert_group_; }
+  /// E: the experts the router chooses from (all ranks' experts together).
+  int64_t global_experts() const { return router_->num_experts(); }
   /// Changes k (1 <= k <= E) of a top-k router from now on.
   void set_top_k(int64_t k);
   int64_t top_k() const { return router_->top_k(); }
@@ -115,6 +141,12 @@ class RoutedMoEImpl : public torch::nn::Module {
 
  private:
   [[noreturn]] void throw_router_type_error() const;
+  MoEOutput forward_expert_parallel(const torch::Tensor& x, const torch::Tensor& tokens);
+  /// What every rank must agree on before the experts are spread, as "key=value" words.
+  std::string signature() const;
+  void keep_local_experts(std::shared_ptr<dist::ProcessGroup> group,
+                          torch::optim::Optimizer* optimizer);
+  std::shared_ptr<dist::ProcessGroup> expert_group_;
   std::shared_ptr<RouterInterface> router_;
   std::vector<std::shared_ptr<torch::nn::Module>> router_modules_;
   std::vector<std::shared_ptr<LayerComponent>> components_;

@@ -62,7 +62,8 @@ class HierarchicalRouterImpl : public torch::nn::Cloneable<HierarchicalRouterImp
   void pretty_print(std::ostream& stream) const override;
 
   /// expert_index / gate are [T, k1·k2]: choice (s1, s2) is expert g·b + j.
-  RoutingResult route(const torch::Tensor& x) override;
+  using RouterInterface::route;
+  RoutingResult route(const torch::Tensor& x, const BatchShards& batch) override;
   int64_t num_experts() const override { return options.groups() * options.experts_per_group(); }
   /// k1·k2, the choices per token.
   int64_t top_k() const override { return options.primary_top_k() * options.secondary_top_k(); }

@@ -49,7 +49,8 @@ class HyperRouterImpl : public torch::nn::Cloneable<HyperRouterImpl>, public Rou
   void reset_parameters() override;
   void pretty_print(std::ostream& stream) const override;
 
-  RoutingResult route(const torch::Tensor& x) override;
+  using RouterInterface::route;
+  RoutingResult route(const torch::Tensor& x, const BatchShards& batch) override;
   RoutingResult forward(const torch::Tensor& x) { return route(x); }
   int64_t num_experts() const override { return options.num_experts(); }
   std::string kind() const override { return "hyper"; }

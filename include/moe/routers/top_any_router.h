@@ -92,7 +92,9 @@ struct TopAnyRouting {
 
   /// The unweighted term `name` as a number, 0 when it was switched off or not computed.
   double term(const std::string& name) const;
-  /// As the routed layer sees it (importance = gate mass, load = tokens per expert).
+  /// As the routed layer sees it (importance = gate mass, load = tokens per expert, over the
+  /// global batch).
+  RoutingResult result(const BatchShards& batch) const;
   RoutingResult result() const;
 };
 
@@ -105,7 +107,12 @@ class TopAnyRouterImpl : public torch::nn::Cloneable<TopAnyRouterImpl>, public R
 
   /// x: [T, d] (any float dtype; computed in float32, float64 for float64 input).
   TopAnyRouting decide(const torch::Tensor& x);
-  RoutingResult route(const torch::Tensor& x) override { return decide(x).result(); }
+  /// x: this process's shard of a global batch (the balance and efficiency terms are global).
+  TopAnyRouting decide(const torch::Tensor& x, const BatchShards& batch);
+  using RouterInterface::route;
+  RoutingResult route(const torch::Tensor& x, const BatchShards& batch) override {
+    return decide(x, batch).result(batch);
+  }
   TopAnyRouting forward(const torch::Tensor& x) { return decide(x); }
   std::string kind() const override { return "top_any"; }
 
