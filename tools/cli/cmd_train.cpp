@@ -1,6 +1,11 @@
 // `moe train CONFIG.toml --out RUN_DIR [--set key=value]...` (a new run) and
 // `moe train --resume RUN_DIR` (continue one): docs/cli.md, "Training: moe train".
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <stdexcept>
@@ -9,6 +14,8 @@
 
 #include "cli/commands.h"
 #include "cli/run_config.h"
+#include "moe/distributed.h"
+#include "train/launcher.h"
 #include "train/memory_estimate.h"
 #include "train/run_training.h"
 
@@ -20,7 +27,45 @@ struct TrainOptions {
   std::vector<std::string> sets;
   int64_t stop_at = 0;
   bool dry_run = false, no_memory_check = false;
+  int nproc = 1;
+  double dist_timeout_s = 300;
 };
+
+// The command line of one rank of `--nproc N`: this one without --nproc.
+std::vector<std::string> rank_arguments(const TrainOptions& o, const GlobalOptions& global) {
+  std::vector<std::string> a;
+  if (global.threads > 0) a.insert(a.end(), {"--threads", std::to_string(global.threads)});
+  a.push_back("train");
+  if (!o.config.empty()) a.push_back(o.config);
+  if (!o.out.empty()) a.insert(a.end(), {"--out", o.out});
+  if (!o.resume.empty()) a.insert(a.end(), {"--resume", o.resume});
+  for (const auto& s : o.sets) a.insert(a.end(), {"--set", s});
+  if (o.stop_at > 0) a.insert(a.end(), {"--stop-at", std::to_string(o.stop_at)});
+  // The launcher checked the memory of all ranks together.
+  a.push_back("--no-memory-check");
+  a.insert(a.end(), {"--dist-timeout", std::to_string(o.dist_timeout_s)});
+  return a;
+}
+
+// This process's rank in a run on several processes, from the launcher environment (WORLD_SIZE,
+// RANK, MASTER_ADDR, MASTER_PORT: `--nproc`, torchrun, srun...), or null for one process.
+std::shared_ptr<moe::dist::ProcessGroup> join_ranks(const TrainOptions& o) {
+  const char* world = std::getenv("WORLD_SIZE");
+  if (world == nullptr || std::string(world) == "1") return nullptr;
+  if (!moe::dist::available())
+    throw std::invalid_argument(
+        "moe train: WORLD_SIZE=" + std::string(world) +
+        " asks for several processes, but this build has no c10d Gloo backend (Debian: "
+        "libgloo-dev, then rebuild)");
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o.dist_timeout_s * 1000));
+  auto group = moe::dist::ProcessGroup::gloo_from_env(timeout);
+  if (group->rank() != 0) {  // rank 0 tells the story; the others speak up only for problems
+    spdlog::set_level(spdlog::level::warn);
+    spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [moe rank " + std::to_string(group->rank()) +
+                        "] [%^%l%$] %v");
+  }
+  return group;
+}
 
 std::string percent_list(const std::vector<double>& share) {
   std::string s;
@@ -68,21 +113,42 @@ void print_summary(const std::string& run_dir, const moe::train::TrainSummary& r
   std::fflush(stdout);
 }
 
-int run_train(const TrainOptions& o) {
+int run_train(const TrainOptions& o, const GlobalOptions& global) {
   const std::string run_dir = run_folder(o);
+  if (o.nproc > 1 && std::getenv("WORLD_SIZE") != nullptr)
+    throw std::invalid_argument(
+        "moe train: --nproc starts the processes itself; under a launcher that sets WORLD_SIZE "
+        "(torchrun, srun, moe train --nproc) leave it out");
+  if (o.dist_timeout_s <= 0 || !std::isfinite(o.dist_timeout_s))
+    throw std::invalid_argument("moe train: --dist-timeout must be a positive number of seconds");
   auto config = RunConfig::from_file(o.resume.empty() ? o.config : run_dir + "/config.toml");
   for (const auto& s : o.sets) config.set(s);
   // Before anything is built: a configuration the machine cannot hold is rejected in a moment,
   // naming its keys, instead of being killed by the OOM killer minutes later (a dry run too).
-  if (!o.no_memory_check) moe::train::check_memory(moe::train::parse_train_config(config));
+  // Each of N ranks on one machine builds the whole model before keeping its experts.
+  if (!o.no_memory_check) {
+    auto limit = moe::train::available_memory();
+    const char* local = std::getenv("LOCAL_WORLD_SIZE");
+    const int ranks_here = o.nproc > 1 ? o.nproc : local != nullptr ? std::atoi(local) : 1;
+    if (ranks_here > 1) {
+      limit.bytes /= ranks_here;
+      limit.description += ", shared by " + std::to_string(ranks_here) + " processes";
+    }
+    moe::train::check_memory(moe::train::parse_train_config(config), limit);
+  }
   if (o.dry_run) {  // validate every key, print the effective configuration, train nothing
     moe::train::parse_train_config(config);
     std::printf("%s", config.to_toml().c_str());
     return 0;
   }
-  const auto r = moe::train::run_training(config, run_dir, !o.resume.empty(), o.stop_at);
+  if (o.nproc > 1) {
+    moe::train::parse_train_config(config);  // a bad key fails once, here, not in every rank
+    return moe::train::launch_ranks(o.nproc, rank_arguments(o, global), o.dist_timeout_s + 30);
+  }
+  const auto group = join_ranks(o);
+  const auto r = moe::train::run_training(config, run_dir, !o.resume.empty(), o.stop_at, group);
   if (r.interrupted) return 130;
-  print_summary(run_dir, r);
+  if (group == nullptr || group->rank() == 0) print_summary(run_dir, r);
   return 0;
 }
 
@@ -108,7 +174,14 @@ void add_train_command(CLI::App& app, Commands& commands) {
                   "check the configuration and print it with the overrides applied; train nothing");
   train->add_flag("--no-memory-check", o->no_memory_check,
                   "skip the check of the estimated memory against the memory available");
-  commands.add(train, [o](const GlobalOptions&) { return run_train(*o); });
+  train
+      ->add_option("--nproc", o->nproc,
+                   "train on N processes of this machine, the experts spread over them "
+                   "(docs/distributed.md); launchers that set RANK/WORLD_SIZE need no option")
+      ->check(CLI::Range(1, 1024));
+  train->add_option("--dist-timeout", o->dist_timeout_s,
+                    "seconds a rank waits for the others before it fails (default 300)");
+  commands.add(train, [o](const GlobalOptions& global) { return run_train(*o, global); });
 }
 
 }  // namespace moe::cli

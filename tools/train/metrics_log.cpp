@@ -19,9 +19,16 @@ namespace key = metrics::key;
 namespace layer_key = metrics::layer_key;
 
 std::vector<json> MetricsLog::truncate_after(int64_t step) {
+  std::string kept;
+  auto records = records_up_to(step, &kept);
+  io::write_file_atomically(path_.string(), kept, "moe train");
+  return records;
+}
+
+std::vector<json> MetricsLog::records_up_to(int64_t step, std::string* kept_lines) const {
   std::vector<json> records;
   std::ifstream in(path_);
-  std::string line, kept;
+  std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (line.empty()) continue;
     json j;
@@ -34,11 +41,10 @@ std::vector<json> MetricsLog::truncate_after(int64_t step) {
     // an "end" record at or before the step belongs to a session that finished earlier
     if (j.value(key::kStep, int64_t{0}) <= step &&
         j.value(key::kEvent, "") != metrics::event::kEnd) {
-      kept += line + "\n";
+      if (kept_lines != nullptr) *kept_lines += line + "\n";
       records.push_back(std::move(j));
     }
   }
-  io::write_file_atomically(path_.string(), kept, "moe train");
   return records;
 }
 

@@ -19,6 +19,9 @@ class MetricsLog {
   /// A resumed run drops the records after the checkpoint's step: they will be written again.
   /// Lines that are not JSON (cut short by a kill) are dropped too. Returns the records kept.
   std::vector<nlohmann::json> truncate_after(int64_t step);
+  /// The records truncate_after would keep, without changing the file (the ranks of a run on
+  /// several processes that do not write); `kept_lines`, if given, gets their lines.
+  std::vector<nlohmann::json> records_up_to(int64_t step, std::string* kept_lines = nullptr) const;
   /// One record, flushed at once; errors name the file.
   void append(const nlohmann::json& j);
   /// Before a checkpoint: the records up to its step must survive whatever survives it.

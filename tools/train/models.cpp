@@ -4,7 +4,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 #include <stdexcept>
+#include <type_traits>
 
 #include "moe/moe.h"
 #include "train/cli_routers.h"
@@ -93,6 +95,28 @@ bool block_is_sparse(const ModelSection& m, int64_t block) {
 
 // ---- the language model ------------------------------------------------------------------------
 
+// Where a forward's rows sit in the batch (tools/train/sharded_model.h): rows [offset, offset + n)
+// of `total`; total < 0: the rows are the whole batch.
+struct BatchShard {
+  int64_t offset = 0;
+  int64_t total = -1;
+};
+
+// torch::dropout with its mask drawn for the whole batch (dim 0) and cut to this shard's rows: in
+// one process the same draws and values as torch::dropout (ATen's CPU dropout: a Bernoulli(1 - p)
+// mask of the input's shape, divided by 1 - p), and on several processes the same mask for a
+// token whatever the world size, with the generators of all ranks in step.
+torch::Tensor shard_dropout(const torch::Tensor& x, double p, bool training,
+                            const BatchShard& shard) {
+  if (p == 0 || !training || x.numel() == 0) return x;
+  if (p == 1) return x * torch::zeros({}, x.options());
+  auto sizes = x.sizes().vec();
+  if (shard.total >= 0) sizes[0] = shard.total;
+  auto noise = torch::empty(sizes, x.options()).bernoulli_(1 - p);
+  noise.div_(1 - p);
+  return x * (shard.total >= 0 ? noise.narrow(0, shard.offset, x.size(0)) : noise);
+}
+
 // Pre-norm decoder block: x + attn(ln1(x)), then x + ffn(ln2(x)), causal multi-head attention.
 class BlockImpl : public torch::nn::Module {
  public:
@@ -117,12 +141,14 @@ class BlockImpl : public torch::nn::Module {
     auto att = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(dh)));
     const auto future = torch::ones({L, L}, torch::TensorOptions().dtype(torch::kBool)).triu(1);
     att = torch::softmax(att.masked_fill(future, -std::numeric_limits<float>::infinity()), -1);
-    att = torch::dropout(att, dropout_, is_training());
+    att = shard_dropout(att, dropout_, is_training(), shard);
     auto y = torch::matmul(att, v).transpose(1, 2).reshape({B, L, d});
-    auto h = x + torch::dropout(proj(y), dropout_, is_training());
+    auto h = x + shard_dropout(proj(y), dropout_, is_training(), shard);
     const auto f = ffn->forward(ln2(h).reshape({B * L, d}), name_, aux, probes).view({B, L, d});
-    return h + torch::dropout(f, dropout_, is_training());
+    return h + shard_dropout(f, dropout_, is_training(), shard);
   }
+
+  BatchShard shard;
 
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
@@ -169,6 +195,10 @@ class TransformerLMImpl : public torch::nn::Module {
     }
     head->weight.normal_(0, std);
     head->bias.zero_();
+  }
+
+  void set_batch_shard(int64_t offset, int64_t total) {
+    for (const auto& b : *blocks) b->as<BlockImpl>()->shard = {offset, total};
   }
 
   ModelOutput forward(const torch::Tensor& idx) {
@@ -229,6 +259,9 @@ class SingleTaskModel : public Model {
   SingleTaskModel(Holder m, std::string description)
       : m_(std::move(m)), description_(std::move(description)) {}
   ModelOutput forward(const torch::Tensor& input) override { return m_->forward(input); }
+  void set_batch_shard(int64_t offset, int64_t total) override {
+    if constexpr (std::is_same_v<Holder, TransformerLM>) m_->set_batch_shard(offset, total);
+  }
   torch::nn::Module& module() override { return *m_; }
   std::string description() const override { return description_; }
 

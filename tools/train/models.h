@@ -42,6 +42,10 @@ class Model {
  public:
   virtual ~Model() = default;
   virtual ModelOutput forward(const torch::Tensor& input) = 0;
+  /// The next forwards see rows [offset, offset + n) of a batch of `total` rows split over
+  /// processes (tools/train/sharded_model.h): the model's random draws (dropout) are made for the
+  /// whole batch, so that every world size draws alike and the ranks' generators stay in step.
+  virtual void set_batch_shard(int64_t /*offset*/, int64_t /*total*/) {}
   /// The module holding every parameter and buffer (for the optimizer and checkpoints).
   virtual torch::nn::Module& module() = 0;
   /// "moe"/"dense" for lm/classify, the model kind for multitask.

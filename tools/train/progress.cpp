@@ -25,9 +25,10 @@ std::string format_duration(double seconds) {
 }
 
 Progress::Progress(int64_t total, int64_t first, std::FILE* out, int interactive,
-                   double plain_interval_s)
+                   double plain_interval_s, std::FILE* messages)
     : total_(total),
       first_(first),
+      messages_(messages),
       interactive_(interactive < 0 ? ::isatty(STDERR_FILENO) != 0 && std::getenv("CI") == nullptr
                                    : interactive != 0),
       plain_interval_s_(plain_interval_s) {
@@ -65,8 +66,8 @@ void Progress::update(int64_t step, double loss, double tokens_per_s, double ela
 
 void Progress::note(const std::string& message) {
   if (live_) std::fprintf(out_, "\r\033[K");
-  std::fprintf(stdout, "%s\n", message.c_str());  // messages are output, the live line is not
-  std::fflush(stdout);
+  std::fprintf(messages_, "%s\n", message.c_str());  // messages are output, the live line is not
+  std::fflush(messages_);
   if (live_) std::fprintf(out_, "%s", last_.c_str());
   std::fflush(out_);
 }

@@ -17,9 +17,9 @@ class Progress {
   /// total: the last step; first: the step the work starts after (a resumed run's checkpoint).
   /// `out` null: stderr when interactive, else stdout; `interactive` -1: whether stderr is a
   /// terminal and $CI is unset. Plain lines come at most every `plain_interval_s` seconds (and at
-  /// the last step).
+  /// the last step). Messages (note()) go to `messages`.
   Progress(int64_t total, int64_t first, std::FILE* out = nullptr, int interactive = -1,
-           double plain_interval_s = 5.0);
+           double plain_interval_s = 5.0, std::FILE* messages = stdout);
   /// After `step` at `elapsed` seconds since the start, with the latest loss and tokens/s.
   void update(int64_t step, double loss, double tokens_per_s, double elapsed);
   /// A message on its own line (the live line is redrawn below it).
@@ -33,6 +33,7 @@ class Progress {
  private:
   int64_t total_, first_;
   std::FILE* out_;
+  std::FILE* messages_;
   bool interactive_;
   double plain_interval_s_;
   double last_plain_ = -1e300;

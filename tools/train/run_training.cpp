@@ -26,6 +26,7 @@
 #include "train/progress.h"
 #include "train/resume.h"
 #include "train/run_folder.h"
+#include "train/sharded_model.h"
 #include "train/tensorboard.h"
 #include "train/trainer.h"
 
@@ -108,11 +109,37 @@ Metrics evaluate_during_training(Model& model, TaskData& data, int64_t batch_siz
   return m;
 }
 
+// The ranks of a run on several processes compare what they were asked to do before anything
+// else: a difference is an error on every rank, naming the first differing line.
+void check_ranks_agree(const std::shared_ptr<dist::ProcessGroup>& group,
+                       const cli::RunConfig& config, const std::string& run_dir, bool resume,
+                       int64_t stop_at) {
+  const std::string mine = config.to_toml() + "\n[moe train]\nrun_dir = " + run_dir +
+                           "\nresume = " + (resume ? "true" : "false") +
+                           "\nstop_at = " + std::to_string(stop_at) + "\n";
+  const auto all = dist::all_gather_strings(group, mine);
+  for (size_t j = 1; j < all.size(); ++j) {
+    if (all[j] == all[0]) continue;
+    std::istringstream a(all[0]), b(all[j]);
+    std::string la, lb;
+    while (true) {
+      const bool more_a = static_cast<bool>(std::getline(a, la));
+      const bool more_b = static_cast<bool>(std::getline(b, lb));
+      if (!more_a) la = "(nothing)";
+      if (!more_b) lb = "(nothing)";
+      if (la != lb || (!more_a && !more_b)) break;
+    }
+    throw std::invalid_argument("moe train: the ranks were not given the same run: rank 0 has `" +
+                                la + "` where rank " + std::to_string(j) + " has `" + lb + "`");
+  }
+}
+
 // The hooks of `moe train`. The constructor opens the run folder (a new run, or a resumed one
 // whose checkpoint is checked before anything is built or changed); train() runs the Trainer.
 class TrainingRun final : public TrainerHooks {
  public:
-  TrainingRun(const cli::RunConfig& config, const std::string& run_dir, bool resume);
+  TrainingRun(const cli::RunConfig& config, const std::string& run_dir, bool resume,
+              std::shared_ptr<dist::ProcessGroup> group);
   TrainSummary train(int64_t stop_at);
 
   StepLoss forward(int64_t step) override;
@@ -120,7 +147,7 @@ class TrainingRun final : public TrainerHooks {
   void on_log(int64_t step) override;
   void on_checkpoint(int64_t step) override;
   void on_eval(int64_t step, bool final) override;
-  bool stop_requested() override { return g_stop_signal != 0; }
+  bool stop_requested() override;
   void on_non_finite(const StepReport& report, NonFinite what) override;
 
  private:
@@ -140,6 +167,9 @@ class TrainingRun final : public TrainerHooks {
   const std::string run_dir_;
   const fs::path dir_, checkpoint_;
   const bool resume_;
+  // A run on several processes: the group, and whether this rank writes the run folder (rank 0).
+  const std::shared_ptr<dist::ProcessGroup> group_;
+  const bool writer_;
   std::unique_ptr<TaskData> data_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<torch::optim::Optimizer> opt_;
@@ -159,21 +189,32 @@ class TrainingRun final : public TrainerHooks {
   Metrics batch_metrics_;
   int64_t tokens_ = 0;
   double lr_ = 0;
+  int64_t last_step_ = 0;  // the last step trained, for error messages
 };
 
-TrainingRun::TrainingRun(const cli::RunConfig& config, const std::string& run_dir, bool resume)
+TrainingRun::TrainingRun(const cli::RunConfig& config, const std::string& run_dir, bool resume,
+                         std::shared_ptr<dist::ProcessGroup> group)
     : config_(config),
       c_(parse_train_config(config)),
       run_dir_(run_dir),
       dir_(run_dir),
       checkpoint_(dir_ / kCheckpointFile),
       resume_(resume),
+      group_(std::move(group)),
+      writer_(group_ == nullptr || group_->rank() == 0),
       log_(dir_ / metrics::kFileName) {
   for (const auto& k : c_.ignored_keys)
     spdlog::warn("config: {} is not used by task {} with this model; ignored", k,
                  to_string(c_.run.task));
   check_run_folder(checkpoint_, run_dir_, resume_);
-  fs::create_directories(dir_);
+  if (group_ != nullptr && c_.run.task == Task::kMultiTask && c_.model.gate_top_k > 0)
+    throw std::invalid_argument(
+        "moe train: model.gate_top_k = " + std::to_string(c_.model.gate_top_k) +
+        ": the sparse task gates' balance loss is not computed over the global batch on "
+        "several processes yet; train them in one process or use dense gates (gate_top_k = 0)");
+  // Every rank has looked at the folder before rank 0 changes it.
+  if (group_ != nullptr) group_->barrier();
+  if (writer_) fs::create_directories(dir_);
   // A resumed run's checkpoint is checked before anything is built (a changed model would fail
   // later with a shape error) and before anything in the run folder changes.
   io::TensorFile saved;
@@ -188,9 +229,17 @@ TrainingRun::TrainingRun(const cli::RunConfig& config, const std::string& run_di
   data_ = load_task_data(c_);
   spdlog::info("data: {}", data_->describe());
   model_ = build_model(c_, data_->vocab_size(), data_->input_dim());
+  if (group_ != nullptr) check_experts_divide(model_->module(), group_->size());
   opt_ = make_optimizer(c_.run, model_->module());
   open_run_folder(std::move(saved), point);
   begin_session();
+  if (group_ != nullptr) {
+    // Every rank built the whole model from the same seed (and loaded the same checkpoint); each
+    // keeps its experts, with their optimizer state.
+    distribute_experts(model_->module(), group_, opt_.get());
+    model_ = std::make_unique<ShardedModel>(std::move(model_), group_);
+    spdlog::info("{} processes: rank 0 of {} writes {}", group_->size(), group_->size(), run_dir_);
+  }
 }
 
 // A resumed run's state and records up to its checkpoint, or a new run's empty metrics.jsonl;
@@ -200,27 +249,30 @@ void TrainingRun::open_run_folder(io::TensorFile saved, const ResumePoint& point
     restore_checkpoint(model_->module(), *opt_, std::move(saved), checkpoint_.string());
     summary_.first_step = point.step;
     earlier_seconds_ = point.elapsed_s;
-    kept_ = log_.truncate_after(point.step);
-    remove_unfinished_writes(dir_);
+    kept_ = writer_ ? log_.truncate_after(point.step) : log_.records_up_to(point.step);
+    if (writer_) remove_unfinished_writes(dir_);
     spdlog::info("resuming {} from step {}", run_dir_, point.step);
     if (point.step == c_.run.steps)
       spdlog::warn(
           "the checkpoint is at step {} and run.steps = {}: nothing to train (raise it "
           "with --set run.steps=N)",
           point.step, c_.run.steps);
-  } else {
+  } else if (writer_) {
     std::ofstream(dir_ / metrics::kFileName, std::ios::trunc);
   }
-  io::write_file_atomically((dir_ / kConfigFile).string(), config_.to_toml(), "moe train");
+  if (writer_)
+    io::write_file_atomically((dir_ / kConfigFile).string(), config_.to_toml(), "moe train");
 }
 
 // The start record of the session and the TensorBoard file.
 void TrainingRun::begin_session() {
   const int64_t step = summary_.first_step;
   summary_.parameters = count_parameters(c_, *model_);  // after a resize-mode checkpoint is loaded
-  log_.append(start_record(c_, *model_, summary_.parameters, resume_, step));
-  events_ = std::make_unique<EventWriter>(dir_.string());
-  if (resume_) events_->session_start(step, unix_time());
+  if (writer_) {
+    log_.append(start_record(c_, *model_, summary_.parameters, resume_, step));
+    events_ = std::make_unique<EventWriter>(dir_.string());
+    if (resume_) events_->session_start(step, unix_time());
+  }
   spdlog::info("model: {} ({} parameters, {} active per token), {} steps of batch {}",
                model_->description(), summary_.parameters.total, summary_.parameters.active,
                c_.run.steps, c_.run.batch_size);
@@ -229,7 +281,11 @@ void TrainingRun::begin_session() {
 TrainSummary TrainingRun::train(int64_t stop_at) {
   t0_ = std::chrono::steady_clock::now();
   const int64_t end = stop_at > 0 ? std::min(stop_at, c_.run.steps) : c_.run.steps;
-  progress_ = std::make_unique<Progress>(end, summary_.first_step);
+  // Only rank 0 shows progress; the others write theirs nowhere.
+  static std::FILE* const nowhere = std::fopen("/dev/null", "w");
+  progress_ = writer_
+                  ? std::make_unique<Progress>(end, summary_.first_step)
+                  : std::make_unique<Progress>(end, summary_.first_step, nowhere, 0, 5.0, nowhere);
   if (resume_) resume_evaluations();
   StopSignals signals;
   TrainerOptions o;
@@ -241,8 +297,25 @@ TrainSummary TrainingRun::train(int64_t stop_at) {
   o.measure_grad_norm = true;
   o.check_finite = true;
   o.learning_rate = [this](int64_t step) { return learning_rate(c_.run, step); };
+  o.group = group_;
+  last_step_ = summary_.first_step;
   Trainer trainer(model_->module(), *opt_, std::move(o));
-  const int64_t step = trainer.run(*this, summary_.first_step, end);
+  int64_t step = 0;
+  try {
+    step = trainer.run(*this, summary_.first_step, end);
+  } catch (const std::exception& e) {
+    if (group_ == nullptr) throw;
+    // On several processes a failure of any rank ends the others at their next collective (c10d
+    // reports the lost connection): say which rank this is, where, and how to go on.
+    const auto* c10 = dynamic_cast<const c10::Error*>(&e);
+    throw std::runtime_error(
+        "moe train: rank " + std::to_string(group_->rank()) + " of " +
+        std::to_string(group_->size()) + " stopped after step " + std::to_string(last_step_) +
+        ": " + (c10 != nullptr ? c10->what_without_backtrace() : e.what()) +
+        " (when a rank fails or is killed, the others stop too; the last checkpoint is kept: "
+        "continue with `moe train --resume " +
+        run_dir_ + " --nproc N`)");
+  }
   summary_.interrupted = trainer.stopped();
   finish(step);
   return summary_;
@@ -282,6 +355,7 @@ void TrainingRun::on_non_finite(const StepReport& r, NonFinite what) {
 
 void TrainingRun::on_step_end(const StepReport& r) {
   lr_ = r.lr;
+  last_step_ = r.step;
   for (const auto& [name, u] : r.expert_updates)
     if (u.changed())
       progress_->note("step " + std::to_string(r.step) + ": " + name + ": experts " +
@@ -302,14 +376,29 @@ void TrainingRun::on_log(int64_t step) {
   restart_interval_clock_ = true;
 }
 
+bool TrainingRun::stop_requested() {
+  if (group_ == nullptr) return g_stop_signal != 0;
+  // A signal on any rank stops every rank after the same step.
+  auto any = torch::full({1}, g_stop_signal != 0 ? 1 : 0, torch::kLong);
+  group_->all_reduce_sum(any);
+  return any.item<int64_t>() > 0;
+}
+
 void TrainingRun::on_checkpoint(int64_t step) {
-  std::map<std::string, std::string> meta{{"step", std::to_string(step)},
-                                          {"elapsed_s", fixed(earlier_seconds_ + seconds(), 3)},
-                                          {"config", config_.to_toml()},
-                                          {"task", to_string(c_.run.task)}};
-  save_open_records(model_->module(), &meta);
-  log_.sync();
-  io::save_checkpoint(model_->module(), *opt_, checkpoint_.string(), meta);
+  // On several processes every rank gathers all experts (with their optimizer state), rank 0 saves
+  // the checkpoint of the whole model under the global names, and each rank keeps its experts
+  // again: any world size can load it.
+  if (group_ != nullptr) gather_experts(model_->module(), opt_.get());
+  if (writer_) {
+    std::map<std::string, std::string> meta{{"step", std::to_string(step)},
+                                            {"elapsed_s", fixed(earlier_seconds_ + seconds(), 3)},
+                                            {"config", config_.to_toml()},
+                                            {"task", to_string(c_.run.task)}};
+    save_open_records(model_->module(), &meta);
+    log_.sync();
+    io::save_checkpoint(model_->module(), *opt_, checkpoint_.string(), meta);
+  }
+  if (group_ != nullptr) distribute_experts(model_->module(), group_, opt_.get());
 }
 
 void TrainingRun::on_eval(int64_t step, bool final) {
@@ -338,6 +427,7 @@ void TrainingRun::log_final_eval(int64_t step) {
 }
 
 void TrainingRun::record(const json& rec) {
+  if (!writer_) return;
   log_.append(rec);
   events_->scalars(rec.at(key::kStep).get<int64_t>(), unix_time(), tensorboard_scalars(rec));
 }
@@ -347,7 +437,7 @@ void TrainingRun::finish(int64_t step) {
   summary_.last_step = step;
   summary_.seconds = seconds();
   summary_.load = interval_.run_load();
-  if (step == c_.run.steps && step > summary_.first_step)
+  if (step == c_.run.steps && step > summary_.first_step && writer_)
     log_.append(metrics::EndRecord{step, earlier_seconds_ + summary_.seconds});
   else if (step < c_.run.steps)
     spdlog::info("{} at step {} of {} with a checkpoint; continue with: moe train --resume {}",
@@ -357,8 +447,9 @@ void TrainingRun::finish(int64_t step) {
 }  // namespace
 
 TrainSummary run_training(const cli::RunConfig& config, const std::string& run_dir, bool resume,
-                          int64_t stop_at) {
-  TrainingRun run(config, run_dir, resume);
+                          int64_t stop_at, std::shared_ptr<dist::ProcessGroup> group) {
+  if (group != nullptr) check_ranks_agree(group, config, run_dir, resume, stop_at);
+  TrainingRun run(config, run_dir, resume, std::move(group));
   return run.train(stop_at);
 }
 

@@ -12,9 +12,11 @@
 // bit for bit (same build, same thread count).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "moe/distributed.h"
 #include "train/tasks.h"
 
 namespace moe::cli {
@@ -47,8 +49,17 @@ struct TrainSummary {
 /// current step, write a checkpoint and return (`interrupted`). A resumed run may change only the
 /// keys that do not change the model or its training (logging, evaluation, checkpoints, data
 /// location, run.steps); other differences from the checkpoint's configuration are errors.
+///
+/// `group` (docs/distributed.md): this process is one rank of a run on several processes. The
+/// ranks first check that they run the same configuration; every rank draws the same batches and
+/// computes its share of each (tools/train/sharded_model.h) with the experts spread over the ranks;
+/// rank 0 alone writes the run folder (the other ranks read a resumed run's checkpoint from it). A
+/// stop signal on any rank stops all of them after the same step, with a checkpoint. Checkpoints
+/// hold every expert under its global name: a run resumes, or is evaluated, at any world size whose
+/// processes can share its experts, one process included.
 TrainSummary run_training(const moe::cli::RunConfig& config, const std::string& run_dir,
-                          bool resume, int64_t stop_at = 0);
+                          bool resume, int64_t stop_at = 0,
+                          std::shared_ptr<dist::ProcessGroup> group = nullptr);
 
 /// Evaluates the checkpoint of `run_dir` on `split` ("valid" or "test"), whole split.
 Metrics run_evaluation(const std::string& run_dir, const std::string& split);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "moe/nn/data_parallel.h"
 #include "moe/nn/top_any_moe.h"
 
 namespace moe::train {
@@ -63,9 +64,15 @@ void Trainer::backward(TrainerHooks& hooks, const StepLoss& loss, StepReport* re
   const auto total = loss.aux.defined() ? loss.task + loss.aux : loss.task;
   optimizer_.zero_grad();
   total.backward();
-  if (options_.grad_clip <= 0 && !options_.measure_grad_norm) return;
-  report->grad_norm = torch::nn::utils::clip_grad_norm_(
-      module_.parameters(), options_.grad_clip > 0 ? options_.grad_clip : INFINITY);
+  if (options_.group != nullptr) {
+    nn::synchronize_gradients(options_.group, module_);
+    // Every rank measures (the norm is a collective), so that all clip alike.
+    report->grad_norm = nn::clip_gradient_norm(options_.group, module_, options_.grad_clip);
+  } else {
+    if (options_.grad_clip <= 0 && !options_.measure_grad_norm) return;
+    report->grad_norm = torch::nn::utils::clip_grad_norm_(
+        module_.parameters(), options_.grad_clip > 0 ? options_.grad_clip : INFINITY);
+  }
   if (options_.check_finite && !std::isfinite(report->grad_norm))
     non_finite(hooks, *report, NonFinite::kGradNorm);
 }

@@ -7,8 +7,9 @@
 //   learning rate      TrainerOptions::learning_rate(step), set on every parameter group
 //   batch + forward    TrainerHooks::forward: the program's data, model and loss
 //   finite check       optional: a non-finite loss stops before backward (on_non_finite)
-//   backward + clip    zero_grad, backward of task + aux; the global gradient norm, clipped at
-//                      grad_clip; a non-finite norm stops before the optimizer writes it
+//   backward + clip    zero_grad, backward of task + aux; on several processes the gradients
+//                      averaged over the ranks; the global gradient norm, clipped at grad_clip;
+//                      a non-finite norm stops before the optimizer writes it
 //   optimizer step
 //   expert updates     the pending updates of the DynMoE layers (moe::nn::apply_expert_updates,
 //                      docs/dynmoe.md), reported by layer name
@@ -26,10 +27,12 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "moe/distributed.h"
 #include "moe/nn/dynamic_experts.h"
 
 namespace moe::nn {
@@ -73,6 +76,10 @@ struct TrainerOptions {
   bool check_finite = false;
   /// The learning rate of each step; empty: the optimizer's own, unchanged.
   std::function<double(int64_t step)> learning_rate;
+  /// Training on several processes (tools/train/sharded_model.h): after backward the gradients
+  /// are averaged over the group (moe::nn::synchronize_gradients) and the gradient norm is the
+  /// norm over all ranks.
+  std::shared_ptr<dist::ProcessGroup> group;
 };
 
 /// What was not finite: the loss (before backward) or the gradient norm (before the update).
