@@ -22,6 +22,10 @@ namespace moe::dist {
 /// Debian: libgloo-dev). Without it every function here throws.
 bool available();
 
+/// A TCP port of 127.0.0.1 that nothing listens on now, for rank 0's store of processes started
+/// on this machine (a moment later, something else may take it: the rendezvous then fails clearly).
+int free_loopback_port();
+
 /// One c10d process group of `size` ranks. Every collective must be called by every rank in the
 /// same order; a rank that fails or dies makes the others fail within the group's timeout.
 class ProcessGroup {
@@ -107,9 +111,21 @@ std::unique_ptr<BatchShards> batch_shards(const std::shared_ptr<ProcessGroup>& g
 /// its own tokens: y [T, out]. Dropless, no padding. Gradients flow to x, gate and the local
 /// weights; a local expert's weight gradient sums the pairs of every rank, as the single-process
 /// layer on the concatenated batch. Every rank must call it, with zero tokens too.
+/// Where one forward of expert_parallel_mlp spent its time on this rank (wall seconds, CPU), and
+/// the pair rows it exchanged with other ranks (not counting its own): for benchmarks and
+/// profiling. The backward repeats both exchanges with gradient rows of the same sizes.
+struct ExpertParallelProfile {
+  double counts_s = 0;        ///< the all-to-all of the per-expert counts
+  double dispatch_s = 0;      ///< the pair rows to the experts' ranks
+  double experts_s = 0;       ///< this rank's experts on the rows that arrived
+  double return_s = 0;        ///< the outputs back to the tokens' ranks
+  double combine_s = 0;       ///< the plan, gathering the rows and the weighted sum
+  int64_t rows_sent = 0;      ///< pair rows sent to other ranks
+  int64_t rows_received = 0;  ///< pair rows received from other ranks
+};
 at::Tensor expert_parallel_mlp(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& x,
                                const at::Tensor& expert_index, const at::Tensor& gate,
                                int64_t num_experts, const functional::ExpertWeights& local,
-                               Activation activation);
+                               Activation activation, ExpertParallelProfile* profile = nullptr);
 
 }  // namespace moe::dist

@@ -10,6 +10,8 @@
 // Autograd runs each step backward: the all-to-alls reverse themselves (collectives.cpp).
 #include <ATen/ATen.h>
 
+#include <chrono>
+
 #include "moe/distributed.h"
 #include "moe/plan.h"
 
@@ -18,7 +20,16 @@ namespace moe::dist {
 at::Tensor expert_parallel_mlp(const std::shared_ptr<ProcessGroup>& group, const at::Tensor& x,
                                const at::Tensor& expert_index, const at::Tensor& gate,
                                int64_t num_experts, const functional::ExpertWeights& local,
-                               Activation activation) {
+                               Activation activation, ExpertParallelProfile* profile) {
+  using clock = std::chrono::steady_clock;
+  auto t = clock::now();
+  // Adds the time since the previous mark to `field` (when profiling).
+  const auto mark = [&](double ExpertParallelProfile::*field) {
+    if (profile == nullptr) return;
+    const auto now = clock::now();
+    profile->*field += std::chrono::duration<double>(now - t).count();
+    t = now;
+  };
   const char* who = "expert_parallel_mlp";
   TORCH_CHECK_VALUE(group != nullptr, who, ": no process group");
   const int W = group->size(), r = group->rank();
@@ -35,6 +46,7 @@ at::Tensor expert_parallel_mlp(const std::shared_ptr<ProcessGroup>& group, const
                     expert_index.sizes(), ", ", gate.sizes());
 
   const RoutingPlan plan = build_routing_plan(expert_index, E);
+  mark(&ExpertParallelProfile::combine_s);
   const auto offsets = plan.expert_offsets.accessor<int64_t, 1>();
   std::vector<int64_t> send_rows(W), recv_rows(W);
   for (int j = 0; j < W; ++j) send_rows[j] = offsets[(j + 1) * El] - offsets[j * El];
@@ -55,23 +67,37 @@ at::Tensor expert_parallel_mlp(const std::shared_ptr<ProcessGroup>& group, const
     }
     recv_rows[j] = rows;
   }
+  mark(&ExpertParallelProfile::counts_s);
+  if (profile != nullptr) {
+    for (int j = 0; j < W; ++j) {
+      if (j == r) continue;
+      profile->rows_sent += send_rows[j];
+      profile->rows_received += recv_rows[j];
+    }
+  }
 
   // There and back again.
   const auto pair_rows = x.index_select(0, plan.token_index);
+  mark(&ExpertParallelProfile::combine_s);
   const auto arrived = all_to_all_rows(group, pair_rows, send_rows, recv_rows);
+  mark(&ExpertParallelProfile::dispatch_s);
   const int64_t R = static_cast<int64_t>(local_expert.size());
   const auto local_plan = build_routing_plan(at::tensor(local_expert, at::kLong).view({R, 1}), El);
   const auto ones = at::ones({R}, x.options().requires_grad(false));
   const auto out = functional::expert_mlp(arrived, local_plan, ones, local, activation);
+  mark(&ExpertParallelProfile::experts_s);
   const auto returned = all_to_all_rows(group, out, recv_rows, send_rows);  // [P, out], plan order
+  mark(&ExpertParallelProfile::return_s);
 
   // bfloat16 outputs are combined in float32 and rounded once, as the single-process engine does.
   const auto type = returned.scalar_type();
   const auto acc_type = type == at::kBFloat16 ? at::kFloat : type;
   const auto w = pair_weights(plan, gate).to(acc_type);
-  return at::zeros({x.size(0), returned.size(1)}, returned.options().dtype(acc_type))
-      .index_add(0, plan.token_index, returned.to(acc_type) * w.unsqueeze(1))
-      .to(type);
+  auto y = at::zeros({x.size(0), returned.size(1)}, returned.options().dtype(acc_type))
+               .index_add(0, plan.token_index, returned.to(acc_type) * w.unsqueeze(1))
+               .to(type);
+  mark(&ExpertParallelProfile::combine_s);
+  return y;
 }
 
 }  // namespace moe::dist

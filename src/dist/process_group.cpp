@@ -1,5 +1,9 @@
 // moe::dist::ProcessGroup over LibTorch's c10d Gloo backend (include/moe/distributed.h).
+#include <arpa/inet.h>
 #include <c10/util/Exception.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -138,9 +142,12 @@ at::Tensor ProcessGroup::all_to_all(const at::Tensor& input, const std::vector<i
   sizes[0] = received;
   auto out = at::empty(sizes, in.options());
   auto s = send_rows, r = recv_rows;
-  // Gloo (LibTorch 1.13) moves no bfloat16 or bool: their bytes travel as int16 and uint8.
+  // Gloo (LibTorch 1.13) moves no bfloat16, int16 or bool: their bytes travel as float16 (a copy,
+  // never read as numbers) and uint8.
   const auto type = in.scalar_type();
-  const auto wire = type == at::kBFloat16 ? at::kShort : type == at::kBool ? at::kByte : type;
+  const auto wire = type == at::kBFloat16 || type == at::kShort ? at::kHalf
+                    : type == at::kBool                         ? at::kByte
+                                                                : type;
   auto out_wire = out.view(wire);
   auto in_wire = in.view(wire);
   impl_->pg->alltoall_base(out_wire, in_wire, r, s)->wait();
@@ -194,6 +201,21 @@ std::vector<int64_t> ProcessGroup::exchange_counts(const std::vector<int64_t>&) 
 void ProcessGroup::barrier() { missing("ProcessGroup::barrier"); }
 
 #endif
+
+int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  TORCH_CHECK(fd >= 0, "free_loopback_port: cannot open a socket");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+  ::close(fd);
+  TORCH_CHECK(ok, "free_loopback_port: cannot bind a port of 127.0.0.1");
+  return ntohs(a.sin_port);
+}
 
 namespace {
 

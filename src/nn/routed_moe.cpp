@@ -83,18 +83,23 @@ void RoutedMoEImpl::add_component(std::shared_ptr<LayerComponent> component) {
   components_.push_back(std::move(component));
 }
 
-MoEOutput RoutedMoEImpl::forward(const torch::Tensor& x) {
-  const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, options.name().c_str());
-  if (expert_group_ != nullptr) return forward_expert_parallel(x, xf);
+RoutingResult RoutedMoEImpl::route(const torch::Tensor& tokens, const BatchShards& batch) {
   for (auto& c : components_) c->before_routing(*this);
   RoutingResult r;
   try {
-    r = router_->route(xf);
+    r = router_->route(tokens, batch);
   } catch (...) {
     for (auto& c : components_) c->routing_failed(*this);
     throw;
   }
-  for (auto& c : components_) c->after_routing(*this, xf, r);
+  for (auto& c : components_) c->after_routing(*this, tokens, r);
+  return r;
+}
+
+MoEOutput RoutedMoEImpl::forward(const torch::Tensor& x) {
+  const auto xf = detail::tokens_2d(x, options.d_model(), experts->w1, options.name().c_str());
+  if (expert_group_ != nullptr) return forward_expert_parallel(x, xf);
+  const RoutingResult r = route(xf, BatchShards(xf.size(0)));
 
   const RoutingPlan plan = build_routing_plan(r.expert_index, experts->options.num_experts());
   const auto w = pair_weights(plan, r.gate).to(xf.scalar_type());
@@ -178,15 +183,7 @@ void RoutedMoEImpl::gather_experts(torch::optim::Optimizer* optimizer) {
 MoEOutput RoutedMoEImpl::forward_expert_parallel(const torch::Tensor& x, const torch::Tensor& xf) {
   const auto& group = expert_group_;
   const auto batch = dist::batch_shards(group, xf.size(0));
-  for (auto& c : components_) c->before_routing(*this);
-  RoutingResult r;
-  try {
-    r = router_->route(xf, *batch);
-  } catch (...) {
-    for (auto& c : components_) c->routing_failed(*this);
-    throw;
-  }
-  for (auto& c : components_) c->after_routing(*this, xf, r);
+  const RoutingResult r = route(xf, *batch);
 
   const int64_t E = router_->num_experts();
   MoEOutput out;

@@ -2,11 +2,8 @@
 // one-process run's, checkpoints load at any world size, and the failure cases (a rank killed, a
 // stop signal on one rank, ranks given different runs, a rank that never comes) end every rank
 // with a clear error or a checkpoint, never a hang.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -264,18 +261,6 @@ TEST(TrainDistributed, SigintOnOneRankStopsAllWithACheckpoint) {
       << r.output;
 }
 
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // Starts `moe ARGS` as rank `rank` of `world` with the launcher environment.
 pid_t start_rank(int rank, int world, int port, std::vector<std::string> args,
                  const std::string& log) {
@@ -301,7 +286,7 @@ pid_t start_rank(int rank, int world, int port, std::vector<std::string> args,
 TEST(TrainDistributed, RanksGivenDifferentRunsFailNamingTheDifference) {
   if (!gloo()) GTEST_SKIP() << "built without Gloo (Debian: libgloo-dev)";
   Corpus c;
-  const int port = free_port();
+  const int port = moe::dist::free_loopback_port();
   const auto run = c.run("run");
   std::vector<pid_t> pids;
   for (int rank = 0; rank < 2; ++rank)
@@ -329,7 +314,7 @@ TEST(TrainDistributed, ARankThatNeverComesFailsWithinTheTimeout) {
   const auto log = c.run("rank0.log").string();
   const auto t0 = std::chrono::steady_clock::now();
   const pid_t pid =
-      start_rank(0, 2, free_port(),
+      start_rank(0, 2, moe::dist::free_loopback_port(),
                  {"train", c.config, "--out", c.run("run").string(), "--dist-timeout", "2"}, log);
   const int status = wait_for(pid, 60);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

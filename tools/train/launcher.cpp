@@ -1,10 +1,7 @@
 // `moe train ... --nproc N` (tools/train/launcher.h).
 #include "train/launcher.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,27 +13,13 @@
 #include <stdexcept>
 #include <thread>
 
+#include "moe/distributed.h"
+
 namespace moe::train {
 namespace {
 
 volatile sig_atomic_t g_forward_signal = 0;
 extern "C" void remember_signal(int sig) { g_forward_signal = sig; }
-
-// A TCP port of 127.0.0.1 that nothing listens on now (rank 0's store binds it a moment later).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error("moe train --nproc: cannot open a socket to find a port");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
-  ::close(fd);
-  if (!ok) throw std::runtime_error("moe train --nproc: cannot find a free port on 127.0.0.1");
-  return ntohs(a.sin_port);
-}
 
 int exit_status(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -48,7 +31,7 @@ int exit_status(int status) {
 
 int launch_ranks(int nproc, const std::vector<std::string>& args, double grace_seconds) {
   if (nproc < 1) throw std::invalid_argument("moe train: --nproc must be >= 1");
-  const std::string port = std::to_string(free_port());
+  const std::string port = std::to_string(dist::free_loopback_port());
   const bool threads_set = std::getenv("MOE_NUM_THREADS") != nullptr ||
                            std::find(args.begin(), args.end(), "--threads") != args.end();
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());

@@ -141,6 +141,8 @@ class RoutedMoEImpl : public torch::nn::Module {
 
  private:
   [[noreturn]] void throw_router_type_error() const;
+  /// The router on `tokens`, with the components around it.
+  RoutingResult route(const torch::Tensor& tokens, const BatchShards& batch);
   MoEOutput forward_expert_parallel(const torch::Tensor& x, const torch::Tensor& tokens);
   /// What every rank must agree on before the experts are spread, as "key=value" words.
   std::string signature() const;
