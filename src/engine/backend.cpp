@@ -3,11 +3,13 @@
 
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/portable/portable_backend.h"
 
 namespace moe::engine {
 namespace {
@@ -20,23 +22,29 @@ void builtin_backends(std::map<c10::DeviceType, std::shared_ptr<const ExpertBack
 struct Registry {
   std::mutex mutex;
   std::map<c10::DeviceType, std::shared_ptr<const ExpertBackend>> backends;
+  // Every device type without a backend of its own; the CPU's too under
+  // MOE_ENGINE_BACKEND=portable.
+  std::shared_ptr<const ExpertBackend> portable = portable::make_portable_backend();
+  bool portable_everywhere = false;
 };
+
+// MOE_ENGINE_BACKEND: unset or "native" (each device's own backend), or "portable".
+bool portable_from_env() {
+  const char* v = std::getenv("MOE_ENGINE_BACKEND");
+  if (v == nullptr || *v == '\0' || std::string(v) == "native") return false;
+  TORCH_CHECK_VALUE(std::string(v) == "portable",
+                    "MOE_ENGINE_BACKEND must be native or portable, got '", v, "'");
+  return true;
+}
 
 Registry& registry() {
   static Registry* r = [] {
     auto* reg = new Registry;  // never destroyed: backends may be looked up during exit
     builtin_backends(reg->backends);
+    reg->portable_everywhere = portable_from_env();
     return reg;
   }();
   return *r;
-}
-
-// "cpu, cuda": the device types with a backend (the caller holds the mutex).
-std::string names(const Registry& r) {
-  std::string s;
-  for (const auto& entry : r.backends)
-    s += (s.empty() ? "" : ", ") + c10::DeviceTypeName(entry.first, /*lower_case=*/true);
-  return s.empty() ? "none" : s;
 }
 
 }  // namespace
@@ -51,11 +59,9 @@ void register_backend(c10::DeviceType type, std::shared_ptr<const ExpertBackend>
 std::shared_ptr<const ExpertBackend> backend_for(const c10::Device& device) {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
+  if (r.portable_everywhere) return r.portable;
   const auto it = r.backends.find(device.type());
-  TORCH_CHECK_NOT_IMPLEMENTED(it != r.backends.end(),
-                              "expert_mlp: no engine backend for tensors on ", device,
-                              "; backends exist for: ", names(r));
-  return it->second;
+  return it != r.backends.end() ? it->second : r.portable;
 }
 
 std::vector<c10::DeviceType> registered_backends() {

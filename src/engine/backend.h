@@ -7,7 +7,9 @@
 // computation. The CPU backend lives in src/engine/cpu/ (cpu_backend.cpp drives the plan,
 // expert_ffn_cpu.cpp holds the kernels as forward/backward pairs).
 //
-// Adding a backend (say CUDA): new files that implement ExpertBackend, plus one registration,
+// Devices without a backend of their own run the portable backend (ATen operations only,
+// src/engine/portable/). Adding a faster one (say CUDA): new files that implement ExpertBackend,
+// plus one registration,
 // either a line in builtin_backends() (src/engine/backend.cpp) or a call to register_backend()
 // from the backend's own code. Neither the autograd function nor the layers change.
 #pragma once
@@ -89,8 +91,10 @@ class ExpertBackend {
 /// Registers (or replaces) the backend for tensors of `type`. Thread-safe.
 void register_backend(c10::DeviceType type, std::shared_ptr<const ExpertBackend> backend);
 
-/// The backend for tensors on `device`. Throws c10::NotImplementedError naming the device and the
-/// device types that have a backend when there is none.
+/// The backend for tensors on `device`: the one registered for its type, else the portable backend
+/// (src/engine/portable/portable_backend.h), which runs on every device.
+/// MOE_ENGINE_BACKEND=portable (read once) gives every device the portable backend, the CPU
+/// included.
 std::shared_ptr<const ExpertBackend> backend_for(const c10::Device& device);
 
 /// The device types that have a backend, in DeviceType order.

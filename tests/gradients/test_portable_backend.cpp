@@ -1,0 +1,134 @@
+// The portable backend (src/engine/portable/: ATen operations only, the backend of every device
+// without its own) against the CPU backend on the same problems: y and every gradient, for every
+// activation, float64/float32/bfloat16, with and without biases, one- and two-layer experts, the
+// hidden layer kept or recomputed, empty experts and unused slots, dL/dx and dL/dw skipped. The CPU
+// backend is itself checked against dense float64 references and finite differences
+// (test_gradients.cpp, test_engine_widths.cpp), and the `portable.` copies of those tests run them
+// on this backend (tests/CMakeLists.txt).
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/portable/portable_backend.h"
+#include "moe/plan.h"
+#include "support/test_util.h"
+
+namespace {
+
+using moe::Activation;
+namespace engine = moe::engine;
+
+struct Case {
+  Activation act;
+  at::ScalarType dtype;
+  bool two_layers, bias, keep_hidden;
+  int64_t T, E;
+};
+
+std::string name(const Case& c) {
+  return std::string(moe::to_string(c.act)) + " " + c10::toString(c.dtype) +
+         (c.two_layers ? " two layers" : " one layer") + (c.bias ? " bias" : "") +
+         (c.keep_hidden ? " kept" : " recomputed") + " T=" + std::to_string(c.T) +
+         " E=" + std::to_string(c.E);
+}
+
+struct Problem {
+  engine::ExpertProblem p;
+  at::Tensor dy;
+};
+
+Problem make(const Case& c) {
+  torch::manual_seed(3);
+  constexpr int64_t d = 6, h = 5, out = 4, K = 2;
+  auto index = torch::randint(-1, c.E, {c.T, K}, torch::kLong);
+  if (c.E > 2) index.masked_fill_(index == 1, 0);  // expert 1 gets nothing
+  const auto plan = moe::build_routing_plan(index, c.E);
+  const auto o = at::TensorOptions(c.dtype);
+  Problem r;
+  auto& p = r.p;
+  p.x = at::randn({c.T, d}, o);
+  p.pair_weight = at::rand({plan.num_pairs()}, o);
+  p.w1 = at::randn({c.E, d, h}, o) * 0.5;
+  if (moe::is_gated(c.act)) p.w3 = at::randn({c.E, d, h}, o) * 0.5;
+  if (c.bias) p.b1 = at::randn({c.E, h}, o);
+  if (c.two_layers) {
+    p.w2 = at::randn({c.E, h, out}, o) * 0.5;
+    if (c.bias) p.b2 = at::randn({c.E, out}, o);
+  }
+  p.expert_offsets = plan.expert_offsets;
+  p.token_index = plan.token_index;
+  p.act = c.act;
+  r.dy = at::randn({c.T, c.two_layers ? out : h}, o);
+  return r;
+}
+
+void expect_same(const at::Tensor& a, const at::Tensor& b, double tol, const char* what) {
+  ASSERT_EQ(a.defined(), b.defined()) << what;
+  if (!a.defined()) return;
+  EXPECT_EQ(a.scalar_type(), b.scalar_type()) << what;
+  // Absolute error relative to the largest value: a gradient sums many rows.
+  const double scale = std::max(1.0, b.abs().max().item<double>());
+  EXPECT_CLOSE(a, b, tol, tol * scale) << what;
+}
+
+TEST(PortableBackend, EqualsTheCpuBackend) {
+  const auto cpu = engine::cpu::make_cpu_backend();
+  const auto portable = engine::portable::make_portable_backend();
+  int cases = 0;
+  for (const auto act : {Activation::kReLU, Activation::kGELU, Activation::kSiLU,
+                         Activation::kSwiGLU, Activation::kGEGLU})
+    for (const auto dtype : {at::kDouble, at::kFloat, at::kBFloat16})
+      for (const bool two_layers : {true, false})
+        for (const bool bias : {false, true})
+          for (const bool keep : {true, false})
+            for (const auto& [T, E] : std::vector<std::pair<int64_t, int64_t>>{{24, 6}, {300, 2}}) {
+              const Case c{act, dtype, two_layers, bias, keep, T, E};
+              SCOPED_TRACE(name(c));
+              const auto pr = make(c);
+              // bf16: both round each result once from float32 sums; the sums' order differs.
+              const double tol = dtype == at::kDouble ? 1e-12 : dtype == at::kFloat ? 1e-5 : 2e-2;
+              const auto a = cpu->forward(pr.p, keep), b = portable->forward(pr.p, keep);
+              expect_same(a.y, b.y, tol, "y");
+              for (const bool want_x : {true, false}) {
+                engine::WantedGradients want;
+                want.x = want_x;
+                want.pair_weight = !want_x;
+                const auto ga = cpu->backward(pr.p, a.hidden, pr.dy, want);
+                const auto gb = portable->backward(pr.p, b.hidden, pr.dy, want);
+                expect_same(ga.x, gb.x, tol, "dx");
+                expect_same(ga.pair_weight, gb.pair_weight, tol, "dpair_weight");
+                expect_same(ga.w1, gb.w1, tol, "dw1");
+                expect_same(ga.w2, gb.w2, tol, "dw2");
+                expect_same(ga.w3, gb.w3, tol, "dw3");
+                expect_same(ga.b1, gb.b1, tol, "db1");
+                expect_same(ga.b2, gb.b2, tol, "db2");
+                if (E > 2) {  // expert 1 has no pairs
+                  EXPECT_EQ(gb.w1[1].abs().sum().item<double>(), 0);
+                }
+              }
+              ++cases;
+            }
+  EXPECT_EQ(cases, 5 * 3 * 2 * 2 * 2 * 2);
+}
+
+TEST(PortableBackend, EveryDeviceWithoutItsOwnBackendGetsIt) {
+  // The CPU has its own; a device type without one (here the meta device, where nothing runs)
+  // gets the portable backend instead of an error.
+  const auto cpu = engine::backend_for(c10::Device(c10::kCPU));
+  const auto meta = engine::backend_for(c10::Device(c10::kMeta));
+  ASSERT_NE(meta, nullptr);
+  const char* forced = std::getenv("MOE_ENGINE_BACKEND");
+  if (forced != nullptr && std::string(forced) == "portable") {
+    EXPECT_EQ(cpu, meta);  // MOE_ENGINE_BACKEND=portable: the CPU runs it too
+  } else {
+    EXPECT_NE(cpu, meta);
+  }
+}
+
+}  // namespace
