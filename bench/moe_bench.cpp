@@ -230,7 +230,7 @@ std::map<std::string, double> lib_phases(const Workload& w, bool backward, int r
     const auto pw = pair_weights(plan, w.gate).to(w.dtype);
     plan_t.push_back(seconds_since(t0));
 
-    const int64_t P = plan.num_pairs();
+    const int64_t P = plan.num_rows();
     const int64_t* off = plan.expert_offsets.data_ptr<int64_t>();
     int64_t most = 0;
     for (int64_t e = 0; e < s.E; ++e) most = std::max(most, off[e + 1] - off[e]);

@@ -85,11 +85,12 @@ int64_t expert_capacity(int64_t num_tokens, int64_t k, int64_t num_experts, doub
 
 /// Drops assignments beyond `capacity` per expert with first-choice priority: all slot-0 choices
 /// are placed first (in token order), then slot 1, and so on. Returns the new index table (-1 where
-/// dropped) and the number of dropped assignments. Deterministic.
+/// dropped) and the number of dropped assignments (a 0-dim int64 tensor on the table's device, so
+/// that nothing is read back on a GPU). Deterministic.
 /// `fill_before` [K, E] int64 (optional): the pairs already placed at expert e before slot s of
 /// this table begins (a shard of a batch split over processes; docs/distributed.md).
-std::tuple<torch::Tensor, int64_t> apply_capacity(const torch::Tensor& expert_index,
-                                                  int64_t num_experts, int64_t capacity,
-                                                  const torch::Tensor& fill_before = {});
+std::tuple<torch::Tensor, torch::Tensor> apply_capacity(const torch::Tensor& expert_index,
+                                                        int64_t num_experts, int64_t capacity,
+                                                        const torch::Tensor& fill_before = {});
 
 }  // namespace moe

@@ -109,8 +109,8 @@ torch::Tensor expert_mlp(const torch::Tensor& x, const RoutingPlan& plan,
     TORCH_CHECK(w.b2.sizes() == at::IntArrayRef({E, out}), "expert_mlp: b2 must be [", E, ", ", out,
                 "], got ", w.b2.sizes());
   }
-  TORCH_CHECK(pair_weight.dim() == 1 && pair_weight.size(0) == plan.num_pairs(),
-              "expert_mlp: pair_weight must be [P=", plan.num_pairs(), "], got ",
+  TORCH_CHECK(pair_weight.dim() == 1 && pair_weight.size(0) == plan.num_rows(),
+              "expert_mlp: pair_weight must be [rows=", plan.num_rows(), "], got ",
               pair_weight.sizes());
   const auto dt = x.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16,

@@ -1,7 +1,9 @@
-// Autograd wrapper of the fused softmax top-k router kernel (kernels/cpu/router.cpp).
+// Autograd wrapper of the fused softmax top-k router kernel (kernels/cpu/router.cpp); ATen
+// operations on the portable path.
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "engine/backend.h"
 #include "kernels/cpu/kernels.h"
 #include "moe/gating.h"
 
@@ -62,8 +64,13 @@ std::tuple<torch::Tensor, torch::Tensor> fused_softmax_top_k(const torch::Tensor
   TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
                    "fused_softmax_top_k: expected float32 or float64 logits, got ",
                    logits.scalar_type());
-  TORCH_CHECK(logits.device().is_cpu(), "fused_softmax_top_k: only the CPU backend is built, got ",
-              logits.device());
+  if (engine::portable_path(logits.device())) {
+    // ATen's softmax and a stable sort, differentiated by autograd; the same gate as the kernel.
+    auto [idx, top] = topk_lowest_index(logits, k);
+    const auto gate = normalize ? at::softmax(top, -1)
+                                : at::exp(top - at::logsumexp(logits, -1, /*keepdim=*/true));
+    return {idx, gate};
+  }
   auto out = TopKSoftmaxFunction::apply(logits, k, normalize);
   return {out[1], out[0]};
 }

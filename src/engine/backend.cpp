@@ -64,6 +64,10 @@ std::shared_ptr<const ExpertBackend> backend_for(const c10::Device& device) {
   return it != r.backends.end() ? it->second : r.portable;
 }
 
+bool portable_path(const c10::Device& device) {
+  return !device.is_cpu() || registry().portable_everywhere;
+}
+
 std::vector<c10::DeviceType> registered_backends() {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);

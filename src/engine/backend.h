@@ -32,16 +32,19 @@ namespace moe::engine {
 /// it is w2's last dimension `out`, which may differ from d.
 struct ExpertProblem {
   at::Tensor x;               ///< [T, d]
-  at::Tensor pair_weight;     ///< [P], in plan order
+  at::Tensor pair_weight;     ///< [rows], in plan order
   at::Tensor w1;              ///< [E, d, h]
   at::Tensor w2;              ///< [E, h, out] or undefined (one-layer experts: out = h)
   at::Tensor w3;              ///< [E, d, h] or undefined
   at::Tensor b1;              ///< [E, h] or undefined
   at::Tensor b2;              ///< [E, out] or undefined (always without w2)
   at::Tensor expert_offsets;  ///< [E+1]: the pairs of expert e are [offsets[e], offsets[e+1])
-  at::Tensor token_index;     ///< [P]: the token of each pair
+  at::Tensor token_index;     ///< [rows]: the token of each pair
   Activation act = Activation::kReLU;
 };
+// A padded plan (include/moe/plan.h) gives token_index and pair_weight more rows than the
+// P = expert_offsets[E] pairs: a backend computes the pairs only and returns a zero pair_weight
+// gradient for the padding rows.
 
 /// What forward keeps of its hidden layer for backward, in x's dtype ([P, h] each), or undefined
 /// (backward then recomputes it). Its contents are the backend's own business: backward gets back
@@ -96,6 +99,12 @@ void register_backend(c10::DeviceType type, std::shared_ptr<const ExpertBackend>
 /// MOE_ENGINE_BACKEND=portable (read once) gives every device the portable backend, the CPU
 /// included.
 std::shared_ptr<const ExpertBackend> backend_for(const c10::Device& device);
+
+/// Whether the layers take their portable path for tensors on `device`: every device but the CPU,
+/// and the CPU too under MOE_ENGINE_BACKEND=portable. On the portable path, routing and the plan
+/// use ATen operations only and read nothing back from the device (docs/gpu.md); on the CPU's own
+/// path they use the host kernels of src/kernels/cpu/.
+bool portable_path(const c10::Device& device);
 
 /// The device types that have a backend, in DeviceType order.
 std::vector<c10::DeviceType> registered_backends();

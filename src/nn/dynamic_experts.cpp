@@ -6,6 +6,7 @@
 
 #include <utility>
 
+#include "engine/backend.h"
 #include "nn/optimizer_state.h"
 
 namespace moe::nn {
@@ -62,7 +63,8 @@ DynamicExpertSet::DynamicExpertSet(RoutedMoEImpl& layer, TopAnyRouterImpl& route
     }
   }
   // The schedule's position is a buffer, so that checkpoints resume the schedule.
-  forward_count_ = layer.register_buffer("forward_count", torch::zeros({1}, torch::kLong));
+  forward_count_.attach(layer.register_buffer("forward_count", torch::zeros({1}, torch::kLong)));
+  forward_count_.set(0);
 }
 
 void DynamicExpertSet::reset_parameters() {
@@ -78,7 +80,7 @@ void DynamicExpertSet::reset_parameters() {
   records_ = RoutingRecords();
   pending_records_ = RoutingRecords();
   recording_ = pending_ = false;
-  forward_count_.zero_();
+  forward_count_.set(0);
 }
 
 void DynamicExpertSet::before_routing(RoutedMoEImpl& layer) {
@@ -94,7 +96,7 @@ void DynamicExpertSet::before_routing(RoutedMoEImpl& layer) {
   if (!training_) return;
   const auto& schedule = options_.schedule();
   const int64_t count = forward_count() + 1;
-  forward_count_.fill_(count);
+  forward_count_.set(count);
   if (schedule.begins_before(count) &&
       !(recording_ && schedule.kind() == ExpertSchedule::Kind::kEveryStep))
     begin_recording();
@@ -142,7 +144,15 @@ void DynamicExpertSet::after_routing(RoutedMoEImpl& layer, const torch::Tensor& 
   // of tokens that activated none (§2.4).
   auto counts = at::cat({(r.expert_index >= 0).sum(0), r.unrouted.sum().view({1}),
                          at::full({1}, x.size(0), r.expert_index.options())});
-  auto unrouted_sum = x.index({r.unrouted}).to(records_.unrouted_sum.scalar_type()).sum(0);
+  // Masked rather than selected: no size depends on the data (nothing is read back on a GPU).
+  // The unrouted rows are selected on the CPU's own path; the portable path masks the others, as
+  // a selection would read its size back from the device (docs/gpu.md).
+  const auto type = records_.unrouted_sum.scalar_type();
+  auto unrouted_sum =
+      engine::portable_path(x.device())
+          ? at::where(r.unrouted.unsqueeze(1), x.to(type), at::zeros({}, x.options().dtype(type)))
+                .sum(0)
+          : x.index({r.unrouted}).to(type).sum(0);
   if (const auto& group = layer.expert_group()) {
     // Experts spread over processes: every rank records the global batch, so that all ranks make
     // the same expert updates.

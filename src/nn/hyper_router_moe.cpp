@@ -6,6 +6,8 @@
 
 #include <ostream>
 
+#include "moe/nn/buffer_counter.h"
+
 namespace moe::nn {
 namespace {
 
@@ -42,20 +44,21 @@ class TopKScheduleComponent : public LayerComponent {
   TopKScheduleComponent(RoutedMoEImpl& layer, c10::optional<TopKSchedule> schedule)
       : schedule_(std::move(schedule)) {
     // The schedule's position is a buffer, so that checkpoints resume the k schedule.
-    step = layer.register_buffer("step", torch::zeros({1}, torch::kLong));
+    step.attach(layer.register_buffer("step", torch::zeros({1}, torch::kLong)));
+    step.set(0);
   }
 
   void before_routing(RoutedMoEImpl& layer) override {
     int64_t k = layer.top_k();
     saved_k_ = k;
     if (layer.is_training()) {
-      const int64_t t = step.item<int64_t>();
+      const int64_t t = step.get();
       if (schedule_) k = schedule_->at(t);
-      step.fill_(t + 1);
+      step.set(t + 1);
     } else if (inference_k) {
       k = *inference_k;
     } else if (schedule_) {
-      const int64_t t = step.item<int64_t>();
+      const int64_t t = step.get();
       k = schedule_->at(t > 0 ? t - 1 : 0);  // the k of the latest training forward
     }
     layer.set_top_k(k);
@@ -66,7 +69,7 @@ class TopKScheduleComponent : public LayerComponent {
   }
   void routing_failed(RoutedMoEImpl& layer) override { layer.set_top_k(saved_k_); }
 
-  torch::Tensor step;  // [1] int64
+  BufferCounter step;  // buffer "step" [1] int64
   c10::optional<int64_t> inference_k;
 
  private:
@@ -138,11 +141,11 @@ void HyperRouterMoEImpl::set_inference_top_k(c10::optional<int64_t> k) {
   schedule_->inference_k = k;
 }
 
-int64_t HyperRouterMoEImpl::step() const { return schedule_->step.item<int64_t>(); }
+int64_t HyperRouterMoEImpl::step() const { return schedule_->step.get(); }
 
 void HyperRouterMoEImpl::set_step(int64_t step) {
   TORCH_CHECK_VALUE(step >= 0, kWho, ": step must be >= 0, got ", step);
-  schedule_->step.fill_(step);
+  schedule_->step.set(step);
 }
 
 }  // namespace moe::nn

@@ -12,9 +12,15 @@
 namespace moe::nn {
 namespace {
 
-// The slot table of every (token, expert) pair: slot e of every token is expert e, [T, E] int64.
-torch::Tensor all_pairs(int64_t T, int64_t E) {
-  return at::arange(E, at::kLong).unsqueeze(0).expand({T, E});
+// The slot table of every (token, expert) pair: slot e of every token is expert e, [T, E] int64 on
+// `like`'s device.
+torch::Tensor all_pairs(int64_t T, int64_t E, const torch::Tensor& like) {
+  return at::arange(E, like.options().dtype(at::kLong)).unsqueeze(0).expand({T, E});
+}
+
+// The layers' plans are built on the tensors' device (docs/gpu.md).
+RoutingPlan plan_of(const torch::Tensor& slots, int64_t E) {
+  return build_routing_plan(slots, E, PlanLayout::kForDevice);
 }
 
 }  // namespace
@@ -67,20 +73,22 @@ torch::Tensor StackedMLPImpl::layers_on_engine(size_t l, const torch::Tensor& h,
                                     {},
                                     biases[l],
                                     pair ? biases[l + 1] : torch::Tensor()};
-  return functional::expert_mlp(h, rows, at::ones({rows.num_pairs()}, h.options()), w,
+  return functional::expert_mlp(h, rows, at::ones({rows.num_rows()}, h.options()), w,
                                 Activation::kReLU);
 }
 
 torch::Tensor StackedMLPImpl::forward(const torch::Tensor& x) {
   const int64_t T = x.size(0);
-  const auto plan = build_routing_plan(all_pairs(T, num_experts_), num_experts_);
+  const auto plan = plan_of(all_pairs(T, num_experts_, x), num_experts_);
   return forward_pairs(x, plan).view({num_experts_, T, out_dim()});  // expert-major: [E, T, out]
 }
 
 torch::Tensor StackedMLPImpl::forward_pairs(const torch::Tensor& x, const RoutingPlan& plan) {
-  // Row r of the pair rows is pair r of the plan (expert-major), and goes to that pair's expert.
-  const auto experts = at::repeat_interleave(plan.tokens_per_expert()).unsqueeze(1);
-  const auto rows = build_routing_plan(experts, num_experts_);
+  // Row r of the pair rows is pair r of the plan (expert-major), and goes to that pair's expert; a
+  // padding row goes nowhere (and the engine leaves its output 0).
+  const auto experts = at::where(plan.pair_expert < num_experts_, plan.pair_expert,
+                                 at::full({}, -1, plan.pair_expert.options()));
+  const auto rows = plan_of(experts.unsqueeze(1), num_experts_);
   auto h = x.index_select(0, plan.token_index);  // [P, in]
   for (size_t l = 0; l < weights.size(); l += 2) {
     h = layers_on_engine(l, h, rows);
@@ -98,7 +106,8 @@ namespace {
 torch::Tensor used_slots(const std::vector<torch::Tensor>& gates, int64_t T, int64_t E) {
   auto used = at::zeros({T, E}, gates[0].options().dtype(at::kBool));
   for (const auto& g : gates) used = used | (g.detach() != 0);
-  return at::where(used.to(at::kCPU), all_pairs(T, E), at::full({}, -1, at::kLong));
+  const auto all = all_pairs(T, E, used);
+  return at::where(used, all, at::full({}, -1, all.options()));
 }
 
 // One-layer experts: the gate's weights are the engine's pair weights, so the engine combines them
@@ -108,10 +117,10 @@ std::vector<torch::Tensor> mix_one_layer(StackedMLP& experts, const torch::Tenso
                                          const std::vector<torch::Tensor>& gates, bool sparse) {
   const int64_t T = x.size(0), E = experts->num_experts();
   const functional::ExpertWeights w{experts->weights[0], {}, {}, experts->biases[0], {}};
-  const auto dense = sparse ? RoutingPlan() : build_routing_plan(all_pairs(T, E), E);
+  const auto dense = sparse ? RoutingPlan() : plan_of(all_pairs(T, E, x), E);
   std::vector<torch::Tensor> out;
   for (const auto& g : gates) {
-    const auto plan = sparse ? build_routing_plan(used_slots({g}, T, E), E) : dense;
+    const auto plan = sparse ? plan_of(used_slots({g}, T, E), E) : dense;
     out.push_back(functional::expert_mlp(x, plan, pair_weights(plan, g), w, Activation::kReLU));
   }
   return out;
@@ -130,7 +139,7 @@ std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor&
   if (experts->weights.size() == 1) return mix_one_layer(experts, x, gates, sparse);
   const int64_t T = x.size(0), E = experts->num_experts();
   // Slot e of token t is expert e where a gate uses it: every slot for dense gates.
-  const auto plan = build_routing_plan(sparse ? used_slots(gates, T, E) : all_pairs(T, E), E);
+  const auto plan = plan_of(sparse ? used_slots(gates, T, E) : all_pairs(T, E, x), E);
   const auto y = experts->forward_pairs(x, plan);  // [P, out]
   // bf16 sums each token's pairs in float32 and rounds once, as the engine does.
   const auto acc = y.scalar_type() == at::kBFloat16 ? at::kFloat : y.scalar_type();

@@ -101,7 +101,9 @@ MoEOutput RoutedMoEImpl::forward(const torch::Tensor& x) {
   if (expert_group_ != nullptr) return forward_expert_parallel(x, xf);
   const RoutingResult r = route(xf, BatchShards(xf.size(0)));
 
-  const RoutingPlan plan = build_routing_plan(r.expert_index, experts->options.num_experts());
+  // The portable path builds the plan on the device, without reading it back (docs/gpu.md).
+  const RoutingPlan plan =
+      build_routing_plan(r.expert_index, experts->options.num_experts(), PlanLayout::kForDevice);
   const auto w = pair_weights(plan, r.gate).to(xf.scalar_type());
   MoEOutput out;
   out.output = experts->forward(xf, plan, w).view(x.sizes());

@@ -1,11 +1,13 @@
 // Expert capacity with first-choice priority (docs/algorithms.md §5.2: all first choices are placed
-// before any second choice; within one choice rank, earlier tokens win).
+// before any second choice; within one choice rank, earlier tokens win): a loop on the host, or
+// device operations on the portable path.
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "engine/backend.h"
 #include "moe/gating.h"
 
 namespace moe {
@@ -25,16 +27,15 @@ int64_t expert_capacity(int64_t num_tokens, int64_t k, int64_t num_experts, doub
   return std::max<int64_t>(min_capacity, static_cast<int64_t>(c));
 }
 
-std::tuple<torch::Tensor, int64_t> apply_capacity(const torch::Tensor& expert_index,
-                                                  int64_t num_experts, int64_t capacity,
-                                                  const torch::Tensor& fill_before) {
-  auto idx = expert_index.to(at::kCPU).contiguous().clone();
+namespace {
+
+// The host loop: slot by slot, tokens in order, each expert's fill counted up.
+std::tuple<torch::Tensor, torch::Tensor> capacity_on_host(const torch::Tensor& expert_index,
+                                                          int64_t num_experts, int64_t capacity,
+                                                          const torch::Tensor& fill_before) {
+  auto idx = expert_index.contiguous().clone();
   const int64_t T = idx.size(0), K = idx.size(1);
-  TORCH_CHECK(!fill_before.defined() || fill_before.sizes() == at::IntArrayRef({K, num_experts}),
-              "apply_capacity: fill_before must be [K=", K, ", E=", num_experts, "], got ",
-              fill_before.sizes());
-  const auto before =
-      fill_before.defined() ? fill_before.to(at::kCPU, at::kLong).contiguous() : at::Tensor();
+  const auto before = fill_before.defined() ? fill_before.to(at::kLong).contiguous() : at::Tensor();
   int64_t* p = idx.data_ptr<int64_t>();
   std::vector<int64_t> fill(num_experts, 0);
   int64_t dropped = 0;
@@ -54,7 +55,48 @@ std::tuple<torch::Tensor, int64_t> apply_capacity(const torch::Tensor& expert_in
       }
     }
   }
-  return {idx.to(expert_index.device()), dropped};
+  return {idx, at::full({}, dropped, idx.options())};
+}
+
+// The same queue positions with device operations only: a pair's position in its expert's queue
+// is the fill before its slot plus its rank among the slot's pairs of that expert, found by a
+// stable sort of the slot-major table by (slot, expert).
+std::tuple<torch::Tensor, torch::Tensor> capacity_on_device(const torch::Tensor& expert_index,
+                                                            int64_t num_experts, int64_t capacity,
+                                                            const torch::Tensor& fill_before) {
+  const int64_t T = expert_index.size(0), K = expert_index.size(1), E = num_experts;
+  const auto opts = expert_index.options();
+  const auto idx = expert_index.t().reshape({-1});  // slot-major: (s, t) at s·T + t
+  const auto used = idx >= 0;
+  const auto slot = at::arange(K, opts).unsqueeze(1).expand({K, T}).reshape({-1});
+  const auto group = slot * (E + 1) + at::where(used, idx, at::full({}, E, opts));
+  const auto sorted = at::sort(group, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const auto& in_order = std::get<1>(sorted);
+  const auto sizes = at::zeros({K * (E + 1)}, opts).scatter_add_(0, group, at::ones_like(group));
+  const auto starts = sizes.cumsum(0) - sizes;
+  const auto rank_sorted = at::arange(K * T, opts) - starts.index_select(0, std::get<0>(sorted));
+  const auto rank = at::empty_like(rank_sorted).scatter_(0, in_order, rank_sorted);
+  // Fill before slot s: the given one, or this table's own earlier slots.
+  const auto counts = sizes.view({K, E + 1}).narrow(1, 0, E);
+  const auto before = fill_before.defined() ? fill_before.to(opts) : counts.cumsum(0) - counts;
+  const auto flat_before = at::cat({before, at::zeros({K, 1}, opts)}, 1).reshape({-1});
+  const auto kept = used & (rank + flat_before.index_select(0, group) < capacity);
+  const auto out = at::where(kept, idx, at::full({}, -1, opts)).view({K, T}).t().contiguous();
+  return {out, (used & ~kept).sum()};
+}
+
+}  // namespace
+
+std::tuple<torch::Tensor, torch::Tensor> apply_capacity(const torch::Tensor& expert_index,
+                                                        int64_t num_experts, int64_t capacity,
+                                                        const torch::Tensor& fill_before) {
+  const int64_t K = expert_index.size(1);
+  TORCH_CHECK(!fill_before.defined() || fill_before.sizes() == at::IntArrayRef({K, num_experts}),
+              "apply_capacity: fill_before must be [K=", K, ", E=", num_experts, "], got ",
+              fill_before.sizes());
+  return engine::portable_path(expert_index.device())
+             ? capacity_on_device(expert_index, num_experts, capacity, fill_before)
+             : capacity_on_host(expert_index, num_experts, capacity, fill_before);
 }
 
 }  // namespace moe

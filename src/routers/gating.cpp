@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "engine/backend.h"
 #include "kernels/cpu/kernels.h"
 
 namespace moe {
@@ -38,22 +39,32 @@ std::tuple<torch::Tensor, torch::Tensor> topk_lowest_index(const torch::Tensor& 
   TORCH_CHECK_VALUE(k >= 1 && k <= E, "topk_lowest_index: k must be in [1, ", E, "], got ", k);
   TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble,
                    "topk_lowest_index: expected float32 or float64, got ", v.scalar_type());
-  const auto vc = v.detach().to(at::kCPU).contiguous();
+  if (engine::portable_path(v.device())) {
+    // A stable sort, largest first, keeps equal values in index order: ties go to the lowest index.
+    const auto idx = std::get<1>(at::sort(v.detach(), /*stable=*/true, /*dim=*/1,
+                                          /*descending=*/true))
+                         .narrow(1, 0, k)
+                         .contiguous();
+    return {idx, v.gather(1, idx)};
+  }
+  const auto vc = v.detach().contiguous();
   auto idx = at::empty({T, k}, vc.options().dtype(at::kLong));
   auto val = at::empty({T, k}, vc.options());
   AT_DISPATCH_FLOATING_TYPES(vc.scalar_type(), "topk_lowest_index", [&] {
     kernels::cpu::topk_rows<scalar_t>(vc.data_ptr<scalar_t>(), T, E, k, idx.data_ptr<int64_t>(),
                                       val.data_ptr<scalar_t>());
   });
-  idx = idx.to(v.device());
   return {idx, v.gather(1, idx)};
 }
 
 torch::Tensor assignment_counts(const torch::Tensor& expert_index, int64_t num_experts,
                                 const torch::TensorOptions& like) {
-  const auto flat = expert_index.reshape({-1});
-  const auto kept = flat.masked_select(flat >= 0);
-  return at::bincount(kept.to(at::kCPU), {}, num_experts).to(like);
+  // A histogram over E + 1 bins, the unused slots (-1) in bin 0: no size depends on the data.
+  const auto bins = expert_index.reshape({-1}) + 1;
+  return at::zeros({num_experts + 1}, bins.options())
+      .scatter_add_(0, bins, at::ones_like(bins))
+      .narrow(0, 1, num_experts)
+      .to(like);
 }
 
 torch::Tensor importance(const torch::Tensor& expert_index, const torch::Tensor& gate,

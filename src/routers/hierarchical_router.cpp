@@ -7,6 +7,7 @@
 #include <cmath>
 #include <ostream>
 
+#include "engine/backend.h"
 #include "moe/gating.h"
 #include "moe/losses.h"
 #include "moe/plan.h"
@@ -103,27 +104,37 @@ RoutingResult HierarchicalRouterImpl::route(const torch::Tensor& x, const BatchS
 
   // X^(g): the pairs (token, group) of the primary choices, grouped by group (the plan of the
   // primary gate). Secondary gate g runs on its own rows only (Eq. 12).
-  const auto plan = build_routing_plan(gp.expert_index, a);
-  const auto x_pairs = xr.index_select(0, plan.token_index);  // [P, d], P = pairs
-  const auto group_of_pair = at::repeat_interleave(plan.tokens_per_expert());
-  const auto sl = detail::grouped_linear(x_pairs, secondary_router->weight.to(rd).view({a, b, -1}),
-                                         plan.expert_offsets);
+  // The per-group GEMMs of the secondary gates need the groups' bounds on the host: one read per
+  // call on a device (free on the CPU), as the expert engine's (docs/gpu.md). A padded plan is cut
+  // to its pairs once they are known.
+  const auto plan = build_routing_plan(gp.expert_index, a, PlanLayout::kForDevice);
+  const auto bounds = plan.expert_offsets.to(at::kCPU);
+  const int64_t P = bounds.data_ptr<int64_t>()[a];
+  const auto pair_rows = [&](const torch::Tensor& t) { return t.narrow(0, 0, P); };
+  const auto x_pairs = xr.index_select(0, pair_rows(plan.token_index));  // [P, d]
+  const auto group_of_pair = pair_rows(plan.pair_expert);
+  const auto slots = pair_rows(plan.pair_slot);
+  const auto sl =
+      detail::grouped_linear(x_pairs, secondary_router->weight.to(rd).view({a, b, -1}), bounds);
   // Finite tokens passed the check above, so non-finite logits here mean corrupt secondary weights:
-  // an error under either policy (deciding to raise reads one flag from the device).
-  TORCH_CHECK_VALUE(at::isfinite(sl).all().item<bool>(), who,
-                    ": secondary router logits are non-finite for finite inputs: the secondary "
-                    "router weights contain NaN or Inf");
+  // an error under either policy. Deciding to raise reads one flag from the device; the portable
+  // path asserts on the device instead, which reads nothing back.
+  if (engine::portable_path(sl.device())) {
+    at::_assert_async(at::isfinite(sl).all());
+  } else {
+    TORCH_CHECK_VALUE(at::isfinite(sl).all().item<bool>(), who,
+                      ": secondary router logits are non-finite for finite inputs: the secondary "
+                      "router weights contain NaN or Inf");
+  }
   const auto s_noise_logits =
-      noisy
-          ? detail::grouped_linear(x_pairs, secondary_router->noise_weight.to(rd).view({a, b, -1}),
-                                   plan.expert_offsets)
-          : torch::Tensor();
-  const auto s_noise = noisy ? s_noise_slots.index_select(0, plan.pair_slot) : torch::Tensor();
+      noisy ? detail::grouped_linear(x_pairs,
+                                     secondary_router->noise_weight.to(rd).view({a, b, -1}), bounds)
+            : torch::Tensor();
+  const auto s_noise = noisy ? s_noise_slots.index_select(0, slots) : torch::Tensor();
   const auto gs = noisy_top_k_gating(sl, s_noise_logits, s_noise, k2, options.noise_epsilon(), {});
 
   // Back to the token's slots: primary choice i of token t (flat slot t·k1 + i) holds the k2
   // secondary choices of its pair: expert g·b + j with weight Gp(x)_g · G_g(x)_j (Eq. 12).
-  const auto slots = plan.pair_slot;
   auto s_idx = at::full({T * k1, k2}, -1, gp.expert_index.options());
   s_idx.index_copy_(0, slots, group_of_pair.unsqueeze(1) * b + gs.expert_index);
   const auto s_gate = at::zeros({T * k1, k2}, gs.gate.options()).index_copy(0, slots, gs.gate);

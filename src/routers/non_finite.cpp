@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "engine/backend.h"
+
 namespace moe::detail {
 
 FiniteTokens check_finite_tokens(const torch::Tensor& rows, NonFinitePolicy policy,
@@ -12,6 +14,12 @@ FiniteTokens check_finite_tokens(const torch::Tensor& rows, NonFinitePolicy poli
   const auto bad = T - finite.sum();
   FiniteTokens out;
   out.skipped = at::zeros({}, finite.options().dtype(at::kLong));
+  if (policy == NonFinitePolicy::kSkip && engine::portable_path(rows.device())) {
+    // Nothing is read back: the mask is always there.
+    out.valid = finite;
+    out.skipped = bad;
+    return out;
+  }
   const int64_t n_bad = bad.item<int64_t>();
   if (n_bad == 0) return out;
   TORCH_CHECK_VALUE(policy == NonFinitePolicy::kSkip, who, ": ", what, " are non-finite for ",

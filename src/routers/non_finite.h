@@ -11,7 +11,7 @@ namespace moe::detail {
 
 /// The tokens whose rows are all finite.
 struct FiniteTokens {
-  torch::Tensor valid;    ///< [T] bool; undefined when every token is finite
+  torch::Tensor valid;    ///< [T] bool; undefined when every token is known to be finite
   torch::Tensor skipped;  ///< 0-dim int64: tokens left out
 };
 
@@ -19,8 +19,11 @@ struct FiniteTokens {
 /// NonFinitePolicy::kError throws c10::ValueError "<who>: <what> are non-finite for N of T tokens
 /// ..."; under kSkip returns the mask of valid tokens.
 ///
-/// The check reads one count from the device: deciding between an error and a result needs it.
-/// It is the only host synchronisation of routing, and it happens once per router call.
+/// Under kError the check reads one count from the device: deciding between an error and a result
+/// needs it, once per router call. Under kSkip on the portable path (engine/backend.h) nothing is
+/// read: `valid` is always defined. Callers recompute their logits from the zeroed rows; logits
+/// still non-finite then are the weights' fault, an error under either policy (on the portable
+/// path a device-side assertion, which reads nothing back either).
 FiniteTokens check_finite_tokens(const torch::Tensor& rows, NonFinitePolicy policy,
                                  const std::string& who, const char* what);
 

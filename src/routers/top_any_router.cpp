@@ -9,6 +9,7 @@
 #include <cmath>
 #include <ostream>
 
+#include "engine/backend.h"
 #include "moe/router.h"
 #include "routers/non_finite.h"
 
@@ -70,28 +71,32 @@ torch::Tensor top_any_simplicity_loss(const torch::Tensor& weight) {
   return weight.norm(2, {1}).mean();
 }
 
-torch::Tensor top_any_balance_loss(const torch::Tensor& a) {
+// The balance loss over the tokens that activated some expert (k > 0), its means over the global
+// batch. Those tokens are selected on the CPU's own path (free there); the portable path masks the
+// others instead, since a selection would read its size back from the device (docs/gpu.md). The
+// two agree up to the order of the sums.
+static torch::Tensor balance_loss_over(const torch::Tensor& a, const BatchShards& batch) {
   const int64_t E = a.size(1);
-  const auto nz = (a.detach() > 0).any(1);
-  if (!nz.any().item<bool>()) return at::zeros({}, a.options());
-  const auto an = a.index({nz});
-  const auto p = an / an.sum(1, /*keepdim=*/true);  // 1/k on the activated experts, differentiable
-  const auto me = p.mean(0);
-  const auto ce = (an.detach() > 0).to(a.scalar_type()).mean(0);
+  const auto nz = (a.detach() > 0).any(1, /*keepdim=*/true);  // [T, 1]
+  torch::Tensor p, fired;                                     // [T', E] each
+  if (engine::portable_path(a.device())) {
+    // 1/k on the activated experts, differentiable; 0 on the rows without any.
+    const auto zero = at::zeros({}, a.options());
+    p = at::where(nz, a / at::where(nz, a.sum(1, /*keepdim=*/true), at::ones_like(zero)), zero);
+    fired = (a.detach() > 0).to(a.scalar_type());
+  } else {
+    const auto an = a.index({nz.squeeze(1)});
+    p = an / an.sum(1, /*keepdim=*/true);
+    fired = (an.detach() > 0).to(a.scalar_type());
+  }
+  const auto n = batch.sum(nz.sum().to(a.scalar_type())).clamp_min(1);
+  const auto me = batch.sum(p.sum(0)) / n;
+  const auto ce = batch.sum(fired.sum(0)) / n;
   return (me * ce).mean() * static_cast<double>(E * E);
 }
 
-// top_any_balance_loss over a batch split over processes: the means over the tokens with k > 0 of
-// the global batch.
-static torch::Tensor global_balance_loss(const torch::Tensor& a, const BatchShards& batch) {
-  const int64_t E = a.size(1);
-  const auto nz = (a.detach() > 0).any(1);
-  const auto an = a.index({nz});
-  const auto p = an / an.sum(1, /*keepdim=*/true);
-  const auto n = batch.sum(nz.sum().to(a.scalar_type())).clamp_min(1);
-  const auto me = batch.sum(p.sum(0)) / n;
-  const auto ce = batch.sum((an.detach() > 0).to(a.scalar_type()).sum(0)) / n;
-  return (me * ce).mean() * static_cast<double>(E * E);
+torch::Tensor top_any_balance_loss(const torch::Tensor& a) {
+  return balance_loss_over(a, BatchShards(a.size(0)));
 }
 
 torch::Tensor top_any_efficiency_loss(const torch::Tensor& a) {
@@ -243,8 +248,7 @@ TopAnyRouting TopAnyRouterImpl::decide(const torch::Tensor& x_in, const BatchSha
     };
     if (options.diversity_loss()) add_term("diversity", top_any_diversity_loss(weight, active));
     if (options.simplicity_loss()) add_term("simplicity", top_any_simplicity_loss(weight));
-    if (options.balance_loss())
-      add_term("balance", batch.whole() ? top_any_balance_loss(a) : global_balance_loss(a, batch));
+    if (options.balance_loss()) add_term("balance", balance_loss_over(a, batch));
     if (options.efficiency_loss()) {
       add_term("efficiency",
                batch.whole() ? top_any_efficiency_loss(a)

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include "engine/backend.h"
 #include "moe/gating.h"
 #include "moe/losses.h"
 #include "routers/non_finite.h"
@@ -25,23 +26,26 @@ void add_aux_losses(RoutingResult& out, const torch::Tensor& anchor, const torch
   if (c.importance > 0) term("importance", c.importance, cv_squared(out.importance));
   if (c.load > 0) term("load", c.load, cv_squared(out.load));
   if (c.balance > 0 || c.z > 0) {
-    const auto kept = valid.defined() ? logits.index({valid}) : logits;
-    const auto kept_chosen = valid.defined() ? chosen.index({valid}) : chosen;
-    if (batch.whole()) {
-      if (c.balance > 0)
-        term("balance", c.balance, balance_loss(at::softmax(kept, -1), kept_chosen));
-      if (c.z > 0) term("z", c.z, router_z_loss(kept));
-    } else {
-      // The same means over the global batch: sums over the shards divided by its token count.
-      const int64_t E = logits.size(1);
-      const auto n =
-          batch.sum(at::full({}, static_cast<double>(kept.size(0)), kept.options())).clamp_min(1);
-      if (c.balance > 0) {
-        const auto f = batch.sum(assignment_counts(kept_chosen, E, kept.options())) / n;
-        const auto P = batch.sum(at::softmax(kept, -1).sum(0)) / n;
-        term("balance", c.balance, static_cast<double>(E) * (f * P).sum());
-      }
-      if (c.z > 0) term("z", c.z, batch.sum(at::logsumexp(kept, -1).pow(2).sum()) / n);
+    // Means over the valid tokens of the global batch: sums over the shards divided by its count.
+    // Invalid rows are masked, not removed, so that no size depends on the data.
+    const int64_t E = logits.size(1);
+    const auto zero = at::zeros({}, logits.options());
+    const auto masked = [&](const torch::Tensor& t) {
+      return valid.defined() ? at::where(valid.view({-1, 1}).expand_as(t), t, zero) : t;
+    };
+    const auto count = valid.defined()
+                           ? valid.sum().to(logits.scalar_type())
+                           : at::full({}, static_cast<double>(logits.size(0)), logits.options());
+    const auto n = batch.sum(count).clamp_min(1);
+    if (c.balance > 0) {
+      // Invalid tokens chose no expert (their slots are -1).
+      const auto f = batch.sum(assignment_counts(chosen, E, logits.options())) / n;
+      const auto P = batch.sum(masked(at::softmax(logits, -1)).sum(0)) / n;
+      term("balance", c.balance, static_cast<double>(E) * (f * P).sum());
+    }
+    if (c.z > 0) {
+      const auto lse2 = at::logsumexp(logits, -1, /*keepdim=*/true).pow(2);
+      term("z", c.z, batch.sum(masked(lse2).sum()) / n);
     }
   }
   out.aux_loss = aux;
@@ -54,13 +58,25 @@ torch::Tensor capacity_fill_before(const torch::Tensor& expert_index, int64_t E,
                                    const BatchShards& batch) {
   if (batch.whole()) return {};
   const int64_t K = expert_index.size(1);
-  const auto idx = expert_index.to(at::kCPU);
+  const auto& idx = expert_index;
   auto counts = at::zeros({K, E + 1}, idx.options());
   counts.scatter_add_(1, (idx.t() + 1).contiguous(), at::ones({K, idx.size(0)}, idx.options()));
   counts = counts.narrow(1, 1, E).contiguous();  // [K, E] without the -1 column
   const auto before = batch.sum_before(counts);
   const auto total = batch.sum(counts);
   return before + (total.cumsum(0) - total);
+}
+
+// Non-finite values from finite (or zeroed) inputs are the weights' fault: an error under either
+// policy. Deciding to raise reads one flag; the portable path asserts on the device instead, which
+// reads nothing back (docs/gpu.md).
+void check_weights_finite(const torch::Tensor& t, const TopKRule& rule, const char* what) {
+  if (engine::portable_path(t.device())) {
+    at::_assert_async(at::isfinite(t).all());
+    return;
+  }
+  TORCH_CHECK_VALUE(at::isfinite(t).all().item<bool>(), rule.who, ": ", what,
+                    " are non-finite for finite inputs: the router weights contain NaN or Inf");
 }
 
 // The unfused gate: the [T, E] logits first (the reference for the fused noisy gate, and what the
@@ -72,11 +88,12 @@ TopKGate gate_from_logits(torch::Tensor& xr, torch::Tensor& logits, FiniteTokens
   finite = check_finite_tokens(logits, rule.non_finite, rule.who, "router logits");
   const auto& valid = finite.valid;
   if (valid.defined()) {
+    // Recomputed from zeroed rows, so that the skipped tokens add nothing (not NaN) to the weights'
+    // gradient. (On the portable path under kSkip `valid` is always there: two GEMMs of the small
+    // router, against a host read.)
     xr = zero_invalid_rows(xr, valid);
     logits = at::linear(xr, w.weight, w.bias);
-    TORCH_CHECK_VALUE(at::isfinite(logits).all().item<bool>(), rule.who,
-                      ": router logits are non-finite for finite inputs: the router weights "
-                      "contain NaN or Inf");
+    check_weights_finite(logits, rule, "router logits");
   }
   if (rule.kind != RouterKind::kNoisyTopK) {
     return softmax_top_k_gating(logits, rule.top_k, rule.normalize, valid);
@@ -85,6 +102,7 @@ TopKGate gate_from_logits(torch::Tensor& xr, torch::Tensor& logits, FiniteTokens
   // are not computed at all.
   const bool noisy = training && w.noise_weight.defined();
   const auto noise_logits = noisy ? at::linear(xr, w.noise_weight) : torch::Tensor();
+  if (noisy) check_weights_finite(noise_logits, rule, "router noise logits");
   const auto noise =
       noisy ? shard_of_global_draw(batch, logits.size(0), 1, logits.size(1), logits.options(),
                                    [](at::Tensor& t) { t.normal_(); })
@@ -113,8 +131,8 @@ RoutingResult route_top_k(torch::Tensor xr, const RouterWeights& w, const TopKRu
                           bool training, const BatchShards& batch) {
   const int64_t T = xr.size(0), E = rule.num_experts, k = rule.top_k;
   const auto& c = rule.coefficients;
-  const bool fused =
-      rule.kind == RouterKind::kNoisyTopK && xr.device().is_cpu() && c.balance == 0 && c.z == 0;
+  const bool fused = rule.kind == RouterKind::kNoisyTopK && !engine::portable_path(xr.device()) &&
+                     c.balance == 0 && c.z == 0;
   torch::Tensor logits;
   FiniteTokens finite;
   TopKGate g;
@@ -147,10 +165,8 @@ RoutingResult route_top_k(torch::Tensor xr, const RouterWeights& w, const TopKRu
   if (rule.capacity_factor > 0) {
     const int64_t cap =
         expert_capacity(batch.total_rows(), k, E, rule.capacity_factor, rule.min_capacity);
-    int64_t dropped = 0;
-    std::tie(out.expert_index, dropped) =
+    std::tie(out.expert_index, out.dropped) =
         apply_capacity(g.expert_index, E, cap, capacity_fill_before(g.expert_index, E, batch));
-    out.dropped.fill_(dropped);
     out.gate = out.gate * (out.expert_index >= 0).to(out.gate.scalar_type());
   }
   const auto& anchor = fused ? g.gate : logits;

@@ -53,7 +53,7 @@ Problem make(const Case& c) {
   Problem r;
   auto& p = r.p;
   p.x = at::randn({c.T, d}, o);
-  p.pair_weight = at::rand({plan.num_pairs()}, o);
+  p.pair_weight = at::rand({plan.num_rows()}, o);
   p.w1 = at::randn({c.E, d, h}, o) * 0.5;
   if (moe::is_gated(c.act)) p.w3 = at::randn({c.E, d, h}, o) * 0.5;
   if (c.bias) p.b1 = at::randn({c.E, h}, o);

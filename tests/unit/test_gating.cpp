@@ -158,7 +158,7 @@ TEST(Capacity, FirstChoicesArePlacedBeforeSecondChoices) {
   auto [kept, dropped] = moe::apply_capacity(idx, 2, 2);
   // Slot 0: t0→0, t1→1, t2→0 fill; t3→0 dropped. Slot 1: t0→1 fits; t1→0, t2→1, t3→1 dropped.
   EXPECT_TRUE(torch::equal(kept, torch::tensor({{0, 1}, {1, -1}, {0, -1}, {-1, -1}}, at::kLong)));
-  EXPECT_EQ(dropped, 4);
+  EXPECT_EQ(dropped.item<int64_t>(), 4);
 }
 
 TEST(Capacity, RandomTablesRespectTheBound) {
@@ -168,7 +168,7 @@ TEST(Capacity, RandomTablesRespectTheBound) {
     auto idx = torch::randint(0, E, {T, k}, at::kLong);
     const int64_t cap = moe::expert_capacity(T, k, E, cf, 0);
     auto [kept, dropped] = moe::apply_capacity(idx, E, cap);
-    EXPECT_EQ((kept >= 0).sum().item<int64_t>() + dropped, T * k);
+    EXPECT_EQ((kept >= 0).sum().item<int64_t>() + dropped.item<int64_t>(), T * k);
     for (int64_t e = 0; e < E; ++e) EXPECT_LE((kept == e).sum().item<int64_t>(), cap);
   }
 }

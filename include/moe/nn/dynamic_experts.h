@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "moe/experts.h"
+#include "moe/nn/buffer_counter.h"
 #include "moe/nn/routed_moe.h"
 #include "moe/nn/top_any_moe_options.h"
 #include "moe/routers/top_any_router.h"
@@ -80,7 +81,7 @@ class DynamicExpertSet : public LayerComponent {
   void resize_experts(int64_t n);
 
   int64_t num_experts() const { return router_->num_experts(); }
-  int64_t forward_count() const { return forward_count_.item<int64_t>(); }
+  int64_t forward_count() const { return forward_count_.get(); }
   const TopAnyMoEOptions& options() const { return options_; }
   /// Changes the update schedule from now on.
   void set_schedule(ExpertSchedule schedule) { options_.schedule(schedule); }
@@ -100,7 +101,7 @@ class DynamicExpertSet : public LayerComponent {
   RoutingRecords pending_records_;
   bool recording_ = false;
   bool pending_ = false;
-  torch::Tensor forward_count_;  // buffer "forward_count" [1] int64
+  BufferCounter forward_count_;  // buffer "forward_count" [1] int64
 };
 
 }  // namespace moe::nn

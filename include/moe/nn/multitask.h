@@ -64,8 +64,8 @@ class StackedMLPImpl : public torch::nn::Cloneable<StackedMLPImpl>, public io::L
   std::map<std::string, std::string> legacy_names() const override;
   /// Every expert on every row: x [T, in] → [E, T, out].
   torch::Tensor forward(const torch::Tensor& x);
-  /// Only the pairs of a plan: expert e(p) on row x[token_index[p]] for every pair p → [P, out] in
-  /// plan order (expert-major).
+  /// Only the pairs of a plan: expert e(p) on row x[token_index[p]] for every pair p → [rows, out]
+  /// in plan order (expert-major); the padding rows of a padded plan are 0.
   torch::Tensor forward_pairs(const torch::Tensor& x, const RoutingPlan& plan);
   int64_t num_experts() const { return num_experts_; }
   int64_t out_dim() const { return hidden_.back(); }

@@ -44,14 +44,39 @@ namespace {
 
 namespace k = moe::kernels::cpu;
 
+// The pairs of a padded plan (include/moe/plan.h): its rows past expert_offsets[E] are padding,
+// which the kernels below never see. On the CPU reading the offsets costs nothing.
+ExpertProblem without_padding(const ExpertProblem& p) {
+  const int64_t E = p.expert_offsets.size(0) - 1;
+  const int64_t pairs = p.expert_offsets.data_ptr<int64_t>()[E];
+  if (pairs == p.token_index.size(0)) return p;
+  ExpertProblem q = p;
+  q.token_index = p.token_index.narrow(0, 0, pairs);
+  q.pair_weight = p.pair_weight.narrow(0, 0, pairs);
+  return q;
+}
+
 class CpuBackend final : public ExpertBackend {
  public:
-  ForwardResult forward(const ExpertProblem& p, bool keep_hidden) const override;
+  ForwardResult forward(const ExpertProblem& p, bool keep_hidden) const override {
+    return forward_pairs(without_padding(p), keep_hidden);
+  }
   ExpertGradients backward(const ExpertProblem& p, const SavedHidden& hidden, const at::Tensor& dy,
-                           const WantedGradients& want) const override;
+                           const WantedGradients& want) const override {
+    auto g = backward_pairs(without_padding(p), hidden, dy, want);
+    const int64_t padding = p.token_index.size(0) - g.pair_weight.size(0);
+    if (g.pair_weight.defined() && padding > 0)
+      g.pair_weight = at::constant_pad_nd(g.pair_weight, {0, padding}, 0);
+    return g;
+  }
+
+ private:
+  ForwardResult forward_pairs(const ExpertProblem& p, bool keep_hidden) const;
+  ExpertGradients backward_pairs(const ExpertProblem& p, const SavedHidden& hidden,
+                                 const at::Tensor& dy, const WantedGradients& want) const;
 };
 
-ForwardResult CpuBackend::forward(const ExpertProblem& p, bool keep_h) const {
+ForwardResult CpuBackend::forward_pairs(const ExpertProblem& p, bool keep_h) const {
   const Pass ps(p);
   if (use_small_experts(p, ps)) return small_experts_forward(p, ps, keep_h);
   const auto opts = p.x.options();
@@ -104,8 +129,9 @@ ExpertGradients allocate_gradients(const ExpertProblem& p, const Pass& ps) {
 
 namespace {
 
-ExpertGradients CpuBackend::backward(const ExpertProblem& p, const SavedHidden& hidden,
-                                     const at::Tensor& dy_in, const WantedGradients& want) const {
+ExpertGradients CpuBackend::backward_pairs(const ExpertProblem& p, const SavedHidden& hidden,
+                                           const at::Tensor& dy_in,
+                                           const WantedGradients& want) const {
   const Pass ps(p);
   if (use_small_experts(p, ps)) return small_experts_backward(p, ps, hidden, dy_in, want);
   const auto x = in_dtype(p.x, ps.cdt);

@@ -65,9 +65,11 @@ at::Tensor activation_backward(Activation act, const at::Tensor& da, const at::T
 }
 
 // The problem in the computation dtype, with the pairs' rows gathered.
+// A padded plan's rows past the last bound are padding (include/moe/plan.h): dropped here.
 struct Pairs {
   at::ScalarType type;
-  at::Tensor token_index;  // on x's device (the plan is built on the host today)
+  int64_t padding = 0;     // rows of the plan after its pairs
+  at::Tensor token_index;  // on x's device
   at::Tensor xs, w1, w2, w3, b1, b2, weight;
   std::vector<int64_t> bounds;
   int64_t experts() const { return static_cast<int64_t>(bounds.size()) - 1; }
@@ -80,15 +82,17 @@ struct Pairs {
 Pairs pairs_of(const ExpertProblem& p) {
   Pairs s;
   s.type = compute_type(p.x);
-  s.token_index = p.token_index.to(p.x.device());
+  s.bounds = segment_bounds(p.expert_offsets);
+  const int64_t pairs = s.bounds.back();
+  s.padding = p.token_index.size(0) - pairs;
+  s.token_index = p.token_index.narrow(0, 0, pairs).to(p.x.device());
   s.xs = p.x.index_select(0, s.token_index).to(s.type);
   s.w1 = cast(p.w1, s.type);
   s.w2 = cast(p.w2, s.type);
   s.w3 = cast(p.w3, s.type);
   s.b1 = cast(p.b1, s.type);
   s.b2 = cast(p.b2, s.type);
-  s.weight = cast(p.pair_weight, s.type);
-  s.bounds = segment_bounds(p.expert_offsets);
+  s.weight = cast(p.pair_weight.narrow(0, 0, pairs), s.type);
   return s;
 }
 
@@ -159,7 +163,10 @@ class PortableBackend final : public ExpertBackend {
     const auto dys = dy.index_select(0, s.token_index).to(s.type);  // [P, out]
     ExpertGradients g;
     const auto dtype = p.x.scalar_type();
-    if (want.pair_weight) g.pair_weight = (outputs(s, as) * dys).sum(1).to(dtype);
+    if (want.pair_weight) {
+      g.pair_weight =
+          at::constant_pad_nd((outputs(s, as) * dys).sum(1), {0, s.padding}, 0).to(dtype);
+    }
     const auto dos = dys * s.weight.unsqueeze(1);
 
     // Through w2: dW2_e = as_eᵀ·dos_e, db2_e = Σ dos_e, das_e = dos_e·w2[e]ᵀ.
