@@ -14,7 +14,10 @@
 //    any bf16 product that bypasses the library takes LibTorch's bf16-accumulating fallback, as on
 //    such a CPU, and fails the bf16 tolerances.
 // One variable, because ctest's ENVIRONMENT property cannot pass a list through
-// gtest_discover_tests. Child processes inherit the settings.
+// gtest_discover_tests (a second NAME=VALUE in the list is taken for a property name, silently).
+// Other variables come as arguments instead: --moe-env=NAME=VALUE sets NAME before anything reads
+// it (the portable.*, small_experts.* and per_expert.* copies). Child processes inherit the
+// settings.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -22,11 +25,30 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "moe/cpu.h"
 #include "moe/runtime.h"
 
 int main(int argc, char** argv) {
+  // --moe-env=NAME=VALUE: set, and removed from the arguments GoogleTest sees.
+  const char* const prefix = "--moe-env=";
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], prefix, std::strlen(prefix)) != 0) {
+      argv[kept++] = argv[i];
+      continue;
+    }
+    const char* setting = argv[i] + std::strlen(prefix);
+    const char* eq = std::strchr(setting, '=');
+    if (eq == nullptr || eq == setting) {
+      std::fprintf(stderr, "test main: %s must be --moe-env=NAME=VALUE\n", argv[i]);
+      return 2;
+    }
+    setenv(std::string(setting, eq).c_str(), eq + 1, 1);
+  }
+  argc = kept;
+  argv[argc] = nullptr;
   const char* no_bf16 = std::getenv("MOE_TEST_NO_NATIVE_BF16");
   if (no_bf16 != nullptr && std::strcmp(no_bf16, "1") == 0) {
     setenv("MOE_BF16_GEMM", "float32", 0);
