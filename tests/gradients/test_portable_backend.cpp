@@ -4,7 +4,7 @@
 // hidden layer kept or recomputed, empty experts and unused slots, dL/dx and dL/dw skipped. The CPU
 // backend is itself checked against dense float64 references and finite differences
 // (test_gradients.cpp, test_engine_widths.cpp), and the `portable.` copies of those tests run them
-// on this backend (tests/CMakeLists.txt).
+// on this backend (tests/CMakeLists.txt). Both backends also run each problem on a padded plan.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -41,6 +41,7 @@ std::string name(const Case& c) {
 struct Problem {
   engine::ExpertProblem p;
   at::Tensor dy;
+  at::Tensor index;  // the slot table of the plan
 };
 
 Problem make(const Case& c) {
@@ -65,7 +66,20 @@ Problem make(const Case& c) {
   p.token_index = plan.token_index;
   p.act = c.act;
   r.dy = at::randn({c.T, c.two_layers ? out : h}, o);
+  r.index = index;
   return r;
+}
+
+// The same problem on a padded plan (include/moe/plan.h): the same pairs first, then one padding
+// row per unused slot, whose weights (not 0 here) the backends must ignore.
+engine::ExpertProblem padded(const Problem& pr, int64_t E) {
+  const auto plan = moe::build_routing_plan(pr.index, E, moe::PlanLayout::kPadded);
+  auto q = pr.p;
+  q.token_index = plan.token_index;
+  q.expert_offsets = plan.expert_offsets;
+  const int64_t padding = plan.num_rows() - pr.p.token_index.size(0);
+  q.pair_weight = at::cat({pr.p.pair_weight, at::rand({padding}, pr.p.pair_weight.options()) + 1});
+  return q;
 }
 
 void expect_same(const at::Tensor& a, const at::Tensor& b, double tol, const char* what) {
@@ -110,6 +124,30 @@ TEST(PortableBackend, EqualsTheCpuBackend) {
                 expect_same(ga.b2, gb.b2, tol, "db2");
                 if (E > 2) {  // expert 1 has no pairs
                   EXPECT_EQ(gb.w1[1].abs().sum().item<double>(), 0);
+                }
+                // Both backends on the padded plan: the compact plan's results, and a zero
+                // gradient for the padding rows' weights.
+                const auto q = padded(pr, E);
+                const int64_t P = pr.p.token_index.size(0);
+                for (const auto& backend : {cpu, portable}) {
+                  const auto f = backend->forward(q, keep);
+                  expect_same(f.y, a.y, tol, "padded y");
+                  const auto g = backend->backward(q, f.hidden, pr.dy, want);
+                  expect_same(g.x, ga.x, tol, "padded dx");
+                  expect_same(g.w1, ga.w1, tol, "padded dw1");
+                  expect_same(g.w2, ga.w2, tol, "padded dw2");
+                  expect_same(g.b1, ga.b1, tol, "padded db1");
+                  ASSERT_EQ(g.pair_weight.defined(), want.pair_weight);
+                  if (want.pair_weight) {
+                    ASSERT_EQ(g.pair_weight.size(0), q.token_index.size(0));
+                    expect_same(g.pair_weight.narrow(0, 0, P), ga.pair_weight, tol,
+                                "padded dpair_weight");
+                    EXPECT_EQ(g.pair_weight.narrow(0, P, g.pair_weight.size(0) - P)
+                                  .abs()
+                                  .sum()
+                                  .item<double>(),
+                              0);
+                  }
                 }
               }
               ++cases;

@@ -63,8 +63,9 @@ class CpuBackend final : public ExpertBackend {
   }
   ExpertGradients backward(const ExpertProblem& p, const SavedHidden& hidden, const at::Tensor& dy,
                            const WantedGradients& want) const override {
-    auto g = backward_pairs(without_padding(p), hidden, dy, want);
-    const int64_t padding = p.token_index.size(0) - g.pair_weight.size(0);
+    const ExpertProblem pairs = without_padding(p);
+    auto g = backward_pairs(pairs, hidden, dy, want);
+    const int64_t padding = p.token_index.size(0) - pairs.token_index.size(0);
     if (g.pair_weight.defined() && padding > 0)
       g.pair_weight = at::constant_pad_nd(g.pair_weight, {0, padding}, 0);
     return g;
