@@ -111,10 +111,11 @@ RoutingPlan padded_plan(const torch::Tensor& expert_index, int64_t num_experts) 
   // so their rows, in that order, are the token-major list; the unused slots' rows follow.
   const auto used = flat >= 0;
   const auto slot_row = at::empty({S}, opts).scatter_(0, plan.pair_slot, at::arange(S, opts));
-  const auto used_before = used.to(at::kLong).cumsum(0);  // inclusive
-  const auto unused_before = (~used).to(at::kLong).cumsum(0);
+  // Slot j is the used_before[j]-th used slot (inclusive count), or the (j - used_before[j])-th
+  // unused one, counted from 0.
+  const auto used_before = used.to(at::kLong).cumsum(0);
   const auto P = plan.expert_offsets.narrow(0, E, 1);
-  const auto position = at::where(used, used_before - 1, P + unused_before - 1);
+  const auto position = at::where(used, used_before - 1, P + at::arange(S, opts) - used_before);
   plan.token_pairs = at::empty({S}, opts).scatter_(0, position, slot_row);
   plan.token_offsets = at::cat({zero, used.view({T, K}).to(at::kLong).sum(1).cumsum(0)});
   return plan;
