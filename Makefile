@@ -7,6 +7,7 @@
 #   make demo    install and build only what the demo needs (the `moe` command), then train an MoE
 #                and a dense transformer on the KJV text and write the report
 #   make bench   build and run the CPU benchmark suite (docs/benchmarks.md); BENCH_ARGS to change it
+#   make python-install   build the Python package and install it (venv or user site; PYTHON=...)
 #
 # Variables: BUILD (build folder, default build), JOBS (parallel compile jobs, default 2: each
 # LibTorch translation unit takes up to 1.4 GB), CMAKE_ARGS (extra cmake arguments, e.g.
@@ -25,14 +26,17 @@ CMAKE_ARGS ?=
 # loader tests), chromium (the report page is tested in headless Chromium).
 DEMO_PACKAGES := g++ cmake ninja-build ccache libtorch-dev libopenblas0-pthread libopenblas0-openmp zlib1g-dev \
                  nlohmann-json3-dev libcli11-dev libspdlog-dev libtomlplusplus-dev bible-kjv bible-kjv-text
+# The Python package (python/, docs/python.md): Debian's torch for /usr/bin/python3 (the same
+# LibTorch), pybind11's headers, pytest.
+PYTHON_PACKAGES := python3-torch python3-dev pybind11-dev python3-pytest python3-numpy
 PACKAGES := $(DEMO_PACKAGES) googletest libgtest-dev libgmock-dev dataset-fashion-mnist chromium \
-            libgloo-dev
+            libgloo-dev $(PYTHON_PACKAGES)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 BENCH_ARGS ?= --shapes C0,C1,C2,C3,C4,C5 --dtypes fp32 --json $(BUILD)/bench.jsonl
 
-.PHONY: deps deps-demo configure build test demo bench clean
+.PHONY: deps deps-demo configure build test demo bench python-install clean
 
 deps: PACKAGES_NEEDED = $(PACKAGES)
 deps-demo: PACKAGES_NEEDED = $(DEMO_PACKAGES)
@@ -52,7 +56,7 @@ deps deps-demo:
 # same folder without them.
 configure: deps
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_BUILD_TESTS=ON \
-	  -DMOE_BUILD_EXAMPLES=ON -DMOE_BUILD_BENCHMARKS=ON $(CMAKE_ARGS)
+	  -DMOE_BUILD_EXAMPLES=ON -DMOE_BUILD_BENCHMARKS=ON -DMOE_BUILD_PYTHON=ON $(CMAKE_ARGS)
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -72,6 +76,19 @@ demo: deps-demo
 
 bench: build
 	$(BUILD)/bench/moe_bench $(BENCH_ARGS)
+
+# The Python package into the active virtual environment, else the user site of $(PYTHON)
+# (docs/python.md). The package is the folder $(BUILD)/python/moe: the extension, libmoe and the
+# modules.
+PYTHON ?= /usr/bin/python3
+python-install: deps
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_BUILD_PYTHON=ON \
+	  -DMOE_PYTHON=$(PYTHON) $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j $(JOBS) --target moe_python
+	@site=$$($(PYTHON) -c 'import sys, site, sysconfig; venv = sys.prefix != sys.base_prefix; \
+	  print(sysconfig.get_paths()["purelib"] if venv else site.getusersitepackages())'); \
+	  mkdir -p "$$site" && rm -rf "$$site/moe" && cp -r $(BUILD)/python/moe "$$site/moe" && \
+	  echo "moe installed in $$site/moe" && cd / && $(PYTHON) -c 'import moe; print("import moe: ok")'
 
 clean:
 	rm -rf $(BUILD)
