@@ -11,11 +11,15 @@
 #
 # Variables: BUILD (build folder, default build), JOBS (parallel compile jobs, default 2: each
 # LibTorch translation unit takes up to 1.4 GB), CMAKE_ARGS (extra cmake arguments, e.g.
-# -DCMAKE_PREFIX_PATH=... to build against another LibTorch).
+# -DCMAKE_PREFIX_PATH=... to build against another LibTorch), PYTHON_PACKAGE (ON/OFF),
+# PYTHON (the interpreter of make python-install).
 
 BUILD ?= build
 JOBS ?= 2
 CMAKE_ARGS ?=
+# The Python package (docs/python.md) needs a Python whose torch is the LibTorch of the build; OFF
+# builds without it (e.g. against a LibTorch download that has no Python).
+PYTHON_PACKAGE ?= ON
 
 # libopenblas0-pthread: libtorch only *recommends* a BLAS; without OpenBLAS fp32 GEMM falls back to
 # the reference BLAS, ~25x slower. It stays the system's default libblas.so.3.
@@ -56,7 +60,7 @@ deps deps-demo:
 # same folder without them.
 configure: deps
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_BUILD_TESTS=ON \
-	  -DMOE_BUILD_EXAMPLES=ON -DMOE_BUILD_BENCHMARKS=ON -DMOE_BUILD_PYTHON=ON $(CMAKE_ARGS)
+	  -DMOE_BUILD_EXAMPLES=ON -DMOE_BUILD_BENCHMARKS=ON -DMOE_BUILD_PYTHON=$(PYTHON_PACKAGE) $(CMAKE_ARGS)
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)

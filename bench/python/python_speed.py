@@ -3,6 +3,7 @@
 process, on the same weights (docs/python.md, shapes of docs/benchmarks.md).
 
     PYTHONPATH=build/python /usr/bin/python3 bench/python/python_speed.py [--shapes C0,C1] [--reps 7]
+        [--threads N]
 
 Both compute softmax top-2 (renormalised over the two) with ReLU experts, fp32; the script first
 checks that they agree. Times are medians of --reps runs after one warm-up run.
@@ -60,7 +61,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="C0,C1")
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads (torch.set_num_threads); 0: torch's default")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, median of "
           f"{args.reps}")
     print("| shape | pass | library ms | eager loop ms | eager / library | library tokens/s |")
