@@ -1,4 +1,5 @@
 """CppModule: a torch.nn.Module whose parameters, buffers and children are those of a C++ module."""
+import copy as copylib
 from typing import NamedTuple
 
 import torch
@@ -94,6 +95,9 @@ class CppModule(torch.nn.Module):
             if key not in ("_parameters", "_buffers", "_modules"):
                 copy.__dict__[key] = value
         object.__setattr__(copy, "_cpp", self._cpp.clone())
+        for name, module in self._modules.items():  # Python modules hiding C++ children
+            if not isinstance(module, CppModule):
+                copy._modules[name] = copylib.deepcopy(module, memo)
         copy._sync()
         copy.train(self.training)
         memo[id(self)] = copy

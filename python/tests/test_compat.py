@@ -2,6 +2,7 @@
 formulation (one-hot dispatch and combine tensors and einsums, as docs/algorithms.md §1.10
 describes it), written here; with its one fix: a two-level slot is a first choice by the choice,
 not by its weight being > 0.5."""
+import copy
 import inspect
 import math
 
@@ -137,6 +138,9 @@ def test_experts_of_ones_own_and_other_activations_run_in_python():
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
     out.sum().backward()
     assert custom.w1.grad is not None and layer.router.weight.grad is not None
+    twin = copy.deepcopy(layer)  # the Python experts are copied too
+    assert isinstance(twin.experts, moe.compat.Experts) and twin.experts is not custom
+    torch.testing.assert_close(twin(x)[0], out, rtol=0, atol=0)
     two = HeirarchicalMoE(8, (2, 2), activation=nn.Tanh, second_policy_train="all").double()
     assert isinstance(two.experts, moe.compat.Experts) and two.experts.w1.shape == (2, 2, 8, 32)
     ref = HeirarchicalMoE(8, (2, 2), second_policy_train="all").double()

@@ -22,6 +22,7 @@ LAYERS = {
                                                second_policy_train="threshold"),
     "mmoe": lambda: moe.MMoE(4, 3, 2, expert_hidden=[3], tower_hidden=[2], gate={"top_k": 2}),
     "ple": lambda: moe.PLE(4, 2, expert_hidden=[3], tower_hidden=[2]),
+    "shared_bottom": lambda: moe.SharedBottom(4, 2, bottom_hidden=[3], tower_hidden=[2]),
 }
 
 
@@ -32,7 +33,7 @@ def test_gradcheck(name):
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.5 * torch.randn_like(p))
-    multitask = name in ("mmoe", "ple")
+    multitask = name in ("mmoe", "ple", "shared_bottom")
     x = torch.randn((6, 4) if multitask else (2, 5, 4), dtype=torch.float64, requires_grad=True)
     params = [p for p in layer.parameters() if p.requires_grad]
     if name == "top_any":
