@@ -209,6 +209,28 @@ TEST(TrainConfig, UnknownKeysAreErrorsKeysOfOtherRoutersAreIgnored) {
   EXPECT_EQ(t.ignored_keys, (std::vector<std::string>{"moe.router"}));
 }
 
+TEST(TrainConfig, ADynMoEScheduleThatCannotFireWithinTheRunIsAWarning) {
+  const auto warnings = [](const std::string& run, const std::string& moe) {
+    return moe::train::parse_train_config(
+               RunConfig::from_string("[run]\ntask = \"lm\"\nsteps = 600\n" + run +
+                                      "[moe]\nrouter = \"top_any\"\n" + moe))
+        .warnings;
+  };
+  // The defaults, window(300, 900): the first update after step 600, the run's last.
+  const auto w = warnings("", "");
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_NE(w[0].find("first expert update comes after step 600 but run.steps = 600"),
+            std::string::npos)
+      << w[0];
+  EXPECT_NE(w[0].find("--set moe.record=60 --set moe.period=180"), std::string::npos) << w[0];
+  EXPECT_TRUE(warnings("", "record = 100\nperiod = 300\n").empty());
+  EXPECT_TRUE(warnings("", "schedule = \"every_step\"\n").empty());
+  EXPECT_TRUE(warnings("[model]\nmoe_every = 0\n", "").empty());  // a dense model
+  EXPECT_TRUE(
+      moe::train::parse_train_config(RunConfig::from_string("[run]\ntask = \"lm\"\nsteps = 10\n"))
+          .warnings.empty());  // another router
+}
+
 // ---- every model trains -------------------------------------------------------------------------
 
 struct Variant {

@@ -206,6 +206,7 @@ TrainingRun::TrainingRun(const cli::RunConfig& config, const std::string& run_di
   for (const auto& k : c_.ignored_keys)
     spdlog::warn("config: {} is not used by task {} with this model; ignored", k,
                  to_string(c_.run.task));
+  for (const auto& w : c_.warnings) spdlog::warn("config: {}", w);
   check_run_folder(checkpoint_, run_dir_, resume_);
   if (group_ != nullptr && c_.run.task == Task::kMultiTask && c_.model.gate_top_k > 0)
     throw std::invalid_argument(

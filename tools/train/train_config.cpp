@@ -123,6 +123,27 @@ const char* to_string(Task t) {
   return "?";
 }
 
+// DynMoE's window schedule updates the expert set first after training step 2·record (one forward
+// per step; docs/dynmoe.md). A run that ends by then trains with the initial experts throughout,
+// which a user who chose top_any for its self-tuning expert count should be told.
+std::vector<std::string> schedule_warnings(const TrainConfig& t) {
+  std::vector<std::string> out;
+  const bool moe_model = t.run.task == Task::kMultiTask ? false : t.model.moe_every > 0;
+  if (!moe_model || t.moe.router != "top_any" || t.moe.schedule != "window") return out;
+  const int64_t first_update = 2 * t.moe.record;
+  if (first_update < t.run.steps) return out;
+  const int64_t record = std::max<int64_t>(1, t.run.steps / 10);
+  out.push_back("moe.schedule = \"window\" with moe.record = " + std::to_string(t.moe.record) +
+                ", moe.period = " + std::to_string(t.moe.period) +
+                ": DynMoE's first expert update comes after step " + std::to_string(first_update) +
+                " but run.steps = " + std::to_string(t.run.steps) +
+                ", so the expert set will not change while training; scale the window to the run "
+                "(e.g. --set moe.record=" +
+                std::to_string(record) + " --set moe.period=" + std::to_string(3 * record) +
+                ") or set moe.schedule = \"every_step\" (docs/dynmoe.md)");
+  return out;
+}
+
 TrainConfig parse_train_config(const RunConfig& c) {
   if (!c.has("run.task"))
     throw std::invalid_argument(
@@ -200,6 +221,7 @@ TrainConfig parse_train_config(const RunConfig& c) {
   if (!unknown.empty())
     throw std::invalid_argument("config: unknown key(s): " + unknown +
                                 " (docs/cli.md lists the keys)");
+  t.warnings = schedule_warnings(t);
   return t;
 }
 

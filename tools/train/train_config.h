@@ -103,6 +103,9 @@ struct TrainConfig {
   /// Keys of the file that this task and router do not use (keys of another router or task, e.g.
   /// moe.top_k in a top_any run): ignored, and reported as a warning.
   std::vector<std::string> ignored_keys;
+  /// Settings that are valid but will not do what they are there for in this run (e.g. a DynMoE
+  /// schedule whose first expert update comes after the last step), reported as warnings.
+  std::vector<std::string> warnings;
 };
 
 /// The experts one token uses in `m` (top_any: counted as 1, expert_choice: capacity_factor
@@ -112,6 +115,9 @@ int64_t experts_per_token(const MoESection& m);
 /// Reads and checks every key; an out-of-range value or a key no task or router knows (a typo)
 /// raises std::invalid_argument naming the key, the value and what is expected.
 TrainConfig parse_train_config(const moe::cli::RunConfig& config);
+
+/// The warnings parse_train_config() puts in TrainConfig::warnings.
+std::vector<std::string> schedule_warnings(const TrainConfig& t);
 
 const char* to_string(Task t);
 
