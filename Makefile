@@ -40,11 +40,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 BENCH_ARGS ?= --shapes C0,C1,C2,C3,C4,C5 --dtypes fp32 --json $(BUILD)/bench.jsonl
 
-.PHONY: deps deps-demo configure build test demo bench python-install clean
+.PHONY: deps deps-demo deps-python configure build test demo bench python-install clean
 
 deps: PACKAGES_NEEDED = $(PACKAGES)
 deps-demo: PACKAGES_NEEDED = $(DEMO_PACKAGES)
-deps deps-demo:
+deps-python: PACKAGES_NEEDED = $(DEMO_PACKAGES) $(PYTHON_PACKAGES)
+deps deps-demo deps-python:
 	@missing=$$(for p in $(PACKAGES_NEEDED); do \
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
 	  done); \
@@ -85,7 +86,7 @@ bench: build
 # (docs/python.md). The package is the folder $(BUILD)/python/moe: the extension, libmoe and the
 # modules.
 PYTHON ?= /usr/bin/python3
-python-install: deps
+python-install: deps-python
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_BUILD_PYTHON=ON \
 	  -DMOE_PYTHON=$(PYTHON) $(CMAKE_ARGS)
 	cmake --build $(BUILD) -j $(JOBS) --target moe_python

@@ -72,7 +72,7 @@ class CppModule(torch.nn.Module):
         self._cpp.train(mode)
         return super().train(mode)
 
-    def _apply(self, fn):
+    def _apply(self, fn, recurse=True):
         # A conversion (to, float, double, bfloat16, cuda, cpu) goes to the C++ module, which
         # keeps a routed layer's router in float32 for bfloat16 experts (docs/reliability.md);
         # anything else (share_memory, ...) acts on the tensors as torch.nn.Module does.
@@ -80,7 +80,7 @@ class CppModule(torch.nn.Module):
         device = next(iter(self.parameters()), torch.empty(0)).device
         probe = fn(torch.zeros((), dtype=current, device=device))
         if probe.dtype == current and probe.device == device:
-            return super()._apply(fn)
+            return super()._apply(fn)  # every torch version's _apply(fn) recurses
         self._cpp.to(str(probe.device), _dtype_name(probe.dtype))
         self._sync()
         for module in self._modules.values():  # Python modules a subclass added
@@ -90,17 +90,17 @@ class CppModule(torch.nn.Module):
 
     def __deepcopy__(self, memo):
         copy = type(self).__new__(type(self))
+        memo[id(self)] = copy
         torch.nn.Module.__init__(copy)
-        for key, value in self.__dict__.items():
-            if key not in ("_parameters", "_buffers", "_modules"):
-                copy.__dict__[key] = value
+        for key, value in self.__dict__.items():  # hooks, flags, a subclass's attributes
+            if key not in ("_parameters", "_buffers", "_modules", "_cpp"):
+                copy.__dict__[key] = copylib.deepcopy(value, memo)
         object.__setattr__(copy, "_cpp", self._cpp.clone())
         for name, module in self._modules.items():  # Python modules hiding C++ children
             if not isinstance(module, CppModule):
                 copy._modules[name] = copylib.deepcopy(module, memo)
         copy._sync()
         copy.train(self.training)
-        memo[id(self)] = copy
         return copy
 
     def extra_repr(self) -> str:

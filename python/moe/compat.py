@@ -53,6 +53,14 @@ class _GShardCompat(CppModule):
     def __init__(self, dim, experts: Sequence[int], hidden_dim, activation, second_policy_train,
                  second_policy_eval, second_threshold_train, second_threshold_eval,
                  capacity_factor_train, capacity_factor_eval, loss_coef, custom_experts):
+        who = type(self).__name__
+        for name, value in (("second_threshold_train", second_threshold_train),
+                            ("second_threshold_eval", second_threshold_eval),
+                            ("capacity_factor_train", capacity_factor_train),
+                            ("capacity_factor_eval", capacity_factor_eval),
+                            ("loss_coef", loss_coef)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"{who}: {name} must be a number, got {value!r}")
         hidden_dim = hidden_dim or dim * 4
         engine_activation = _ACTIVATIONS.get(activation)
         python_experts = custom_experts is not None or engine_activation is None
@@ -140,7 +148,7 @@ class HeirarchicalMoE(_GShardCompat):
                  second_threshold_train: float = 0.2, second_threshold_eval: float = 0.2,
                  capacity_factor_train: float = 1.25, capacity_factor_eval: float = 2.0,
                  loss_coef: float = 1e-2, experts: Optional[nn.Module] = None):
-        if len(num_experts) != 2:
+        if not isinstance(num_experts, (tuple, list)) or len(num_experts) != 2:
             raise ValueError("HeirarchicalMoE: num_experts must be (outer, inner), got "
                              f"{num_experts!r}")
         super().__init__(dim, list(num_experts), hidden_dim, activation, second_policy_train,

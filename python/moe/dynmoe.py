@@ -81,10 +81,13 @@ class TopAnyMoE(RoutedLayer):
         self._sync()
         if optimizer is not None and result.changed():
             # The tensors with a row per expert (the ones an update resizes or re-initialises).
+            resize = self._cpp.resize_mode()
+            # Resize mode resizes the experts' and the router's rows; a re-initialisation in pool
+            # mode renews the expert's weights only (DynamicExpertSet::reinit_expert).
             per_expert = [p for name, p in self.named_parameters()
-                          if name.startswith("experts.") or name in _ROUTER_ROWS]
-            _move_optimizer_state(optimizer, per_expert, experts_before, result,
-                                  self._cpp.resize_mode(), self._reinit)
+                          if name.startswith("experts.") or (resize and name in _ROUTER_ROWS)]
+            _move_optimizer_state(optimizer, per_expert, experts_before, result, resize,
+                                  self._reinit)
         return result
 
 
@@ -102,7 +105,7 @@ def _move_optimizer_state(optimizer, per_expert, experts_before, update, resize,
             if not torch.is_tensor(value) or value.dim() == 0 or value.shape[0] != experts_before:
                 continue  # a step count, or not a per-entry moment
             if resize:  # the survivors' rows in their order, then zeros for an added expert
-                rows = value.index_select(0, torch.tensor(keep, device=value.device))
+                rows = value.index_select(0, torch.tensor(keep, dtype=torch.long, device=value.device))
                 extra = p.shape[0] - rows.shape[0]
                 if extra > 0:
                     rows = torch.cat([rows, rows.new_zeros((extra,) + tuple(rows.shape[1:]))])

@@ -37,4 +37,12 @@ def _handle(module):
     if not isinstance(module, CppModule):
         raise TypeError(f"moe.io: expected a moe layer (moe.CppModule), got {type(module).__name__};"
                         " for other modules use save_file/load_file with their state_dict()")
+    python_parts = [f"{prefix}.{name}" if prefix else name
+                    for prefix, m in module.named_modules() if isinstance(m, CppModule)
+                    for name, child in m._modules.items() if not isinstance(child, CppModule)]
+    if python_parts:
+        # Their tensors are not in the C++ module that save_module/load_module see.
+        raise TypeError(f"moe.io: {type(module).__name__} holds Python modules ({python_parts[0]}"
+                        f"{', ...' if len(python_parts) > 1 else ''}), which the C++ files do not "
+                        "cover; use save_file(module.state_dict(), path) and load_file instead")
     return module.cpp

@@ -135,15 +135,23 @@ SetterTable<HyperRouterMoEOptions> hyper_options() {
 
 SetterTable<GShardMoEOptions> gshard_options() {
   using O = GShardMoEOptions;
-  auto policy = [](const py::handle& v) {
-    return second_policy_from_string(py::cast<std::string>(v), "GShardMoE");
+  auto policy = [](const py::handle& v, const char* option) {
+    std::vector<std::pair<std::string, SecondPolicy>> names;
+    for (const auto p :
+         {SecondPolicy::kAll, SecondPolicy::kNone, SecondPolicy::kThreshold, SecondPolicy::kRandom})
+      names.emplace_back(to_string(p), p);
+    return enum_from_name(py::cast<std::string>(v), names, "GShardMoE", option);
   };
   SetterTable<O> t{
       MOE_SET(group_size, int64_t),
       {"second_policy_train",
-       [policy](O& o, const py::handle& v) { o.second_policy_train(policy(v)); }},
+       [policy](O& o, const py::handle& v) {
+         o.second_policy_train(policy(v, "second_policy_train"));
+       }},
       {"second_policy_eval",
-       [policy](O& o, const py::handle& v) { o.second_policy_eval(policy(v)); }},
+       [policy](O& o, const py::handle& v) {
+         o.second_policy_eval(policy(v, "second_policy_eval"));
+       }},
       MOE_SET(second_threshold_train, double),
       MOE_SET(second_threshold_eval, double),
       MOE_SET(capacity_factor_train, double),

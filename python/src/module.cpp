@@ -82,7 +82,9 @@ PYBIND11_MODULE(_C, m) {
   py::module_::import("torch");  // the tensor type the casters need
   m.doc() = "moe: Mixture-of-Experts layers on LibTorch (the compiled part; use the package moe)";
   // The library's errors as the matching Python exceptions, with the message and no C++ frames.
-  py::register_exception_translator([](std::exception_ptr p) {
+  // Local: the pybind11 registry is shared with torch._C, whose own functions keep their
+  // translators.
+  py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const c10::ValueError& e) {

@@ -138,6 +138,8 @@ def test_experts_of_ones_own_and_other_activations_run_in_python():
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
     out.sum().backward()
     assert custom.w1.grad is not None and layer.router.weight.grad is not None
+    with pytest.raises(TypeError, match="holds Python modules \\(experts\\)"):
+        moe.io.save(layer, "unused.safetensors")  # the C++ file would miss the experts
     twin = copy.deepcopy(layer)  # the Python experts are copied too
     assert isinstance(twin.experts, moe.compat.Experts) and twin.experts is not custom
     torch.testing.assert_close(twin(x)[0], out, rtol=0, atol=0)

@@ -153,7 +153,7 @@ def test_options_are_checked_as_keyword_arguments():
         moe.SparseMoE(8, 4, router="nope")
     with pytest.raises(ValueError, match="'schedule'"):
         moe.TopAnyMoE(8, 4, schedule=("sometimes", 1))
-    with pytest.raises(ValueError, match="second policy must be one of"):
+    with pytest.raises(ValueError, match="option 'second_policy_train' must be one of .*'maybe'"):
         moe.GShardMoE(8, [4], second_policy_train="maybe")
     with pytest.raises(TypeError, match="MMoE gate: unexpected option 'k'"):
         moe.MMoE(8, 3, 2, gate={"k": 2})

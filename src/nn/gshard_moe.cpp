@@ -11,7 +11,7 @@ constexpr const char* kWho = "GShardMoE";
 
 RoutedMoEOptions routed_options(const GShardMoEOptions& o) {
   const auto ro = o.router_options();
-  GShardRouter check(ro);  // options errors now, naming the layer, not at the first forward
+  check_gshard_router_options(ro);  // now, naming the layer, not at the first forward
   return RoutedMoEOptions(
              o.d_model(), [ro] { return GShardRouter(ro).ptr(); }, o.expert_options())
       .name(kWho);

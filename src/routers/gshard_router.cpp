@@ -142,8 +142,7 @@ at::Tensor minus_one_unless(const at::Tensor& used, const at::Tensor& index) {
 
 }  // namespace
 
-GShardRouterImpl::GShardRouterImpl(GShardRouterOptions options_) : options(std::move(options_)) {
-  const auto& o = options;
+void check_gshard_router_options(const GShardRouterOptions& o) {
   const auto& who = o.name();
   TORCH_CHECK_VALUE(o.d_model() >= 1, who, ": d_model must be >= 1, got ", o.d_model());
   TORCH_CHECK_VALUE(o.experts().size() == 1 || o.experts().size() == 2, who,
@@ -165,6 +164,10 @@ GShardRouterImpl::GShardRouterImpl(GShardRouterOptions options_) : options(std::
                       " must be finite and > 0, got ", value);
   TORCH_CHECK_VALUE(o.min_capacity() >= 0, who, ": min_capacity must be >= 0, got ",
                     o.min_capacity());
+}
+
+GShardRouterImpl::GShardRouterImpl(GShardRouterOptions options_) : options(std::move(options_)) {
+  check_gshard_router_options(options);
   reset();
 }
 

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "moe/moe.h"
+#include "support/finite_differences.h"
 #include "support/reference.h"
 #include "support/test_util.h"
 
@@ -93,26 +94,7 @@ TEST(ExpertChoice, GradientsMatchFiniteDifferences) {
   const auto before = layer->forward(x).routing.expert_index;
   auto& W = layer->router_as<ExpertChoiceRouterImpl>().weight;
   std::vector<torch::Tensor> params{x, W, layer->experts->w1, layer->experts->b2};
-  const auto grads = torch::autograd::grad({loss_of()}, params);
-  const double eps = 1e-6;
-  for (size_t i = 0; i < params.size(); ++i) {
-    auto flat = params[i].view(-1);
-    for (int64_t j = 0; j < flat.numel(); j += 3) {
-      double plus, minus;
-      {
-        torch::NoGradGuard g;
-        const double v = flat[j].item<double>();
-        flat[j].fill_(v + eps);
-        plus = loss_of().item<double>();
-        flat[j].fill_(v - eps);
-        minus = loss_of().item<double>();
-        flat[j].fill_(v);
-      }
-      const double fd = (plus - minus) / (2 * eps);
-      EXPECT_NEAR(grads[i].view(-1)[j].item<double>(), fd, 1e-6 * (1 + std::abs(fd)))
-          << "parameter " << i << " entry " << j;
-    }
-  }
+  mt::expect_gradients_match_finite_differences(loss_of, params, /*stride=*/3);
   // The perturbations were small enough not to change any choice.
   EXPECT_TRUE(torch::equal(layer->forward(x).routing.expert_index, before));
 }

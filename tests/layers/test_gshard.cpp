@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "moe/moe.h"
+#include "support/finite_differences.h"
 #include "support/reference.h"
 #include "support/test_util.h"
 
@@ -227,30 +228,58 @@ TEST(GShard, OneLevelMatchesTheReferenceForEveryPolicyInBothModes) {
 
 TEST(GShard, TwoLevelsMatchTheReference) {
   const int64_t b = 2, n = 24, d = 5, h = 4;
-  for (const auto policy : {SecondPolicy::kAll, SecondPolicy::kThreshold, SecondPolicy::kRandom}) {
-    SCOPED_TRACE(to_string(policy));
-    auto layer = make_layer(d, {3, 2}, h, policy, 1.0, 2);
-    const auto x = torch::randn({b, n, d}, torch::kDouble);
-    torch::manual_seed(5);
-    const auto out = layer->forward(x);
-    const auto& r = *layer->router;
-    const int64_t Co = r.capacity(n, 3);
-    EXPECT_EQ(Co, 8);  // ⌊24·1/3⌋
-    EXPECT_EQ(r.capacity(Co, 2), 4);
-    torch::manual_seed(5);
-    const auto u_outer = torch::rand({b, n}, torch::kDouble);
-    const auto u_inner = torch::rand({3, b, Co}, torch::kDouble);
-    const auto ref = reference_two_level(x.reshape({-1, d}), r.outer_weight, r.inner_weight, n,
-                                         policy, 0.2, 1.0, u_outer, u_inner);
-    EXPECT_TRUE(torch::equal(out.routing.expert_index, ref.expert_index));
-    EXPECT_TRUE(mt::all_close(out.routing.gate, ref.gate, 1e-12, 1e-14));
-    EXPECT_NEAR(out.aux_loss.item<double>(), 1e-2 * ref.loss, 1e-14);
-    expect_output_is_dense_reference(layer, x, out, ref);
-    // Some choices were dropped at each level and some tokens kept two inner experts.
-    EXPECT_GT(out.stats.dropped.item<int64_t>(), 0);
-    EXPECT_GT(((out.routing.expert_index.narrow(1, 0, 2) >= 0).sum(1) == 2).sum().item<int64_t>(),
-              0);
+  for (const auto policy :
+       {SecondPolicy::kAll, SecondPolicy::kNone, SecondPolicy::kThreshold, SecondPolicy::kRandom}) {
+    for (const bool training : {true, false}) {
+      SCOPED_TRACE(std::string(to_string(policy)) + (training ? " training" : " eval"));
+      auto layer = make_layer(d, {3, 2}, h, policy, 1.0, 2);
+      layer->train(training);
+      const auto x = torch::randn({b, n, d}, torch::kDouble);
+      torch::manual_seed(5);
+      const auto out = layer->forward(x);
+      const auto& r = *layer->router;
+      const double cf = training ? 1.0 : 2.0;
+      const int64_t Co = r.capacity(n, 3);
+      EXPECT_EQ(Co, training ? 8 : 16);  // ⌊24·cf/3⌋
+      EXPECT_EQ(r.capacity(Co, 2), training ? 4 : 16);
+      torch::manual_seed(5);
+      const auto u_outer = torch::rand({b, n}, torch::kDouble);
+      const auto u_inner = torch::rand({3, b, Co}, torch::kDouble);
+      const auto ref = reference_two_level(x.reshape({-1, d}), r.outer_weight, r.inner_weight, n,
+                                           policy, 0.2, cf, u_outer, u_inner);
+      EXPECT_TRUE(torch::equal(out.routing.expert_index, ref.expert_index));
+      EXPECT_TRUE(mt::all_close(out.routing.gate, ref.gate, 1e-12, 1e-14));
+      EXPECT_NEAR(out.aux_loss.item<double>(), 1e-2 * ref.loss, 1e-14);
+      expect_output_is_dense_reference(layer, x, out, ref);
+      if (training && policy != SecondPolicy::kNone) {
+        // Some choices were dropped and some tokens kept two inner experts.
+        EXPECT_GT(out.stats.dropped.item<int64_t>(), 0);
+        const auto first_group = out.routing.expert_index.narrow(1, 0, 2) >= 0;
+        EXPECT_GT((first_group.sum(1) == 2).sum().item<int64_t>(), 0);
+      }
+    }
   }
+}
+
+// The one place where the library departs from lucidrains (docs/python.md): an outer first choice
+// tied with the second has the weight 0.5 / (1 + 1e-9) < 0.5, which lucidrains takes for a second
+// choice, whose slot gets one inner expert. Here it stays a first choice and gets two.
+TEST(GShard, AFirstChoiceTiedWithTheSecondIsStillAFirstChoice) {
+  auto layer = make_layer(4, {2, 2}, 3, SecondPolicy::kAll, 4.0, 6);
+  {
+    torch::NoGradGuard g;
+    layer->router->outer_weight.zero_();  // every token: outer probabilities (0.5, 0.5)
+  }
+  const auto out = layer->forward(torch::randn({1, 4, 4}, torch::kDouble));
+  const auto& index = out.routing.expert_index;  // [T, 4]: (outer choice, inner choice)
+  // First choice (group 0, the lower index): two inner experts; second choice: its one.
+  EXPECT_TRUE(torch::all(index.narrow(1, 0, 2) >= 0).item<bool>()) << index;
+  EXPECT_TRUE(torch::all(index.narrow(1, 0, 2) < 2).item<bool>()) << index;
+  EXPECT_TRUE(torch::all(index.select(1, 2) == -1).item<bool>()) << index;
+  EXPECT_TRUE(torch::all(index.select(1, 3) >= 2).item<bool>()) << index;
+  // The first choice's weight is below 0.5, which is what lucidrains' rule would have read.
+  const auto first = out.routing.gate.narrow(1, 0, 2).sum(1);
+  EXPECT_TRUE(torch::all(first < 0.5).item<bool>()) << first;
 }
 
 TEST(GShard, CapacityFollowsMeshTensorFlow) {
@@ -263,19 +292,22 @@ TEST(GShard, CapacityFollowsMeshTensorFlow) {
   EXPECT_EQ(r->capacity(320, 4), 160);    // lucidrains' (4, 4) inner gate in eval: ⌊320·2/4⌋
 }
 
+// A one-level layer on d = 2 whose gate logits are the input itself (router.weight = I).
+GShardMoE identity_gate_layer(GShardMoEOptions options) {
+  GShardMoE layer(options.hidden_size(3));
+  torch::NoGradGuard g;
+  layer->router->weight.copy_(torch::eye(2));
+  return layer;
+}
+
 // Six tokens, two experts, capacity 3: tokens 0, 2, 3 prefer expert 0 and 1, 4, 5 expert 1. The
 // first choices fill both buffers, so every second choice is dropped, although token 1's second
 // choice comes before tokens 2 and 3 in token order.
 TEST(GShard, FirstChoicesTakeTheirPlacesBeforeAnySecondChoice) {
-  GShardMoE layer(GShardMoEOptions(2, {2})
-                      .hidden_size(3)
-                      .second_policy_train(SecondPolicy::kAll)
-                      .capacity_factor_train(0.1)
-                      .min_capacity(3));
-  {
-    torch::NoGradGuard g;
-    layer->router->weight.copy_(torch::eye(2));
-  }
+  auto layer = identity_gate_layer(GShardMoEOptions(2, {2})
+                                       .second_policy_train(SecondPolicy::kAll)
+                                       .capacity_factor_train(0.1)
+                                       .min_capacity(3));
   const auto x =
       torch::tensor({{2.0, 0.0}, {0.0, 2.0}, {1.0, 0.0}, {3.0, 0.0}, {0.0, 1.0}, {0.0, 3.0}})
           .view({1, 6, 2});
@@ -289,26 +321,15 @@ TEST(GShard, FirstChoicesTakeTheirPlacesBeforeAnySecondChoice) {
   // softmax(2, 0) = (0.881, 0.119), so its first weight stays 0.881.
   EXPECT_NEAR(out.routing.gate[0][0].item<float>(), 1 / (1 + std::exp(-2.0)), 1e-6);
   // With room for every choice, each token keeps both.
-  GShardMoE roomy(GShardMoEOptions(2, {2})
-                      .hidden_size(3)
-                      .second_policy_train(SecondPolicy::kAll)
-                      .capacity_factor_train(2.0));
-  {
-    torch::NoGradGuard g;
-    roomy->router->weight.copy_(torch::eye(2));
-  }
+  auto roomy = identity_gate_layer(
+      GShardMoEOptions(2, {2}).second_policy_train(SecondPolicy::kAll).capacity_factor_train(2.0));
   EXPECT_TRUE(torch::all(roomy->forward(x).routing.expert_index >= 0).item<bool>());
 }
 
 TEST(GShard, ThresholdPolicyKeepsSecondWeightsAboveIt) {
-  GShardMoE layer(GShardMoEOptions(2, {2})
-                      .hidden_size(3)
-                      .second_policy_train(SecondPolicy::kThreshold)
-                      .capacity_factor_train(4.0));
-  {
-    torch::NoGradGuard g;
-    layer->router->weight.copy_(torch::eye(2));
-  }
+  auto layer = identity_gate_layer(GShardMoEOptions(2, {2})
+                                       .second_policy_train(SecondPolicy::kThreshold)
+                                       .capacity_factor_train(4.0));
   // g2 = softmax(a, 0)[1] = 1 / (1 + e^a): 0.269 for a = 1 (kept), 0.047 for a = 3 (not).
   const auto x = torch::tensor({{1.0, 0.0}, {3.0, 0.0}}).view({1, 2, 2});
   const auto index = layer->forward(x).routing.expert_index;
@@ -317,7 +338,7 @@ TEST(GShard, ThresholdPolicyKeepsSecondWeightsAboveIt) {
 }
 
 TEST(GShard, GradientsMatchFiniteDifferences) {
-  for (const std::vector<int64_t> experts : {std::vector<int64_t>{3}, {2, 2}}) {
+  for (const auto& experts : {std::vector<int64_t>{3}, std::vector<int64_t>{2, 2}}) {
     SCOPED_TRACE(experts.size() == 1 ? "one level" : "two levels");
     auto layer = make_layer(4, experts, 3, SecondPolicy::kAll, 1.0, 3);
     auto x = torch::randn({2, 8, 4}, torch::kDouble).requires_grad_(true);
@@ -329,26 +350,7 @@ TEST(GShard, GradientsMatchFiniteDifferences) {
     const auto before = layer->forward(x).routing.expert_index;
     std::vector<torch::Tensor> params{x, layer->experts->w1, layer->experts->b2};
     for (auto& p : layer->router->parameters()) params.push_back(p);
-    const auto grads = torch::autograd::grad({loss_of()}, params);
-    const double eps = 1e-6;
-    for (size_t i = 0; i < params.size(); ++i) {
-      auto flat = params[i].view(-1);
-      for (int64_t j = 0; j < flat.numel(); j += 2) {
-        double plus, minus;
-        {
-          torch::NoGradGuard g;
-          const double v = flat[j].item<double>();
-          flat[j].fill_(v + eps);
-          plus = loss_of().item<double>();
-          flat[j].fill_(v - eps);
-          minus = loss_of().item<double>();
-          flat[j].fill_(v);
-        }
-        const double fd = (plus - minus) / (2 * eps);
-        EXPECT_NEAR(grads[i].reshape(-1)[j].item<double>(), fd, 1e-6 * (1 + std::abs(fd)))
-            << "parameter " << i << " entry " << j;
-      }
-    }
+    mt::expect_gradients_match_finite_differences(loss_of, params, /*stride=*/2);
     EXPECT_TRUE(torch::equal(layer->forward(x).routing.expert_index, before));
   }
 }

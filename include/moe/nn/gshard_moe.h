@@ -64,7 +64,9 @@ class GShardMoEImpl : public RoutedMoEImpl {
   explicit GShardMoEImpl(GShardMoEOptions options);
   void pretty_print(std::ostream& stream) const override;
   /// x: [b, n, d] (groups of n tokens unless group_size is set) or [T, d]. The auxiliary loss is
-  /// computed in training and evaluation alike (Mesh-TF).
+  /// computed in training and evaluation alike (Mesh-TF). It sets the router's group size for x
+  /// first: call it, not RoutedMoEImpl::forward (which keeps the group size of the last call),
+  /// and not from two threads at once.
   MoEOutput forward(const torch::Tensor& x);
   /// The gate's decision for x, grouped as forward() groups it, without running the experts (for
   /// experts of one's own, as lucidrains' `experts=` argument).

@@ -74,6 +74,9 @@ struct GShardRouterOptions {
   TORCH_ARG(std::string, name) = "GShardRouter";  ///< the layer named in error messages
 };
 
+/// Validates the options (c10::ValueError naming the field and the value).
+void check_gshard_router_options(const GShardRouterOptions& o);
+
 class GShardRouterImpl : public torch::nn::Cloneable<GShardRouterImpl>, public RouterInterface {
  public:
   explicit GShardRouterImpl(GShardRouterOptions options);
