@@ -137,6 +137,7 @@ RefRoute reference_two_level(const torch::Tensor& x, const torch::Tensor& Wo,
   // The slots: token and importance.
   std::vector<int64_t> slot_token(Eo * G * Co, -1);
   std::vector<double> importance(Eo * G * Co, 0.0);
+  std::vector<int64_t> slot_of(T * 2, -1);  // token t's choice j: slot_of[2t + j], -1 if unused
   auto slot_x = torch::zeros({Eo, G, Co, d}, torch::kDouble);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t g = t / S;
@@ -145,6 +146,7 @@ RefRoute reference_two_level(const torch::Tensor& x, const torch::Tensor& Wo,
       if (!used) continue;
       const int64_t e = j == 0 ? o.e1[t] : o.e2[t], pos = j == 0 ? o.pos1[t] : o.pos2[t];
       const int64_t slot = (e * G + g) * Co + pos;
+      slot_of[2 * t + j] = slot;
       slot_token[slot] = t;
       importance[slot] = j == 0 ? 1.0 : 0.5;  // by the choice (the docs say why)
       slot_x[e][g][pos] = x[t];
@@ -159,13 +161,11 @@ RefRoute reference_two_level(const torch::Tensor& x, const torch::Tensor& Wo,
   auto index = torch::full({T, 4}, -1, torch::kLong);
   auto gate = torch::zeros({T, 4}, torch::kDouble);
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t g = t / S;
     for (int j = 0; j < 2; ++j) {
-      const bool used = j == 0 ? o.used1[t] : o.used2[t];
-      if (!used) continue;
-      const int64_t e = j == 0 ? o.e1[t] : o.e2[t], pos = j == 0 ? o.pos1[t] : o.pos2[t];
+      const int64_t slot = slot_of[2 * t + j];
+      if (slot < 0) continue;
+      const int64_t e = j == 0 ? o.e1[t] : o.e2[t];
       const double w = j == 0 ? o.w1[t] : o.w2[t];
-      const int64_t slot = (e * G + g) * Co + pos;
       for (int m = 0; m < 2; ++m) {
         if (!(m == 0 ? in.used1[slot] : in.used2[slot])) continue;
         index[t][2 * j + m] = e * Ei + (m == 0 ? in.e1[slot] : in.e2[slot]);
