@@ -47,8 +47,8 @@ class HierarchicalMoE(RoutedLayer):
 
 
 class HyperRouterMoE(RoutedLayer):
-    """HyperRouter (router="hyper") or SMoE-Dropout (router="smoe_dropout"), with an optional k
-    schedule k_schedule=(mode, k_min, k_max, total_steps)."""
+    """HyperRouter (router="hyper"), SMoE-Dropout (router="smoe_dropout") or its router trained
+    (router="smoe"), with an optional k schedule k_schedule=(mode, k_min, k_max, total_steps)."""
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(_C.HyperRouterMoE(d_model, num_experts, options))

@@ -109,7 +109,8 @@ SetterTable<HyperRouterMoEOptions> hyper_options() {
          o.router(enum_from_name(py::cast<std::string>(v),
                                  std::vector<std::pair<std::string, HyperRouterKind>>{
                                      {"hyper", HyperRouterKind::kHyper},
-                                     {"smoe_dropout", HyperRouterKind::kFrozenRandom}},
+                                     {"smoe_dropout", HyperRouterKind::kFrozenRandom},
+                                     {"smoe", HyperRouterKind::kTrainable}},
                                  "HyperRouterMoE", "router"));
        }},
       MOE_SET(top_k, int64_t),

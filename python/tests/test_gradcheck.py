@@ -16,6 +16,7 @@ LAYERS = {
                                              capacity_factor=1.0),
     "hierarchical": lambda: moe.HierarchicalMoE(4, 2, 2, hidden_size=3, noisy_gating=False),
     "hyper": lambda: moe.HyperRouterMoE(4, 3, hidden_size=3, hyper_hidden=3),
+    "smoe": lambda: moe.HyperRouterMoE(4, 3, router="smoe", hidden_size=3),
     "top_any": lambda: moe.TopAnyMoE(4, 3, hidden_size=3, initial_experts=3),
     "gshard": lambda: moe.GShardMoE(4, [3], hidden_size=3, second_policy_train="all"),
     "gshard_two_levels": lambda: moe.GShardMoE(4, [2, 2], hidden_size=3,

@@ -91,8 +91,14 @@ HyperRouterOptions HyperRouterMoEOptions::hyper_router_options() const {
 }
 
 RouterOptions HyperRouterMoEOptions::random_router_options() const {
+  // kFrozenRandom: frozen, with bias, softmax over the k selected logits. kTrainable: the same
+  // router trained; softmax over all E logits renormalised over the k kept is that same softmax
+  // over the k selected logits, and balance_coef() is passed, so no default balance loss is added.
+  const bool frozen = router() == HyperRouterKind::kFrozenRandom;
   return RouterOptions(d_model(), num_experts())
-      .kind(RouterKind::kFrozenRandom)  // frozen, with bias, softmax over the k selected logits
+      .kind(frozen ? RouterKind::kFrozenRandom : RouterKind::kSoftmaxTopK)
+      .bias(true)
+      .normalize_top_k(true)
       .top_k(top_k())
       .router_init_std(router_init_std())
       .balance_coef(balance_coef())
@@ -121,7 +127,9 @@ std::shared_ptr<RoutedMoEImpl> HyperRouterMoEImpl::make_copy() const {
 void HyperRouterMoEImpl::pretty_print(std::ostream& stream) const {
   const auto& o = layer_options_;
   stream << "moe::nn::HyperRouterMoE(router="
-         << (o.router() == HyperRouterKind::kHyper ? "hyper" : "frozen_random")
+         << (o.router() == HyperRouterKind::kHyper          ? "hyper"
+             : o.router() == HyperRouterKind::kFrozenRandom ? "frozen_random"
+                                                            : "trainable")
          << ", d_model=" << o.d_model() << ", num_experts=" << o.num_experts()
          << ", hidden_size=" << o.hidden_size() << ", top_k=" << top_k();
   if (o.k_schedule()) {

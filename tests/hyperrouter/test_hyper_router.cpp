@@ -268,7 +268,8 @@ TEST_P(HyperRouterMoEVsDense, OutputMatchesTheReference) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, HyperRouterMoEVsDense,
                          ::testing::Combine(::testing::Values(HyperRouterKind::kHyper,
-                                                              HyperRouterKind::kFrozenRandom),
+                                                              HyperRouterKind::kFrozenRandom,
+                                                              HyperRouterKind::kTrainable),
                                             ::testing::Values(1, 2, 4)));
 
 // With k = E every expert is used with the softmax over all logits: dense mixing.
@@ -284,6 +285,24 @@ TEST(HyperRouterMoE, KEqualsEIsDenseSoftmaxMixing) {
   const auto expect = mt::dense_moe_reference(x, idx, p, e->w1, e->w2, e->w3, e->b1, e->b2,
                                               layer->experts->options.activation());
   EXPECT_CLOSE(layer->forward(x).output, expect, 1e-10, 1e-12);
+}
+
+// kTrainable is SMoE-Dropout's router with gradients: same initialisation, no auxiliary loss, and
+// both router tensors receive a gradient from the task loss.
+TEST(SMoE, TrainableRouterLearnsWithoutAuxLoss) {
+  torch::manual_seed(6);
+  HyperRouterMoE layer(HyperRouterMoEOptions(64, 16).router(HyperRouterKind::kTrainable));
+  const auto& r = layer->random_router;
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->weight.requires_grad());
+  EXPECT_TRUE(r->bias.requires_grad());
+  EXPECT_NEAR(r->weight.std().item<double>(), 0.02, 0.002);
+  EXPECT_EQ(r->bias.abs().max().item<float>(), 0.f);
+  const auto out = layer->forward(torch::randn({10, 64}));
+  EXPECT_EQ(out.aux_loss.item<float>(), 0.f);
+  out.output.square().sum().backward();
+  EXPECT_GT(r->weight.grad().abs().sum().item<double>(), 0);
+  EXPECT_GT(r->bias.grad().abs().sum().item<double>(), 0);
 }
 
 TEST(SMoEDropout, RouterIsRandomFrozenWithZeroBiasAndNoAuxLoss) {

@@ -5,6 +5,8 @@
 //                (moe/routers/hyper_router.h): router.embedding, router.hypernet_*.
 // kFrozenRandom: SMoE-Dropout, a random Linear(d, E) router with bias, N(0, 0.02) / 0, frozen:
 //                router.weight [E, d], router.bias [E] (requires_grad = false).
+// kTrainable:    the same router trained (the SMoE of Do et al.'s comparisons): router.weight,
+//                router.bias with requires_grad = true.
 // Both: top-k, softmax over the k selected logits, dropless, no auxiliary loss by default, and an
 // optional k schedule over the training forwards (SMoE-Dropout's growing k). Experts: experts.*.
 #pragma once
@@ -28,6 +30,7 @@ namespace moe::nn {
 enum class HyperRouterKind {
   kHyper,         ///< HyperRouter
   kFrozenRandom,  ///< SMoE-Dropout
+  kTrainable,     ///< SMoE: SMoE-Dropout's router, trained
 };
 
 /// The router settings are flat (they describe one of two routers); the experts' options are
@@ -40,8 +43,8 @@ struct HyperRouterMoEOptions {
       : expert_options_(num_experts, d_model, 4 * d_model),
         d_model_(d_model),
         num_experts_(num_experts) {}
-  /// The router these settings describe: the HyperRouter (kHyper) or SMoE-Dropout's frozen random
-  /// TopKRouter (kFrozenRandom).
+  /// The router these settings describe: the HyperRouter (kHyper), or SMoE-Dropout's random
+  /// TopKRouter, frozen (kFrozenRandom) or trained (kTrainable).
   HyperRouterOptions hyper_router_options() const;
   RouterOptions random_router_options() const;
 
@@ -104,7 +107,7 @@ class HyperRouterMoEImpl : public RoutedMoEImpl {
   const HyperRouterMoEOptions& layer_options() const { return layer_options_; }
 
   HyperRouter hyper_router = nullptr;  ///< kHyper
-  TopKRouter random_router = nullptr;  ///< kFrozenRandom
+  TopKRouter random_router = nullptr;  ///< kFrozenRandom, kTrainable
 
  protected:
   std::shared_ptr<RoutedMoEImpl> make_copy() const override;
