@@ -191,6 +191,7 @@ INSTANTIATE_TEST_SUITE_P(
         Variant{"smoe_dropout",
                 {"moe.router=\"smoe_dropout\"", "moe.k_schedule=\"linear_increase\""},
                 2},
+        Variant{"smoe", {"moe.router=\"smoe\"", "moe.k_schedule=\"linear_increase\""}, 2},
         Variant{"expert_choice", {"moe.router=\"expert_choice\"", "moe.capacity_factor=1.5"}, 2}),
     [](const auto& info) { return std::string(info.param.name); });
 

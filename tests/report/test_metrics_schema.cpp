@@ -29,6 +29,7 @@ metrics::TrainRecord sample_train_record() {
   sparse.name = "blocks.0.ffn";
   sparse.share = {0.75, 0.25};
   sparse.cv = 0.5;
+  sparse.cv_importance = 0.25;
   sparse.dropped = 0.0;
   sparse.mean_k = 2.0;
   sparse.active_experts = 2;
@@ -45,7 +46,8 @@ TEST(MetricsSchema, TrainRecordLineIsTheFileFormat) {
   const json j = sample_train_record();
   EXPECT_EQ(j.dump(),
             R"({"aux_loss":0.25,"bpc":3.0,"elapsed_s":3.5,"event":"train","grad_norm":0.5,)"
-            R"("loss":2.25,"lr":0.001,"moe":[{"active_experts":2,"cv":0.5,"dropped":0.0,)"
+            R"("loss":2.25,"lr":0.001,"moe":[{"active_experts":2,"cv":0.5,"cv_importance":0.25,)"
+            R"("dropped":0.0,)"
             R"("mean_k":2.0,"name":"blocks.0.ffn","share":[0.75,0.25],"unrouted":0.0},)"
             R"({"cv":0.0,"name":"gate0","share":[0.5,0.5]}],"step":10,"task_loss":2.0,)"
             R"("tokens_per_s":1000.0})");
@@ -72,7 +74,9 @@ TEST(MetricsSchema, TrainRecordReadsBackWhatWasWritten) {
   EXPECT_EQ(r.moe[0].name, "blocks.0.ffn");
   EXPECT_EQ(r.moe[0].share, w.moe[0].share);
   EXPECT_EQ(r.moe[0].active_experts, 2.0);
+  EXPECT_EQ(r.moe[0].cv_importance, 0.25);
   EXPECT_EQ(r.moe[1].cv, 0.0);
+  EXPECT_FALSE(r.moe[1].cv_importance.has_value());
   EXPECT_FALSE(r.moe[1].dropped.has_value()) << "gates log no dropped fraction";
 }
 

@@ -17,6 +17,7 @@
 #include "moe/distributed.h"
 #include "train/launcher.h"
 #include "train/memory_estimate.h"
+#include "train/metrics_schema.h"
 #include "train/run_training.h"
 
 namespace moe::cli {
@@ -103,8 +104,17 @@ void print_summary(const std::string& run_dir, const moe::train::TrainSummary& r
               static_cast<long long>(r.parameters.active));
   if (!r.valid.empty()) {
     std::printf("validation (whole split):");
-    for (const auto& [k, v] : r.valid)
-      if (k != "tokens") std::printf("  %s %.4f", k.c_str(), v);
+    for (const auto& [k, v] : r.valid)  // the per-layer keys ("mean_k.<layer>") come below
+      if (k != "tokens" && k.find('.') == std::string::npos) std::printf("  %s %.4f", k.c_str(), v);
+    std::printf("\n");
+  }
+  const std::string mean_k = std::string(metrics::layer_key::kMeanK) + ".";
+  for (const auto& [k, v] : r.valid) {
+    if (k.rfind(mean_k, 0) != 0) continue;
+    const std::string layer = k.substr(mean_k.size());
+    std::printf("  %-16s %.2f experts per token at evaluation", layer.c_str(), v);
+    const auto u = r.valid.find(metrics::eval_layer_key(metrics::layer_key::kUnrouted, layer));
+    if (u != r.valid.end()) std::printf(", %.1f%% of tokens unrouted", 100 * u->second);
     std::printf("\n");
   }
   if (!r.load.empty()) std::printf("expert load over the run (%% of assignments per expert):\n");

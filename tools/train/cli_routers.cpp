@@ -153,6 +153,7 @@ void parse_top_any(const RunConfig& c, MoESection& m) {
           "less than moe.period = " + std::to_string(m.period));
   }
   m.temperature = one_of(c, "moe.temperature", m.temperature, {"frozen", "trainable", "none"});
+  m.fallback = one_of(c, "moe.fallback", m.fallback, {"argmax", "argmax_score", "zero"});
   m.top_any_aux_coef = number_in(c, "moe.aux_coef", m.top_any_aux_coef, 0, 1e6);
   m.top_k = 0;  // top-any: every token chooses its own k
 }
@@ -167,7 +168,10 @@ nn::RoutedMoE build_top_any(const MoESection& m, int64_t d, int64_t) {
                                               : nn::ExpertStorage::kPoolMask)
                .temperature(m.temperature == "trainable" ? TopAnyTemperature::kTrainable
                             : m.temperature == "none"    ? TopAnyTemperature::kNone
-                                                         : TopAnyTemperature::kFrozen);
+                                                         : TopAnyTemperature::kFrozen)
+               .fallback(m.fallback == "zero"           ? TopAnyFallback::kZero
+                         : m.fallback == "argmax_score" ? TopAnyFallback::kArgmaxScore
+                                                        : TopAnyFallback::kArgmax);
   if (m.schedule == "window")
     o.schedule(nn::ExpertSchedule::window(m.record, m.period));
   else if (m.schedule == "every_step")
@@ -204,8 +208,9 @@ void parse_hyper(const RunConfig& c, MoESection& m) {
 nn::RoutedMoE build_hyper(const MoESection& m, int64_t d, int64_t total_steps) {
   auto o = nn::HyperRouterMoEOptions(d, m.num_experts)
                .hidden_size(m.hidden)
-               .router(m.router == "hyper" ? nn::HyperRouterKind::kHyper
-                                           : nn::HyperRouterKind::kFrozenRandom)
+               .router(m.router == "hyper"          ? nn::HyperRouterKind::kHyper
+                       : m.router == "smoe_dropout" ? nn::HyperRouterKind::kFrozenRandom
+                                                    : nn::HyperRouterKind::kTrainable)
                .top_k(m.top_k)
                .activation(activation_of(m.activation))
                .hyper_hidden(m.hyper_hidden)
@@ -216,8 +221,9 @@ nn::RoutedMoE build_hyper(const MoESection& m, int64_t d, int64_t total_steps) {
   return as_routed(nn::HyperRouterMoE(o));
 }
 
-// The trainable router parameters: HyperRouter trains its embedding only (the hyper-network is
-// frozen, counted apart by the memory estimate); SMoE-Dropout's frozen router has weight and bias.
+// The router parameters: HyperRouter trains its embedding only (the hyper-network is frozen,
+// counted apart by the memory estimate); the Linear router of SMoE-Dropout (frozen) and of SMoE
+// (trained) has weight and bias.
 double hyper_router_parameters(const MoESection& m, double d) {
   return m.router == "hyper" ? d : static_cast<double>(m.num_experts) * (d + 1);
 }
@@ -296,7 +302,7 @@ const std::vector<CliRouter>& cli_routers() {
        hierarchical_router_parameters},
       {"top_any",
        {"moe.initial_experts", "moe.storage", "moe.schedule", "moe.record", "moe.period",
-        "moe.temperature", "moe.aux_coef"},
+        "moe.temperature", "moe.fallback", "moe.aux_coef"},
        parse_top_any,
        build_top_any,
        top_any_per_token,
@@ -305,6 +311,8 @@ const std::vector<CliRouter>& cli_routers() {
       {"hyper", hyper_keys, parse_hyper, build_hyper, top_k_per_token, top_k_experts,
        hyper_router_parameters, hypernetwork_parameters},
       {"smoe_dropout", hyper_keys, parse_hyper, build_hyper, top_k_per_token, top_k_experts,
+       hyper_router_parameters},
+      {"smoe", hyper_keys, parse_hyper, build_hyper, top_k_per_token, top_k_experts,
        hyper_router_parameters},
       {"expert_choice",
        {"moe.capacity_factor", "moe.z_loss_coef"},

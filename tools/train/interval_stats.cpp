@@ -24,6 +24,7 @@ void LayerAccumulator::add(const LayerProbe& p, int64_t batch_tokens) {
   tokens += batch_tokens;
   if (sparse) {
     cv += p.stats.cv_load();
+    cv_importance += p.stats.cv_importance();
     dropped += p.stats.dropped_fraction();
     mean_k += p.stats.experts_per_token_mean();
     unrouted_tokens += p.stats.tokens_without_expert();
@@ -39,6 +40,7 @@ metrics::LayerRecord LayerAccumulator::record() const {
   for (auto& s : r.share) s = total > 0 ? s / total : 0;
   if (sparse && forwards > 0) {
     r.cv = cv / forwards;
+    r.cv_importance = cv_importance / forwards;
     r.dropped = dropped / forwards;
     r.mean_k = mean_k / forwards;
     r.active_experts = static_cast<double>(active);

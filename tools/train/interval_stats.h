@@ -23,7 +23,7 @@ struct LayerAccumulator {
   explicit LayerAccumulator(std::string layer = {}) : name(std::move(layer)) {}
   std::string name;
   torch::Tensor counts;  ///< [E] double: assignments (sparse layers) or summed gate mass (gates)
-  double cv = 0, dropped = 0, mean_k = 0, unrouted_tokens = 0, tokens = 0;
+  double cv = 0, cv_importance = 0, dropped = 0, mean_k = 0, unrouted_tokens = 0, tokens = 0;
   int64_t forwards = 0, active = 0;
   bool sparse = true;
 

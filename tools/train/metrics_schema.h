@@ -86,12 +86,19 @@ inline constexpr const char* kFullSplit = "full_split";  ///< the final evaluati
 namespace layer_key {
 inline constexpr const char* kName = "name";
 inline constexpr const char* kShare = "share";
-inline constexpr const char* kCv = "cv";
+inline constexpr const char* kCv = "cv";  ///< of the load (for noisy gates the smooth load)
+inline constexpr const char* kCvImportance = "cv_importance";  ///< of the gate mass per expert
 inline constexpr const char* kDropped = "dropped";
 inline constexpr const char* kMeanK = "mean_k";
 inline constexpr const char* kActiveExperts = "active_experts";
 inline constexpr const char* kUnrouted = "unrouted";
 }  // namespace layer_key
+
+/// Eval records: per MoE layer, the mean experts per evaluated token ("mean_k.<layer>") and, for
+/// routers that may route a token to no expert, the fraction of such tokens ("unrouted.<layer>").
+inline std::string eval_layer_key(const char* layer_field, const std::string& layer) {
+  return std::string(layer_field) + "." + layer;
+}
 
 /// The split of an eval record without key::kSplit.
 inline constexpr const char* kDefaultSplit = "valid";
@@ -111,9 +118,9 @@ struct LayerRecord {
   /// Per expert: its share of the layer's token-expert assignments (gates: of the gate weight).
   /// A reader finds an entry that is not a number as kMissing.
   std::vector<double> share;
-  /// Means over the interval. Sparse layers log all five; multi-task gates only cv.
+  /// Means over the interval. Sparse layers log all six; multi-task gates only cv.
   /// active_experts is a count (written as an integer when it is a whole number).
-  std::optional<double> cv, dropped, mean_k, active_experts, unrouted;
+  std::optional<double> cv, cv_importance, dropped, mean_k, active_experts, unrouted;
 };
 
 /// Means over the steps of a logging interval.
@@ -242,6 +249,7 @@ void to_json(Json& j, const LayerRecord& r) {
   j[layer_key::kName] = r.name;
   j[layer_key::kShare] = r.share;
   if (r.cv) j[layer_key::kCv] = *r.cv;
+  if (r.cv_importance) j[layer_key::kCvImportance] = *r.cv_importance;
   if (r.dropped) j[layer_key::kDropped] = *r.dropped;
   if (r.mean_k) j[layer_key::kMeanK] = *r.mean_k;
   if (r.active_experts) {
@@ -261,6 +269,7 @@ void from_json(const Json& j, LayerRecord& r) {
   r.name = name != j.end() && name->is_string() ? name->template get<std::string>() : "";
   r.share = read_numbers(j, layer_key::kShare);
   r.cv = read_optional(j, layer_key::kCv);
+  r.cv_importance = read_optional(j, layer_key::kCvImportance);
   r.dropped = read_optional(j, layer_key::kDropped);
   r.mean_k = read_optional(j, layer_key::kMeanK);
   r.active_experts = read_optional(j, layer_key::kActiveExperts);

@@ -19,6 +19,7 @@
 #include "moe/io/atomic_file.h"
 #include "moe/io/safetensors.h"
 #include "moe/io/training_state.h"
+#include "moe/nn/hyper_router_moe.h"
 #include "moe/nn/top_any_moe.h"
 #include "train/interval_stats.h"
 #include "train/metrics_log.h"
@@ -445,6 +446,27 @@ void TrainingRun::finish(int64_t step) {
                  summary_.interrupted ? "interrupted" : "stopped", step, c_.run.steps, run_dir_);
 }
 
+// `moe eval --top-k K`: every HyperRouterMoE layer (hyper, smoe_dropout, smoe) evaluated at k = K,
+// the "self-slimmable" evaluation of Do et al. (docs/hyperrouter.md).
+void set_inference_top_k(torch::nn::Module& module, const TrainConfig& c, int64_t k) {
+  int64_t layers = 0;
+  for (const auto& m : module.modules()) {
+    auto* layer = dynamic_cast<nn::HyperRouterMoEImpl*>(m.get());
+    if (layer == nullptr) continue;
+    const int64_t E = layer->layer_options().num_experts();
+    if (k < 1 || k > E)
+      throw std::invalid_argument("moe eval: --top-k " + std::to_string(k) +
+                                  ": expected 1 <= k <= moe.num_experts = " + std::to_string(E));
+    layer->set_inference_top_k(k);
+    ++layers;
+  }
+  if (layers == 0)
+    throw std::invalid_argument(
+        "moe eval: --top-k applies to runs of moe.router = hyper, smoe_dropout or smoe; this run "
+        "has " +
+        (c.model.moe_every == 0 ? std::string("no MoE layer") : "moe.router = " + c.moe.router));
+}
+
 }  // namespace
 
 TrainSummary run_training(const cli::RunConfig& config, const std::string& run_dir, bool resume,
@@ -454,7 +476,9 @@ TrainSummary run_training(const cli::RunConfig& config, const std::string& run_d
   return run.train(stop_at);
 }
 
-Metrics run_evaluation(const std::string& run_dir, const std::string& split) {
+Metrics run_evaluation(const std::string& run_dir, const std::string& split,
+                       c10::optional<int64_t> inference_top_k,
+                       const std::vector<std::string>& sets) {
   if (split != "valid" && split != "test")
     throw std::invalid_argument("moe eval: --split " + split + ": expected valid or test");
   const fs::path dir(run_dir), checkpoint = dir / kCheckpointFile;
@@ -462,12 +486,14 @@ Metrics run_evaluation(const std::string& run_dir, const std::string& split) {
     throw std::invalid_argument("moe eval: " + checkpoint.string() +
                                 " does not exist (train first: moe train CONFIG --out " + run_dir +
                                 ")");
-  const auto config = cli::RunConfig::from_file((dir / kConfigFile).string());
+  auto config = cli::RunConfig::from_file((dir / kConfigFile).string());
+  for (const auto& s : sets) config.set(s);
   const TrainConfig c = parse_train_config(config);
   auto data = load_task_data(c);
   auto model = build_model(c, data->vocab_size(), data->input_dim());
   auto opt = make_optimizer(c.run, model->module());
   io::load_checkpoint(model->module(), *opt, checkpoint.string());
+  if (inference_top_k) set_inference_top_k(model->module(), c, *inference_top_k);
   torch::NoGradGuard no_grad;
   model->module().eval();
   return data->evaluate(*model, split, c.run.batch_size, 0);

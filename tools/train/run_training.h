@@ -12,6 +12,8 @@
 // bit for bit (same build, same thread count).
 #pragma once
 
+#include <c10/util/Optional.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,7 +63,13 @@ TrainSummary run_training(const moe::cli::RunConfig& config, const std::string& 
                           bool resume, int64_t stop_at = 0,
                           std::shared_ptr<dist::ProcessGroup> group = nullptr);
 
-/// Evaluates the checkpoint of `run_dir` on `split` ("valid" or "test"), whole split.
-Metrics run_evaluation(const std::string& run_dir, const std::string& split);
+/// Evaluates the checkpoint of `run_dir` on `split` ("valid" or "test"), whole split; with
+/// `inference_top_k`, every hyper / smoe_dropout / smoe layer at that k (std::invalid_argument for
+/// a run without such layers or a k outside [1, num_experts]). `sets` override keys of the run's
+/// configuration ("key=value", as `moe train --set`); the model they build must match the
+/// checkpoint.
+Metrics run_evaluation(const std::string& run_dir, const std::string& split,
+                       c10::optional<int64_t> inference_top_k = c10::nullopt,
+                       const std::vector<std::string>& sets = {});
 
 }  // namespace moe::train

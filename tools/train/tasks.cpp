@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 
@@ -35,6 +36,41 @@ void check_finite(const torch::Tensor& t, const std::string& file, const char* n
     << bad.size(0) << " such value(s) in " << name << "); expected finite numbers";
   throw std::invalid_argument(s.str());
 }
+
+// How the evaluated tokens were routed, per MoE layer: experts per token, and for routers that may
+// leave a token without an expert (top_any, expert_choice) the fraction they left so. For top_any
+// that is before the inference fallback, which gives such a token its arg-max expert: the tokens
+// training would have sent nowhere.
+class EvalRouting {
+ public:
+  void add(const ModelOutput& out) {
+    for (const auto& p : out.probes) {
+      if (p.gate_mass.defined() || !p.stats.experts_per_token.defined()) continue;  // dense gates
+      auto& s = layers_[p.name];
+      s.tokens += static_cast<double>(p.stats.experts_per_token.numel());
+      s.experts += p.stats.experts_per_token.sum().item<double>();
+      if (p.stats.unrouted.defined()) {
+        s.counts_unrouted = true;
+        s.unrouted += static_cast<double>(p.stats.tokens_without_expert());
+      }
+    }
+  }
+  void write(Metrics* m) const {
+    for (const auto& [name, s] : layers_) {
+      if (s.tokens == 0) continue;
+      (*m)[metrics::eval_layer_key(metrics::layer_key::kMeanK, name)] = s.experts / s.tokens;
+      if (s.counts_unrouted)
+        (*m)[metrics::eval_layer_key(metrics::layer_key::kUnrouted, name)] = s.unrouted / s.tokens;
+    }
+  }
+
+ private:
+  struct Sums {
+    double tokens = 0, experts = 0, unrouted = 0;
+    bool counts_unrouted = false;
+  };
+  std::map<std::string, Sums> layers_;
+};
 
 // ---- lm ----------------------------------------------------------------------------------------
 
@@ -72,6 +108,7 @@ class CharLM : public TaskData {
     const int64_t windows = (text.numel() - 1) / context_;
     double nats = 0;
     int64_t chars = 0;
+    EvalRouting routing;
     for (int64_t w0 = 0, batch = 0; w0 < windows && (max_batches == 0 || batch < max_batches);
          w0 += batch_size, ++batch) {
       const int64_t nw = std::min(batch_size, windows - w0);
@@ -79,15 +116,18 @@ class CharLM : public TaskData {
                        torch::arange(context_ + 1, torch::kLong);
       const auto w = text.index({idx});
       const auto out = model.forward(w.slice(1, 0, context_));
+      routing.add(out);
       nats += torch::nn::functional::cross_entropy(
                   out.logits.reshape({-1, out.logits.size(-1)}), w.slice(1, 1).reshape({-1}),
                   torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                   .item<double>();
       chars += nw * context_;
     }
-    return {{key::kLoss, nats / chars},
-            {key::kBpc, nats / chars / kLn2},
-            {key::kTokens, double(chars)}};
+    Metrics m{{key::kLoss, nats / chars},
+              {key::kBpc, nats / chars / kLn2},
+              {key::kTokens, double(chars)}};
+    routing.write(&m);
+    return m;
   }
 
   int64_t vocab_size() const override { return static_cast<int64_t>(corpus_.vocab.size()); }
@@ -135,10 +175,12 @@ class FashionMnist : public TaskData {
     const int64_t n = s.x.size(0);
     double nats = 0, correct = 0;
     int64_t seen = 0;
+    EvalRouting routing;
     for (int64_t i = 0, batch = 0; i < n && (max_batches == 0 || batch < max_batches);
          i += batch_size, ++batch) {
       const auto x = s.x.slice(0, i, i + batch_size), y = s.y.slice(0, i, i + batch_size);
       const auto out = model.forward(x);
+      routing.add(out);
       nats += torch::nn::functional::cross_entropy(
                   out.logits, y,
                   torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
@@ -146,8 +188,10 @@ class FashionMnist : public TaskData {
       correct += out.logits.argmax(1).eq(y).sum().item<double>();
       seen += x.size(0);
     }
-    return {
+    Metrics m{
         {key::kLoss, nats / seen}, {key::kAccuracy, correct / seen}, {key::kTokens, double(seen)}};
+    routing.write(&m);
+    return m;
   }
 
   std::string describe() const override {

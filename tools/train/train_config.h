@@ -48,7 +48,7 @@ struct DataSection {
 
 /// The MoE layers of the LM and the classifier.
 struct MoESection {
-  /// softmax_topk noisy_topk switch top_any hyper smoe_dropout hierarchical expert_choice
+  /// softmax_topk noisy_topk switch top_any hyper smoe_dropout smoe hierarchical expert_choice
   std::string router = "noisy_topk";
   int64_t num_experts = 8;
   int64_t top_k = 2;
@@ -68,8 +68,9 @@ struct MoESection {
   std::string schedule = "window";  ///< window | every_step | manual
   int64_t record = 300, period = 900;
   std::string temperature = "frozen";  ///< frozen | trainable | none
+  std::string fallback = "argmax";     ///< argmax | argmax_score | zero: an unrouted token at eval
   double top_any_aux_coef = 0.01;
-  // hyper / smoe_dropout
+  // hyper / smoe_dropout / smoe
   std::string k_schedule = "linear_increase";  ///< a TopKSchedule mode, or constant
   int64_t k_min = 0, k_max = 0;                ///< 0 = top_k / num_experts
   int64_t hyper_hidden = 256;
