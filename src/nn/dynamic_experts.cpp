@@ -201,6 +201,11 @@ ExpertUpdate DynamicExpertSet::apply_pending_update(torch::optim::Optimizer* opt
   return update_experts(std::exchange(pending_records_, RoutingRecords()), optimizer);
 }
 
+RoutingRecords DynamicExpertSet::discard_pending_update() {
+  pending_ = false;
+  return std::exchange(pending_records_, RoutingRecords());
+}
+
 // The representation of an added expert: R_S/||R_S||, or undefined when Σ_j R_S[j] = 0 (the
 // reference tests the sum of the components, not the norm; §2.4).
 static torch::Tensor new_representation(const torch::Tensor& unrouted_sum) {

@@ -21,6 +21,7 @@
 #include "cli/cli_test_util.h"
 #include "cli/run_config.h"
 #include "cli/train_test_util.h"
+#include "moe/io/safetensors.h"
 #include "support/test_util.h"
 #include "train/progress.h"
 #include "train/run_training.h"
@@ -196,11 +197,14 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) { return std::string(info.param.name); });
 
 // Validation forwards inside an open DynMoE recording window must not change what training does:
-// the same run with and without frequent evaluations trains identically.
+// the same run with and without frequent evaluations trains identically, and a session stopped at
+// step 5 (in the window of forwards 3..6, after the evaluations of steps 2 and 4) saves the same
+// records of the open window, the count of unrouted tokens included.
 TEST(Train, EvaluationDoesNotChangeDynMoETraining) {
   TempDir dir;
   write_corpus(dir.path / "corpus");
   std::vector<std::vector<json>> runs;
+  std::vector<std::string> open_records;
   for (const char* every : {"run.eval_every=2", "run.eval_every=1000"}) {
     auto config = RunConfig::from_string(lm_config(dir.path / "corpus"));
     for (const char* s : {"run.steps=40", "moe.router=\"top_any\"", "moe.storage=\"pool\"",
@@ -210,7 +214,14 @@ TEST(Train, EvaluationDoesNotChangeDynMoETraining) {
     const auto run = dir.path / (std::string("run") + std::to_string(runs.size()));
     moe::train::run_training(config, run.string(), false);
     runs.push_back(records(read_metrics(run), "train"));
+    const auto stopped = run.string() + "-stopped";
+    moe::train::run_training(config, stopped, false, /*stop_at=*/5);
+    const auto checkpoint = moe::io::load_safetensors(stopped + "/checkpoint.safetensors");
+    open_records.push_back(checkpoint.metadata.at("top_any_records.blocks.0.ffn.moe"));
   }
+  EXPECT_EQ(open_records[0], open_records[1]);
+  EXPECT_GT(json::parse(open_records[0]).at("unrouted_tokens").get<int64_t>(), 0)
+      << open_records[0];
   ASSERT_EQ(runs[0].size(), runs[1].size());
   std::set<int64_t> active;
   for (size_t i = 0; i < runs[0].size(); ++i) {
@@ -220,6 +231,28 @@ TEST(Train, EvaluationDoesNotChangeDynMoETraining) {
     active.insert(runs[0][i].at("moe")[0].at("active_experts").get<int64_t>());
   }
   EXPECT_GT(active.size(), 1u);  // experts were added: the windows mattered
+}
+
+// A DynMoE update that falls due after the run's last step is not applied: nothing would train the
+// added expert, which would take the tokens training left unrouted into the final evaluation and
+// the checkpoint untrained. One step earlier in a longer run, the same update is applied.
+TEST(Train, NoDynMoEUpdateAfterTheLastStep) {
+  TempDir dir;
+  write_corpus(dir.path / "corpus");
+  auto active_experts = [&](int steps) {
+    auto config = RunConfig::from_string(lm_config(dir.path / "corpus"));
+    // windows of forwards 3..6, 8..11, ...: the first update is due after step 6
+    for (const char* s : {"moe.router=\"top_any\"", "moe.storage=\"pool\"", "moe.record=3",
+                          "moe.period=5", "moe.initial_experts=1"})
+      config.set(s);
+    config.set("run.steps=" + std::to_string(steps));
+    const auto run = dir.path / ("run" + std::to_string(steps));
+    moe::train::run_training(config, run.string(), false);
+    const auto file = moe::io::load_safetensors((run / "checkpoint.safetensors").string());
+    return file.find("model.blocks.0.ffn.moe.router.active").sum().item<int64_t>();
+  };
+  EXPECT_EQ(active_experts(7), 2);  // the update after step 6 added an expert
+  EXPECT_EQ(active_experts(6), 1);  // after the last step: not applied
 }
 
 TEST(Train, MultiTaskModelsTrainOnGeneratedData) {

@@ -100,6 +100,7 @@ Metrics evaluate_during_training(Model& model, TaskData& data, int64_t batch_siz
       auto r = layer->records();
       r.expert_counts = r.expert_counts.clone();
       r.unrouted_sum = r.unrouted_sum.clone();
+      r.unrouted_count = r.unrouted_count.clone();  // updated in place, like the two above
       open.emplace_back(layer, std::move(r));
     }
   torch::NoGradGuard no_grad;
@@ -364,6 +365,10 @@ void TrainingRun::on_step_end(const StepReport& r) {
                       std::to_string(u.active_before) + " -> " + std::to_string(u.active_after) +
                       " (removed " + std::to_string(u.removed.size()) + ", added " +
                       std::to_string(u.added >= 0 ? 1 : 0) + ")");
+  for (const auto& name : r.discarded_updates)
+    progress_->note("step " + std::to_string(r.step) + ": " + name +
+                    ": the expert update due after the run's last step is not applied (nothing "
+                    "would train an added expert)");
   batch_metrics_[key::kGradNorm] = r.grad_norm;
   interval_.add(out_, batch_metrics_, r.task_loss, r.aux_loss, tokens_);
   out_ = {};

@@ -84,6 +84,16 @@ void Trainer::update_experts(StepReport* report) {
   for (const auto& [name, layer] : dynmoe_)
     if (layer->update_pending()) pending.push_back(name);
   if (pending.empty()) return;
+  // After the run's last step nothing would train an added expert: it would only take the tokens
+  // training left unrouted into the final evaluation and the checkpoint, untrained. The reference
+  // counts its window one forward later and so never updates at the last step of a run of
+  // 2·record steps (docs/results.md, section 3).
+  if (report->step == options_.steps) {
+    for (const auto& [name, layer] : dynmoe_)
+      if (layer->update_pending()) layer->discard_pending_update();
+    report->discarded_updates = std::move(pending);
+    return;
+  }
   auto updates = nn::apply_expert_updates(module_, &optimizer_);
   TORCH_INTERNAL_ASSERT(updates.size() == pending.size());
   for (size_t i = 0; i < updates.size(); ++i)

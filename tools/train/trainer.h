@@ -57,6 +57,8 @@ struct StepReport {
   double grad_norm = std::numeric_limits<double>::quiet_NaN();
   /// The DynMoE expert updates applied after the step, by layer name, in module order.
   std::vector<std::pair<std::string, nn::ExpertUpdate>> expert_updates;
+  /// The layers whose update fell due after the run's last step, which is not applied.
+  std::vector<std::string> discarded_updates;
 };
 
 struct TrainerOptions {

@@ -78,6 +78,7 @@ class DynamicExpertSet : public LayerComponent {
   bool update_pending() const { return pending_; }
   const RoutingRecords& pending_records() const { return pending_records_; }
   ExpertUpdate apply_pending_update(torch::optim::Optimizer* optimizer);
+  RoutingRecords discard_pending_update();
   void resize_experts(int64_t n);
 
   int64_t num_experts() const { return router_->num_experts(); }

@@ -79,6 +79,9 @@ class TopAnyMoEImpl : public RoutedMoEImpl {
   ExpertUpdate apply_pending_update(torch::optim::Optimizer* optimizer = nullptr) {
     return expert_set_->apply_pending_update(optimizer);
   }
+  /// Drops the pending update without applying it (e.g. after a run's last step, where nothing
+  /// would train an added expert) and returns its records; empty records without one.
+  RoutingRecords discard_pending_update() { return expert_set_->discard_pending_update(); }
   /// Resize mode: sets the number of experts to n, keeping the first min(n, E); new experts get
   /// zero rows (a zero representation never fires) until a checkpoint fills them; recording
   /// stops. Used to load a checkpoint whose expert count differs. Pool mode: error.
