@@ -7,8 +7,8 @@
 //                router.weight [E, d], router.bias [E] (requires_grad = false).
 // kTrainable:    the same router trained (the SMoE of Do et al.'s comparisons): router.weight,
 //                router.bias with requires_grad = true.
-// Both: top-k, softmax over the k selected logits, dropless, no auxiliary loss by default, and an
-// optional k schedule over the training forwards (SMoE-Dropout's growing k). Experts: experts.*.
+// All three: top-k, softmax over the k selected logits, dropless, no auxiliary loss by default, and
+// an optional k schedule over the training forwards (SMoE-Dropout's growing k). Experts: experts.*.
 #pragma once
 
 #include <c10/util/Optional.h>
