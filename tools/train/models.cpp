@@ -376,4 +376,25 @@ std::vector<std::pair<std::string, nn::TopAnyMoEImpl*>> top_any_layers(torch::nn
   return out;
 }
 
+// `moe eval --top-k K`: every HyperRouterMoE layer (hyper, smoe_dropout, smoe) evaluated at k = K,
+// the "self-slimmable" evaluation of Do et al. (docs/hyperrouter.md).
+void set_inference_top_k(torch::nn::Module& module, const TrainConfig& c, int64_t k) {
+  int64_t layers = 0;
+  for (const auto& m : module.modules()) {
+    auto* layer = dynamic_cast<nn::HyperRouterMoEImpl*>(m.get());
+    if (layer == nullptr) continue;
+    const int64_t E = layer->layer_options().num_experts();
+    if (k < 1 || k > E)
+      throw std::invalid_argument("moe eval: --top-k " + std::to_string(k) +
+                                  ": expected 1 <= k <= moe.num_experts = " + std::to_string(E));
+    layer->set_inference_top_k(k);
+    ++layers;
+  }
+  if (layers == 0)
+    throw std::invalid_argument(
+        "moe eval: --top-k applies to runs of moe.router = hyper, smoe_dropout or smoe; this run "
+        "has " +
+        (c.model.moe_every == 0 ? std::string("no MoE layer") : "moe.router = " + c.moe.router));
+}
+
 }  // namespace moe::train

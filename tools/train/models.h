@@ -69,4 +69,8 @@ ParameterCount count_parameters(const TrainConfig& config, Model& model);
 /// windows and expert updates, which are not module state.
 std::vector<std::pair<std::string, nn::TopAnyMoEImpl*>> top_any_layers(torch::nn::Module& m);
 
+/// `moe eval --top-k K`: every HyperRouterMoE layer (hyper, smoe_dropout, smoe) of `m` evaluates at
+/// k = K; std::invalid_argument for a K outside [1, num_experts] or a model without such layers.
+void set_inference_top_k(torch::nn::Module& m, const TrainConfig& config, int64_t k);
+
 }  // namespace moe::train
