@@ -1,0 +1,123 @@
+// Host synchronisations per forward and backward on CUDA, counted by CUDA's own sync debug mode
+// (every synchronising call the CUDA runtime makes through LibTorch: copies to the host, stream and
+// device synchronisations, .item()). Without statistics and under NonFinitePolicy::kSkip, the
+// only ones are the reads docs/gpu.md lists: the experts' segment bounds, once per engine call in
+// each direction, and the hierarchical router's group bounds. The CPU has no such counter: there
+// tests/layers/test_host_reads.cpp counts the operations that would read on a device.
+//
+// CUDA's counter needs LibTorch's CUDA library, so this test is compiled in only when the build's
+// LibTorch has CUDA (MOE_TEST_CUDA_SYNCS, tests/CMakeLists.txt); elsewhere it skips.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "device/device_under_test.h"
+#include "moe/moe.h"
+
+#ifdef MOE_TEST_CUDA_SYNCS
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/util/Exception.h>
+#endif
+
+namespace {
+
+using namespace moe;
+using namespace moe::nn;
+
+constexpr int64_t kD = 16, kE = 4, kH = 32, kT = 64;
+
+#ifdef MOE_TEST_CUDA_SYNCS
+// Counts the sync debug mode's warnings; other warnings go to the handler in place before. The
+// autograd engine replays its worker threads' warnings on the thread that called backward, so
+// the backward's synchronisations are counted too.
+class SyncCounter : public c10::WarningHandler {
+ public:
+  SyncCounter() : previous_(c10::WarningUtils::get_warning_handler()) {
+    c10::WarningUtils::set_warning_handler(this);
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
+  }
+  ~SyncCounter() override {
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+    c10::WarningUtils::set_warning_handler(previous_);
+  }
+  void process(const c10::Warning& warning) override {
+    if (warning.msg().find("synchronizing CUDA operation") != std::string::npos) {
+      ++count;
+    } else {
+      previous_->process(warning);
+    }
+  }
+  int64_t count = 0;
+
+ private:
+  c10::WarningHandler* previous_;
+};
+
+// The host calls in f that synchronise; f's device work need not have finished.
+int64_t syncs_of(const std::function<void()>& f) {
+  SyncCounter counter;
+  f();
+  return counter.count;
+}
+#endif
+
+struct Expected {
+  std::string name;
+  std::function<MoEOutput(const torch::Tensor&)> forward;
+  torch::nn::Module* module;
+  int64_t forward_syncs, backward_syncs;
+};
+
+TEST(DeviceSyncs, OnlyTheDocumentedReads) {
+  MOE_SKIP_WITHOUT_TEST_DEVICE();
+  const auto device = moe::testing::device_under_test();
+  if (!device.is_cuda())
+    GTEST_SKIP() << "counts CUDA's synchronisations; on the CPU "
+                    "HostReads.* (tests/layers/test_host_reads.cpp) count";
+#ifndef MOE_TEST_CUDA_SYNCS
+  GTEST_SKIP() << "built against a LibTorch without CUDA: CUDA's sync counter is not linked";
+#else
+  torch::manual_seed(3);
+  const auto skip = NonFinitePolicy::kSkip;
+  SparseMoE top2(SparseMoEOptions(kD, kE).hidden_size(kH).non_finite(skip).balance_coef(0.01));
+  SparseMoE capped(SparseMoEOptions(kD, kE).hidden_size(kH).non_finite(skip).capacity_factor(1.0));
+  SparseMoE noisy(SparseMoEOptions(kD, kE)
+                      .hidden_size(kH)
+                      .router(RouterKind::kNoisyTopK)
+                      .non_finite(skip)
+                      .importance_coef(0.1)
+                      .load_coef(0.1));
+  HyperRouterMoE hyper(HyperRouterMoEOptions(kD, kE).hyper_hidden(16).non_finite(skip));
+  TopAnyMoE top_any(TopAnyMoEOptions(kD, kE).initial_experts(2).non_finite(skip));
+  HierarchicalMoE hier(HierarchicalMoEOptions(kD, 2, 2).hidden_size(kH).non_finite(skip));
+  // One read of the segment bounds per engine call, in each direction; the hierarchical router
+  // adds its group bounds (forward, and the backward of its secondary gates).
+  std::vector<Expected> layers{
+      {"softmax top-2", [&](auto& x) { return top2(x); }, top2.ptr().get(), 1, 1},
+      {"top-2 with capacity", [&](auto& x) { return capped(x); }, capped.ptr().get(), 1, 1},
+      {"noisy top-2", [&](auto& x) { return noisy(x); }, noisy.ptr().get(), 1, 1},
+      {"HyperRouter", [&](auto& x) { return hyper(x); }, hyper.ptr().get(), 1, 1},
+      {"top-any", [&](auto& x) { return top_any(x); }, top_any.ptr().get(), 1, 1},
+      {"hierarchical 2x2", [&](auto& x) { return hier(x); }, hier.ptr().get(), 2, 2},
+  };
+  for (auto& layer : layers) {
+    SCOPED_TRACE(layer.name);
+    layer.module->to(device);
+    layer.module->train(true);
+    auto x = torch::randn({kT, kD}, at::TensorOptions(device)).requires_grad_();
+    MoEOutput out;
+    EXPECT_EQ(syncs_of([&] { out = layer.forward(x); }), layer.forward_syncs) << "forward";
+    EXPECT_EQ(syncs_of([&] { (out.output.pow(2).sum() + out.aux_loss).backward(); }),
+              layer.backward_syncs)
+        << "backward";
+    layer.module->train(false);
+    torch::NoGradGuard no_grad;
+    EXPECT_EQ(syncs_of([&] { layer.forward(x); }), layer.forward_syncs) << "evaluation";
+  }
+#endif
+}
+
+}  // namespace
