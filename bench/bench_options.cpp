@@ -1,6 +1,9 @@
 // moe_bench's command line (bench_options.h).
 #include "bench_options.h"
 
+#include <c10/core/Device.h>
+#include <c10/util/Exception.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -44,11 +47,15 @@ void usage() {
       "                       F256, F1024, F4096 (noisy top-4), H16x16, H32x32, H64x64\n"
       "                       (hierarchical top-2 x top-2), or 'many' for all six\n"
       "  --no-naive           with --layers: skip the naive per-expert loop\n"
-      "  --no-block-cache     leave the CPU allocator as it is (moe/runtime.h)\n");
+      "  --no-block-cache     leave the CPU allocator as it is (moe/runtime.h)\n"
+      "  --device DEV         the device harness on DEV (cuda, cuda:1, cpu; docs/gpu.md): lib,\n"
+      "                       naive, grouped_mm (torch._grouped_mm, where the LibTorch has it),\n"
+      "                       dense_equiv; defaults G1..G6, bf16, all four\n");
 }
 
 Options parse(int argc, char** argv) {
   Options o;
+  bool shapes_given = false, dtypes_given = false, impls_given = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -59,17 +66,20 @@ Options parse(int argc, char** argv) {
       o.shapes = {"C0"};
       o.rounds = 3;
       o.warmup = 1;
-    } else if (a == "--shapes")
+    } else if (a == "--shapes") {
       o.shapes = split(next());
-    else if (a == "--dists")
+      shapes_given = true;
+    } else if (a == "--dists")
       o.dists = split(next());
-    else if (a == "--dtypes")
+    else if (a == "--dtypes") {
       o.dtypes = split(next());
-    else if (a == "--passes")
+      dtypes_given = true;
+    } else if (a == "--passes")
       o.passes = split(next());
-    else if (a == "--impls")
+    else if (a == "--impls") {
       o.impls = split(next());
-    else if (a == "--tokens")
+      impls_given = true;
+    } else if (a == "--tokens")
       o.tokens = std::stoll(next());
     else if (a == "--rounds")
       o.rounds = std::stoi(next());
@@ -91,12 +101,30 @@ Options parse(int argc, char** argv) {
       o.naive_layers = false;
     else if (a == "--no-block-cache")
       o.block_cache = false;
+    else if (a == "--device")
+      o.device = next();
     else if (a == "--help" || a == "-h") {
       usage();
       std::exit(0);
     } else {
       throw std::invalid_argument("unknown argument '" + a + "' (see --help)");
     }
+  }
+  if (!o.device.empty()) {
+    try {
+      c10::Device device(o.device);
+    } catch (const c10::Error&) {
+      throw std::invalid_argument("--device '" + o.device +
+                                  "' is not a device (cuda, cuda:1, cpu)");
+    }
+    if (!shapes_given) o.shapes = {"G1", "G2", "G3", "G4", "G5", "G6"};
+    if (!dtypes_given) o.dtypes = {"bf16"};
+    if (!impls_given) o.impls = {"lib", "naive", "grouped_mm", "dense_equiv"};
+    for (const auto& m : o.impls)
+      if (m != "lib" && m != "naive" && m != "grouped_mm" && m != "dense_equiv")
+        throw std::invalid_argument("unknown impl '" + m +
+                                    "' for --device (lib, naive, grouped_mm, dense_equiv)");
+    if (!o.layers.empty()) throw std::invalid_argument("--layers runs on the CPU harness only");
   }
   if (o.rounds < 1 || o.warmup < 0)
     throw std::invalid_argument("--rounds must be >= 1 and --warmup >= 0");
@@ -108,8 +136,8 @@ Options parse(int argc, char** argv) {
     if (p != "fwd" && p != "fwdbwd")
       throw std::invalid_argument("unknown pass '" + p + "' (fwd, fwdbwd)");
   for (const auto& m : o.impls)
-    if (m != "lib" && m != "lib_recompute" && m != "naive" && m != "dense_dispatch" &&
-        m != "dense_equiv")
+    if (o.device.empty() && m != "lib" && m != "lib_recompute" && m != "naive" &&
+        m != "dense_dispatch" && m != "dense_equiv")
       throw std::invalid_argument("unknown impl '" + m + "'");
   for (const auto& s : o.shapes) shape_by_id(s);
   check_layer_shapes(o.layers);

@@ -23,6 +23,8 @@ struct Options {
   std::vector<std::string> layers;  // --layers: whole layers with many experts instead of shapes
   bool naive_layers = true;
   bool block_cache = true;  // moe::runtime::enable_cpu_block_cache
+  /// --device: the device harness (device_bench.h) on this device; empty: the CPU harness.
+  std::string device;
 };
 
 /// Prints --help.

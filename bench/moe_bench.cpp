@@ -31,6 +31,7 @@
 #include "baselines.h"
 #include "bench_main.h"
 #include "bench_options.h"
+#include "device_bench.h"
 #include "kernels/cpu/acc_type.h"
 #include "kernels/cpu/kernels.h"
 #include "layer_bench.h"
@@ -434,6 +435,7 @@ int bench_main(int argc, char** argv) {
   moe::runtime::configure_threading(argv);
   try {
     const Options o = parse(argc, argv);
+    if (!o.device.empty()) return run_device_bench(o);
     // The block cache first: the counting allocator wraps whatever allocator is in place.
     const bool cache = o.block_cache && moe::runtime::enable_cpu_block_cache();
     install_counting_allocator();

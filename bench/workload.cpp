@@ -21,10 +21,23 @@ const std::vector<Shape>& cpu_shapes() {
   return shapes;
 }
 
+const std::vector<Shape>& gpu_shapes() {
+  static const std::vector<Shape> shapes{
+      {"G1", 16384, 4096, 14336, 8, 2, Activation::kSwiGLU},  // Mixtral-8x7B
+      {"G2", 32768, 2048, 768, 128, 8, Activation::kSwiGLU},  // Qwen3-30B-A3B
+      {"G3", 8192, 7168, 2048, 256, 8, Activation::kSwiGLU},  // DeepSeek-V3 (E = 256)
+      {"G4", 32768, 768, 3072, 64, 1, Activation::kReLU},     // MegaBlocks MoE-Small
+      {"G5", 32768, 768, 2048, 128, 1, Activation::kReLU},    // Switch-Base-128
+      {"G6", 16384, 2048, 1408, 64, 6, Activation::kSwiGLU},  // DeepSeek-V2-Lite, routed part
+  };
+  return shapes;
+}
+
 const Shape& shape_by_id(const std::string& id) {
-  for (const auto& s : cpu_shapes())
-    if (s.id == id) return s;
-  throw std::invalid_argument("unknown shape '" + id + "' (C0..C5)");
+  for (const auto* list : {&cpu_shapes(), &gpu_shapes()})
+    for (const auto& s : *list)
+      if (s.id == id) return s;
+  throw std::invalid_argument("unknown shape '" + id + "' (C0..C5, G1..G6)");
 }
 
 const std::vector<std::string>& distributions() {
@@ -32,30 +45,39 @@ const std::vector<std::string>& distributions() {
   return d;
 }
 
-Workload make_workload(const Shape& s, const std::string& dist, c10::ScalarType dtype,
-                       uint64_t seed) {
+Routing make_routing(const Shape& s, const std::string& dist, uint64_t seed) {
   torch::manual_seed(seed);
-  Workload w;
-  w.shape = s;
-  w.dist = dist;
-  w.dtype = dtype;
+  Routing r;
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   if (dist == "balanced") {
     // Round robin over all T·k slots: every expert gets exactly T·k/E, the k of a token are
     // distinct.
-    w.expert_index = (at::arange(s.T * s.k, f32.dtype(at::kLong)) % s.E).view({s.T, s.k});
+    r.expert_index = (at::arange(s.T * s.k, f32.dtype(at::kLong)) % s.E).view({s.T, s.k});
   } else if (dist == "uniform") {
-    w.expert_index = std::get<0>(topk_lowest_index(at::randn({s.T, s.E}, f32), s.k));
+    r.expert_index = std::get<0>(topk_lowest_index(at::randn({s.T, s.E}, f32), s.k));
   } else if (dist == "skewed") {
     auto p = at::pow(at::arange(1, s.E + 1, f32), -1.2);
-    w.expert_index = at::multinomial(p.expand({s.T, s.E}), s.k, /*replacement=*/false);
+    r.expert_index = at::multinomial(p.expand({s.T, s.E}), s.k, /*replacement=*/false);
   } else {
     throw std::invalid_argument("unknown routing distribution '" + dist + "'");
   }
-  w.gate = at::softmax(at::randn({s.T, s.k}, f32), -1);
-  const auto counts = at::bincount(w.expert_index.reshape({-1}), {}, s.E).to(at::kDouble);
-  w.imbalance = counts.max().item<double>() / counts.mean().item<double>();
+  r.gate = at::softmax(at::randn({s.T, s.k}, f32), -1);
+  const auto counts = at::bincount(r.expert_index.reshape({-1}), {}, s.E).to(at::kDouble);
+  r.imbalance = counts.max().item<double>() / counts.mean().item<double>();
+  return r;
+}
 
+Workload make_workload(const Shape& s, const std::string& dist, c10::ScalarType dtype,
+                       uint64_t seed) {
+  Routing r = make_routing(s, dist, seed);  // seeds the generator
+  Workload w;
+  w.shape = s;
+  w.dist = dist;
+  w.dtype = dtype;
+  w.expert_index = r.expert_index;
+  w.gate = r.gate;
+  w.imbalance = r.imbalance;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
   w.x = at::randn({s.T, s.d}, f32).to(dtype);
   w.w.w1 = (at::randn({s.E, s.d, s.d_ff}, f32) / std::sqrt(double(s.d))).to(dtype);
   w.w.w2 = (at::randn({s.E, s.d_ff, s.d}, f32) / std::sqrt(double(s.d_ff))).to(dtype);

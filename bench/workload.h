@@ -1,4 +1,5 @@
-// Benchmark workloads: the shapes of docs/benchmarks.md (C0-C5) and the routing distributions.
+// Benchmark workloads: the shapes of docs/benchmarks.md (C0-C5) and docs/gpu.md (G1-G6), and
+// the routing distributions.
 #pragma once
 
 #include <torch/types.h>
@@ -23,11 +24,21 @@ struct Shape {
 
 /// C0-C5 of docs/benchmarks.md, "Shapes".
 const std::vector<Shape>& cpu_shapes();
+/// G1-G6 (docs/gpu.md): published layer shapes for a GPU; G6 without DeepSeek's 2 shared experts.
+const std::vector<Shape>& gpu_shapes();
 const Shape& shape_by_id(const std::string& id);
 
 /// Routing distributions (docs/benchmarks.md): "balanced" (round robin), "uniform" (top-k of normal
 /// logits), "skewed" (k distinct experts drawn with Zipf(1.2) probabilities).
 const std::vector<std::string>& distributions();
+
+/// A routing table drawn from a distribution: expert_index [T, k] int64, gate [T, k] float32
+/// (softmax over the k), and the imbalance max load / mean load. Seeds the generator with `seed`.
+struct Routing {
+  torch::Tensor expert_index, gate;
+  double imbalance = 1.0;
+};
+Routing make_routing(const Shape& s, const std::string& dist, uint64_t seed);
 
 /// One benchmark case: inputs, weights and a fixed routing table shared by every implementation.
 struct Workload {
