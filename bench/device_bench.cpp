@@ -2,8 +2,6 @@
 #include "device_bench.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/stack.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
 
@@ -21,7 +19,7 @@
 #include <vector>
 
 #include "baselines.h"
-#include "engine/backend.h"
+#include "engine/portable/grouped_mm.h"
 #include "moe/functional.h"
 #include "moe/plan.h"
 #include "workload.h"
@@ -42,19 +40,6 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// aten::_grouped_mm (PyTorch 2.8+), looked up at run time: absent from older LibTorch builds.
-const c10::OperatorHandle* grouped_mm_op() {
-  static const auto op = c10::Dispatcher::singleton().findSchema({"aten::_grouped_mm", ""});
-  return op ? &*op : nullptr;
-}
-
-// out[rows of group g] = a[rows of g] · b[g], groups ending at the int32 offsets `offs`.
-Tensor grouped_mm(const Tensor& a, const Tensor& b, const Tensor& offs) {
-  torch::jit::Stack stack{a, b, offs, c10::IValue(), c10::IValue()};  // no bias, out_dtype
-  grouped_mm_op()->callBoxed(&stack);
-  return stack[0].toTensor();
-}
-
 struct DeviceWorkload {
   Shape s;
   std::string dist;
@@ -64,9 +49,10 @@ struct DeviceWorkload {
   functional::ExpertWeights w;             // stacked [E, d, d_ff] and [E, d_ff, d]
   std::vector<Tensor> w1s, w2s, w3s;       // the naive loop's own per-expert leaves
   Tensor x_rep, grad_rep;                  // dense_equiv's [T·k, d]
+  Tensor e1, e2, e3;                       // dense_equiv's expert: leaves of its own
 
   std::vector<Tensor*> leaves() {
-    std::vector<Tensor*> v{&x, &gate, &w.w1, &w.w2, &w.w3, &x_rep};
+    std::vector<Tensor*> v{&x, &gate, &w.w1, &w.w2, &w.w3, &x_rep, &e1, &e2, &e3};
     for (auto* list : {&w1s, &w2s, &w3s})
       for (auto& t : *list) v.push_back(&t);
     return v;
@@ -104,6 +90,11 @@ DeviceWorkload make_device_workload(const Shape& s, const std::string& dist, c10
       if (w.w.w3.defined()) w.w3s.push_back(w.w.w3[e].clone());
     }
   }
+  // Leaves of its own, as for the naive loop: a slice of the stacked weights would give it a
+  // full-size gradient to write.
+  w.e1 = w.w.w1[0].clone();
+  w.e2 = w.w.w2[0].clone();
+  if (w.w.w3.defined()) w.e3 = w.w.w3[0].clone();
   w.x_rep = w.x.repeat_interleave(s.k, 0);
   w.grad_rep = w.grad_out.repeat_interleave(s.k, 0);
   return w;
@@ -113,10 +104,7 @@ DeviceWorkload make_device_workload(const Shape& s, const std::string& dist, c10
 // ---------------------------------------------------------------------
 
 Tensor lib_forward(DeviceWorkload& w) {
-  // The device's plan; the CPU's own backend takes the compact plan.
-  const auto layout =
-      engine::portable_path(w.x.device()) ? PlanLayout::kPadded : PlanLayout::kCompact;
-  const RoutingPlan plan = build_routing_plan(w.expert_index, w.s.E, layout);
+  const RoutingPlan plan = build_routing_plan(w.expert_index, w.s.E, PlanLayout::kForDevice);
   const auto pw = pair_weights(plan, w.gate).to(w.dtype);
   return functional::expert_mlp(w.x, plan, pw, w.w, w.s.act);
 }
@@ -137,6 +125,7 @@ Tensor naive_forward(DeviceWorkload& w) {
 }
 
 Tensor grouped_mm_forward(DeviceWorkload& w) {
+  using engine::portable::grouped_mm;
   const auto flat = w.expert_index.reshape({-1});
   const auto order = std::get<1>(at::sort(flat, /*stable=*/true, 0, /*descending=*/false));
   const auto token = at::div(order, w.s.k, "floor");
@@ -151,9 +140,9 @@ Tensor grouped_mm_forward(DeviceWorkload& w) {
 }
 
 Tensor dense_equiv_forward(DeviceWorkload& w) {
-  const auto h = at::mm(w.x_rep, w.w.w1[0]);
-  const auto a = activate(w.s.act, h, w.w.w3.defined() ? at::mm(w.x_rep, w.w.w3[0]) : Tensor());
-  return at::mm(a, w.w.w2[0]);
+  const auto h = at::mm(w.x_rep, w.e1);
+  const auto a = activate(w.s.act, h, w.e3.defined() ? at::mm(w.x_rep, w.e3) : Tensor());
+  return at::mm(a, w.e2);
 }
 
 using Impl = std::function<Tensor(DeviceWorkload&)>;
@@ -223,7 +212,7 @@ int run_device_bench(const Options& o) {
     json.open(o.json);
     if (!json) throw std::runtime_error("cannot write " + o.json);
   }
-  const bool have_grouped_mm = grouped_mm_op() != nullptr;
+  const bool have_grouped_mm = engine::portable::have_grouped_mm();
   std::printf("moe_bench --device %s (LibTorch %s); torch._grouped_mm: %s\n", o.device.c_str(),
               TORCH_VERSION, have_grouped_mm ? "present" : "absent (PyTorch 2.8+ has it)");
   std::vector<std::string> impls;
@@ -320,11 +309,14 @@ int run_device_bench(const Options& o) {
                    << ",\"useful_tflops\":" << tf << ",\"pct_peak\":" << flops / t / peak
                    << ",\"peak_tflops\":" << peak / 1e12;
               if (std::isfinite(t_equiv)) json << ",\"eta\":" << t_equiv / t;
+              if (std::isfinite(t_gmm)) json << ",\"x_grouped_mm\":" << t_gmm / t;
               if (check.count(name)) json << ",\"check\":\"" << check[name] << "\"";
               json << "}\n";
             }
           }
+          // Written out at once: a run stopped by a time limit keeps the rows it measured.
           std::fflush(stdout);
+          if (json.is_open()) json.flush();
           w.set_requires_grad(false);
         }
       }

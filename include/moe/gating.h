@@ -75,6 +75,7 @@ torch::Tensor assignment_counts(const torch::Tensor& expert_index, int64_t num_e
                                 const torch::TensorOptions& like);
 
 /// Σ_x G(x)_e: the gate mass per expert, [E], differentiable w.r.t. gate (Shazeer Eq. 6).
+/// expert_index, gate: [T, K] (-1: an unused slot).
 torch::Tensor importance(const torch::Tensor& expert_index, const torch::Tensor& gate,
                          int64_t num_experts);
 

@@ -30,7 +30,8 @@ engine::ExpertProblem problem(const at::Tensor& x, const at::Tensor& pair_weight
                               const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& w3,
                               const at::Tensor& b1, const at::Tensor& b2,
                               const at::Tensor& expert_offsets, const at::Tensor& token_index,
-                              Activation act) {
+                              Activation act, const at::Tensor& pair_slot,
+                              int64_t slots_per_token) {
   return {x,
           pair_weight,
           w1,
@@ -40,7 +41,9 @@ engine::ExpertProblem problem(const at::Tensor& x, const at::Tensor& pair_weight
           absent_as_undefined(b2),
           expert_offsets,
           token_index,
-          act};
+          act,
+          absent_as_undefined(pair_slot),
+          slots_per_token};
 }
 
 struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
@@ -49,24 +52,31 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
                             const at::Tensor& w2, const at::Tensor& w3, const at::Tensor& b1,
                             const at::Tensor& b2, const RoutingPlan& plan, Activation act,
                             Keep keep, const engine::ExpertBackend& backend) {
+    // A padded plan's slots let the backend sum each token's rows in slot order.
+    const auto pair_slot =
+        plan.padded ? plan.pair_slot : at::empty({0}, plan.token_index.options());
+    const int64_t K = plan.padded ? plan.slots_per_token : 0;
     const auto p = problem(x.contiguous(), pair_weight.contiguous(), w1, w2, w3, b1, b2,
-                           plan.expert_offsets, plan.token_index, act);
+                           plan.expert_offsets, plan.token_index, act, pair_slot, K);
     auto r = backend.forward(p, keep.any && keep.hidden);
     if (keep.any) {
       ctx->save_for_backward({p.x, p.pair_weight, w1, w2, w3, b1, b2, r.hidden.h, r.hidden.g});
       ctx->saved_data["act"] = static_cast<int64_t>(act);
       ctx->saved_data["expert_offsets"] = plan.expert_offsets;
       ctx->saved_data["token_index"] = plan.token_index;
+      ctx->saved_data["pair_slot"] = pair_slot;
+      ctx->saved_data["slots_per_token"] = K;
     }
     return r.y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
-    const auto p = problem(s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-                           ctx->saved_data["expert_offsets"].toTensor(),
-                           ctx->saved_data["token_index"].toTensor(),
-                           static_cast<Activation>(ctx->saved_data["act"].toInt()));
+    const auto p = problem(
+        s[0], s[1], s[2], s[3], s[4], s[5], s[6], ctx->saved_data["expert_offsets"].toTensor(),
+        ctx->saved_data["token_index"].toTensor(),
+        static_cast<Activation>(ctx->saved_data["act"].toInt()),
+        ctx->saved_data["pair_slot"].toTensor(), ctx->saved_data["slots_per_token"].toInt());
     // dL/dx and dL/dpair_weight only where autograd wants them (e.g. not for a model's input).
     engine::WantedGradients want;
     want.x = ctx->needs_input_grad(0);

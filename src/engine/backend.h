@@ -41,6 +41,11 @@ struct ExpertProblem {
   at::Tensor expert_offsets;  ///< [E+1]: the pairs of expert e are [offsets[e], offsets[e+1])
   at::Tensor token_index;     ///< [rows]: the token of each pair
   Activation act = Activation::kReLU;
+  /// A padded plan's pair_slot ([rows] = [T·K]: the slot t·K + s of each row) and K; undefined
+  /// and 0 otherwise. With them a backend can sum each token's rows in slot order, which does not
+  /// depend on the device (src/plan/sum_by_token.h).
+  at::Tensor pair_slot;
+  int64_t slots_per_token = 0;
 };
 // A padded plan (include/moe/plan.h) gives token_index and pair_weight more rows than the
 // P = expert_offsets[E] pairs: a backend computes the pairs only and returns a zero pair_weight

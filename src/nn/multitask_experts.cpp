@@ -8,6 +8,7 @@
 #include "moe/functional.h"
 #include "moe/nn/multitask.h"
 #include "nn/multitask_checks.h"
+#include "plan/sum_by_token.h"
 
 namespace moe::nn {
 namespace {
@@ -133,21 +134,20 @@ std::vector<torch::Tensor> mix_one_layer(StackedMLP& experts, const torch::Tenso
 // experts cannot combine inside the engine: the gate mixes the last layer's outputs, whose inputs
 // differ per expert, while the engine reads every pair's input at its token's row. So they run once
 // on the engine over the pairs that any gate uses (forward_pairs, weight 1) and each gate sums its
-// pairs, in plan order (expert by expert, as the engine sums).
+// pairs as the engine sums (src/plan/sum_by_token.h).
 std::vector<torch::Tensor> mix_experts(StackedMLP& experts, const torch::Tensor& x,
                                        const std::vector<torch::Tensor>& gates, bool sparse) {
   if (experts->weights.size() == 1) return mix_one_layer(experts, x, gates, sparse);
   const int64_t T = x.size(0), E = experts->num_experts();
   // Slot e of token t is expert e where a gate uses it: every slot for dense gates.
   const auto plan = plan_of(sparse ? used_slots(gates, T, E) : all_pairs(T, E, x), E);
-  const auto y = experts->forward_pairs(x, plan);  // [P, out]
-  // bf16 sums each token's pairs in float32 and rounds once, as the engine does.
-  const auto acc = y.scalar_type() == at::kBFloat16 ? at::kFloat : y.scalar_type();
+  const auto y = experts->forward_pairs(x, plan);  // [rows, out]
+  // As the engine sums: bf16 in float32, rounded once; a padded plan's in slot order.
+  const auto slots = plan.padded ? plan.pair_slot : torch::Tensor();
   std::vector<torch::Tensor> out;
   for (const auto& g : gates) {
     const auto w = pair_weights(plan, g);  // g[t, e] of every pair (slot e is expert e)
-    out.push_back(at::zeros({T, experts->out_dim()}, y.options().dtype(acc))
-                      .index_add(0, plan.token_index, (y * w.unsqueeze(1)).to(acc))
+    out.push_back(moe::plan::sum_by_token(y * w.unsqueeze(1), plan.token_index, slots, E, T)
                       .to(y.scalar_type()));
   }
   return out;

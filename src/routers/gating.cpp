@@ -72,7 +72,16 @@ torch::Tensor importance(const torch::Tensor& expert_index, const torch::Tensor&
   const auto valid = expert_index.reshape({-1}) >= 0;
   const auto idx = expert_index.reshape({-1}).clamp_min(0);
   const auto g = gate.reshape({-1}) * valid.to(gate.scalar_type());
-  return at::zeros({num_experts}, gate.options()).index_add(0, idx, g);
+  if (!engine::portable_path(gate.device()))
+    return at::zeros({num_experts}, gate.options()).index_add(0, idx, g);
+  // Off the CPU index_add adds with atomics, in an order that changes from run to run. Per token
+  // instead: a token's row of E receives its experts' gates (distinct experts, as the top-k and
+  // hierarchical routers pick them) and exact zeros (unused slots), so the order of its
+  // scatter_add does not matter, and the sum over tokens is a plain reduction.
+  const int64_t T = expert_index.size(0), K = expert_index.size(1);
+  return at::zeros({T, num_experts}, gate.options())
+      .scatter_add_(1, idx.view({T, K}), g.view({T, K}))
+      .sum(0);
 }
 
 TopKGate softmax_top_k_gating(const torch::Tensor& logits, int64_t k, bool normalize,

@@ -2,8 +2,9 @@
 // (every synchronising call the CUDA runtime makes through LibTorch: copies to the host, stream and
 // device synchronisations, .item()). Without statistics and under NonFinitePolicy::kSkip, the
 // only ones are the reads docs/gpu.md lists: the experts' segment bounds, once per engine call in
-// each direction, and the hierarchical router's group bounds. The CPU has no such counter: there
-// tests/layers/test_host_reads.cpp counts the operations that would read on a device.
+// each direction (none where the grouped GEMMs run), and the hierarchical router's group bounds.
+// The CPU has no such counter: there tests/layers/test_host_reads.cpp counts the operations that
+// would read on a device.
 //
 // CUDA's counter needs LibTorch's CUDA library, so this test is compiled in only when the build's
 // LibTorch has CUDA (MOE_TEST_CUDA_SYNCS, tests/CMakeLists.txt); elsewhere it skips.
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "device/device_under_test.h"
+#include "engine/portable/grouped_rows.h"
 #include "moe/moe.h"
 
 #ifdef MOE_TEST_CUDA_SYNCS
@@ -74,6 +76,7 @@ struct Expected {
   std::function<MoEOutput(const torch::Tensor&)> forward;
   torch::nn::Module* module;
   int64_t forward_syncs, backward_syncs;
+  c10::ScalarType dtype = at::kFloat;
 };
 
 TEST(DeviceSyncs, OnlyTheDocumentedReads) {
@@ -97,6 +100,11 @@ TEST(DeviceSyncs, OnlyTheDocumentedReads) {
   HyperRouterMoE hyper(HyperRouterMoEOptions(kD, kE).hyper_hidden(16).non_finite(skip));
   TopAnyMoE top_any(TopAnyMoEOptions(kD, kE).initial_experts(2).non_finite(skip));
   HierarchicalMoE hier(HierarchicalMoEOptions(kD, 2, 2).hidden_size(kH).non_finite(skip));
+  // bf16 with widths that are multiples of 8: where the grouped GEMMs run (MOE_GROUPED_MM=1 and a
+  // LibTorch with aten::_grouped_mm), nothing is read at all.
+  SparseMoE top2_bf16(SparseMoEOptions(kD, kE).hidden_size(kH).non_finite(skip));
+  top2_bf16->to(at::kBFloat16);
+  const int64_t bounds_reads = engine::portable::grouped_requested() ? 0 : 1;
   // One read of the segment bounds per engine call, in each direction; the hierarchical router
   // adds its group bounds (forward, and the backward of its secondary gates).
   std::vector<Expected> layers{
@@ -106,12 +114,14 @@ TEST(DeviceSyncs, OnlyTheDocumentedReads) {
       {"HyperRouter", [&](auto& x) { return hyper(x); }, hyper.ptr().get(), 1, 1},
       {"top-any", [&](auto& x) { return top_any(x); }, top_any.ptr().get(), 1, 1},
       {"hierarchical 2x2", [&](auto& x) { return hier(x); }, hier.ptr().get(), 2, 2},
+      {"softmax top-2, bf16", [&](auto& x) { return top2_bf16(x); }, top2_bf16.ptr().get(),
+       bounds_reads, bounds_reads, at::kBFloat16},
   };
   for (auto& layer : layers) {
     SCOPED_TRACE(layer.name);
     layer.module->to(device);
     layer.module->train(true);
-    auto x = torch::randn({kT, kD}, at::TensorOptions(device)).requires_grad_();
+    auto x = torch::randn({kT, kD}, at::TensorOptions(device).dtype(layer.dtype)).requires_grad_();
     MoEOutput out;
     EXPECT_EQ(syncs_of([&] { out = layer.forward(x); }), layer.forward_syncs) << "forward";
     EXPECT_EQ(syncs_of([&] { (out.output.pow(2).sum() + out.aux_loss).backward(); }),
@@ -121,6 +131,25 @@ TEST(DeviceSyncs, OnlyTheDocumentedReads) {
     torch::NoGradGuard no_grad;
     EXPECT_EQ(syncs_of([&] { layer.forward(x); }), layer.forward_syncs) << "evaluation";
   }
+}
+
+// With the grouped GEMMs asked for, an aligned bf16 problem on the device takes them, so that the
+// table's run with MOE_GROUPED_MM=1 (tools/gpu/device_check.sh) checks that path.
+TEST(DeviceSyncs, GroupedGemmsTakeAlignedBf16) {
+  MOE_SKIP_WITHOUT_TEST_DEVICE();
+  const auto device = moe::testing::device_under_test();
+  if (device.is_cpu()) GTEST_SKIP() << "the CPU has its own path";
+  if (!engine::portable::grouped_requested())
+    GTEST_SKIP() << "MOE_GROUPED_MM=1 with PyTorch 2.8+ asks for the grouped GEMMs";
+  const auto o = at::TensorOptions(device).dtype(at::kBFloat16);
+  engine::ExpertProblem p;
+  p.x = at::zeros({4, 16}, o);
+  p.w1 = at::zeros({2, 16, 24}, o);
+  p.w2 = at::zeros({2, 24, 16}, o);
+  p.pair_slot = at::arange(8, at::TensorOptions(device).dtype(at::kLong));
+  EXPECT_TRUE(engine::portable::grouped_applies(p));
+  p.w1 = at::zeros({2, 16, 20}, o);  // 20 bf16 = 40 bytes: not a multiple of 16
+  EXPECT_FALSE(engine::portable::grouped_applies(p));
 }
 
 }  // namespace

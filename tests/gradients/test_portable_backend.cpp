@@ -77,6 +77,8 @@ engine::ExpertProblem padded(const Problem& pr, int64_t E) {
   auto q = pr.p;
   q.token_index = plan.token_index;
   q.expert_offsets = plan.expert_offsets;
+  q.pair_slot = plan.pair_slot;
+  q.slots_per_token = plan.slots_per_token;
   const int64_t padding = plan.num_rows() - pr.p.token_index.size(0);
   q.pair_weight = at::cat({pr.p.pair_weight, at::rand({padding}, pr.p.pair_weight.options()) + 1});
   return q;

@@ -6,7 +6,7 @@
 //   gs_e = xs_e · w3[e]                       gated units
 //   as = f(hs) (· gs)
 //   os_e = as_e · w2[e] + b2[e]               (one-layer experts: os = as)
-//   y = Σ_p w_p · os_p into the rows token_index[p]
+//   y = Σ_p w_p · os_p into the rows token_index[p]     (in slot order for a padded plan)
 // Backward applies the chain rule to the same steps, one GEMM per expert and weight.
 //
 // bfloat16: on the CPU, LibTorch's bf16 products may accumulate in bf16 (docs/reliability.md), so
@@ -17,6 +17,10 @@
 #include <ATen/ATen.h>
 
 #include <vector>
+
+#include "engine/portable/activations.h"
+#include "engine/portable/grouped_rows.h"
+#include "plan/sum_by_token.h"
 
 namespace moe::engine::portable {
 namespace {
@@ -32,36 +36,6 @@ std::vector<int64_t> segment_bounds(const at::Tensor& offsets) {
   const auto host = offsets.to(at::kCPU, at::kLong).contiguous();
   const int64_t* o = host.data_ptr<int64_t>();
   return {o, o + host.numel()};
-}
-
-// f(h), ATen's own activations (GELU in its exact erf form, as the CPU backend).
-at::Tensor activation(Activation act, const at::Tensor& h) {
-  switch (act) {
-    case Activation::kReLU:
-      return at::relu(h);
-    case Activation::kGELU:
-    case Activation::kGEGLU:
-      return at::gelu(h);
-    case Activation::kSiLU:
-    case Activation::kSwiGLU:
-      return at::silu(h);
-  }
-  TORCH_CHECK(false, "portable backend: unknown activation");
-}
-
-// da · f'(h).
-at::Tensor activation_backward(Activation act, const at::Tensor& da, const at::Tensor& h) {
-  switch (act) {
-    case Activation::kReLU:
-      return at::threshold_backward(da, h, 0);
-    case Activation::kGELU:
-    case Activation::kGEGLU:
-      return at::gelu_backward(da, h);
-    case Activation::kSiLU:
-    case Activation::kSwiGLU:
-      return at::silu_backward(da, h);
-  }
-  TORCH_CHECK(false, "portable backend: unknown activation");
 }
 
 // The problem in the computation dtype, with the pairs' rows gathered.
@@ -140,22 +114,29 @@ at::Tensor outputs(const Pairs& s, const at::Tensor& as) {
   return os;
 }
 
+// Σ of each token's pair rows: in slot order for a padded plan (the same bits from run to run on
+// any device; index_add would add with atomics on CUDA), else with index_add (the CPU's compact
+// plans).
+at::Tensor sum_by_token(const ExpertProblem& p, const at::Tensor& rows) {
+  return plan::sum_by_token(rows, p.token_index, p.pair_slot, p.slots_per_token, p.x.size(0));
+}
+
 class PortableBackend final : public ExpertBackend {
  public:
   ForwardResult forward(const ExpertProblem& p, bool keep_hidden) const override {
+    if (grouped_applies(p)) return grouped_forward(p, keep_hidden);
     const Pairs s = pairs_of(p);
     const SavedHidden hidden = hidden_layer(s);
     const auto os = outputs(s, activated(p.act, hidden));
     ForwardResult r;
-    r.y = at::zeros({p.x.size(0), os.size(1)}, os.options())
-              .index_add_(0, s.token_index, os * s.weight.unsqueeze(1))
-              .to(p.x.scalar_type());
+    r.y = sum_by_token(p, os * s.weight.unsqueeze(1)).to(p.x.scalar_type());
     if (keep_hidden) r.hidden = hidden;
     return r;
   }
 
   ExpertGradients backward(const ExpertProblem& p, const SavedHidden& saved, const at::Tensor& dy,
                            const WantedGradients& want) const override {
+    if (grouped_applies(p)) return grouped_backward(p, saved, dy, want);
     const Pairs s = pairs_of(p);
     const SavedHidden hidden = saved.h.defined() ? saved : hidden_layer(s);
     const auto f = activation(p.act, hidden.h);
@@ -218,9 +199,7 @@ class PortableBackend final : public ExpertBackend {
       }
     }
     if (want.x) {
-      g.x = at::zeros({p.x.size(0), p.x.size(1)}, dxs.options())
-                .index_add_(0, s.token_index, dxs)
-                .to(dtype);
+      g.x = sum_by_token(p, dxs).to(dtype);
     }
     g.w1 = dw1.to(dtype);
     g.w2 = cast(dw2, dtype);
