@@ -435,12 +435,13 @@ int bench_main(int argc, char** argv) {
   moe::runtime::configure_threading(argv);
   try {
     const Options o = parse(argc, argv);
-    if (!o.device.empty()) return run_device_bench(o);
     // The block cache first: the counting allocator wraps whatever allocator is in place.
     const bool cache = o.block_cache && moe::runtime::enable_cpu_block_cache();
     install_counting_allocator();
     const int threads = moe::runtime::configure_threads(o.threads);
     at::set_num_interop_threads(1);
+    // The device harness after the process setup, so that `--device cpu` runs as the CPU one.
+    if (!o.device.empty()) return run_device_bench(o);
     std::ofstream json;
     if (!o.json.empty()) {
       json.open(o.json);

@@ -121,15 +121,23 @@ ExpertGradients grouped_backward(const ExpertProblem& p, const SavedHidden& save
   const auto as = hidden.g.defined() ? f * hidden.g : f;
   const auto dys = dy.index_select(0, p.token_index);  // [R, out]
   ExpertGradients g;
-  if (want.pair_weight) g.pair_weight = (masked(r, outputs(p, r, as)) * dys).sum(1);
   const auto dos = dys * r.weight;  // 0 on padding rows
   at::Tensor das = dos;
   if (p.w2.defined()) {
     g.w2 = per_expert_product(r, as, dos);
     if (p.b2.defined()) g.b2 = per_expert_sum(r, dos);
-    das = grouped_mm(dos, p.w2.transpose(1, 2), r.offs);
+    // Unweighted dys·w2ᵀ: das and the pair weights' gradient, os·dys = as·(dys·w2ᵀ) + b2·dys.
+    // Its padding rows are unwritten: masked before they meet anything.
+    const auto dau = masked(r, grouped_mm(dys, p.w2.transpose(1, 2), r.offs));
+    if (want.pair_weight) {
+      auto dpw = (masked(r, as) * dau).sum(1);
+      if (p.b2.defined()) dpw = dpw + (dys * p.b2.index_select(0, r.expert)).sum(1);
+      g.pair_weight = masked(r, dpw.unsqueeze(1)).squeeze(1);
+    }
+    das = dau * r.weight;
+  } else if (want.pair_weight) {
+    g.pair_weight = (masked(r, as) * dys).sum(1);  // one-layer experts: os = as
   }
-  // Padding rows of das are unwritten: masked before they meet the activation's derivative.
   das = masked(r, das);
   const auto dgs = hidden.g.defined() ? das * f : at::Tensor();
   const auto dhs =

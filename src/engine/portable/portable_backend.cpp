@@ -144,16 +144,15 @@ class PortableBackend final : public ExpertBackend {
     const auto dys = dy.index_select(0, s.token_index).to(s.type);  // [P, out]
     ExpertGradients g;
     const auto dtype = p.x.scalar_type();
-    if (want.pair_weight) {
-      g.pair_weight =
-          at::constant_pad_nd((outputs(s, as) * dys).sum(1), {0, s.padding}, 0).to(dtype);
-    }
     const auto dos = dys * s.weight.unsqueeze(1);
 
-    // Through w2: dW2_e = as_eᵀ·dos_e, db2_e = Σ dos_e, das_e = dos_e·w2[e]ᵀ.
-    at::Tensor das = dos, dw2, db2;
+    // Through w2, per expert: dW2_e = as_eᵀ·dos_e, db2_e = Σ dos_e, and the unweighted
+    // dys_e·w2[e]ᵀ, from which both das (times the pair weights) and the pair weights' gradient
+    // come: dL/dw_p = os_p·dys_p = as_p·(dys_p·w2ᵀ) + b2·dys_p, with no second product by w2.
+    at::Tensor das = dos, dw2, db2, dpw;
     if (s.w2.defined()) {
-      das = at::empty_like(as);
+      const auto dau = at::empty_like(as);
+      if (want.pair_weight) dpw = at::empty({as.size(0)}, as.options());
       dw2 = at::zeros_like(s.w2);
       if (s.b2.defined()) db2 = at::zeros_like(s.b2);
       for (int64_t e = 0; e < s.experts(); ++e) {
@@ -165,10 +164,19 @@ class PortableBackend final : public ExpertBackend {
           auto db2e = db2[e];
           at::sum_out(db2e, doe, {0});
         }
-        auto dae = s.segment(das, e);
-        at::mm_out(dae, doe, s.w2[e].t());
+        auto daue = s.segment(dau, e);
+        at::mm_out(daue, s.segment(dys, e), s.w2[e].t());
+        if (dpw.defined()) {
+          auto dpwe = s.segment(dpw, e);
+          at::sum_out(dpwe, s.segment(as, e) * daue, {1});
+          if (s.b2.defined()) dpwe.add_(s.segment(dys, e).mv(s.b2[e]));
+        }
       }
+      das = dau * s.weight.unsqueeze(1);
+    } else if (want.pair_weight) {
+      dpw = (as * dys).sum(1);  // one-layer experts: os = as
     }
+    if (want.pair_weight) g.pair_weight = at::constant_pad_nd(dpw, {0, s.padding}, 0).to(dtype);
     // Through the activation (and the gate of gated units).
     const auto dgs = hidden.g.defined() ? das * f : at::Tensor();
     const auto dhs =
