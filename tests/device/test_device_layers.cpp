@@ -8,8 +8,8 @@
 // portable.* copy on the CPU the twin takes the portable path too (MOE_ENGINE_BACKEND is one
 // setting per process): there this checks the table and the lower precisions against float64;
 // the portable path's independent checks are the portable.* copies of those test programs.
-// GShard's layer is not here: its second expert is drawn from the device's generator. float32 (TF32
-// off on CUDA) to 1e-5, bfloat16 to an NMSE of 1e-4; routing tables must be equal.
+// GShard's layer is here with its second expert always kept (its default draws it at random).
+// float32 (TF32 off on CUDA) to 1e-5, bfloat16 to an NMSE of 1e-4; routing tables must be equal.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -88,6 +88,15 @@ const std::map<std::string, std::function<Model()>>& factories() {
          torch::manual_seed(15);
          HierarchicalMoE m(
              HierarchicalMoEOptions(kD, 2, 3).hidden_size(kH).top_k(2).noisy_gating(false));
+         return spread({m.ptr(), [m](const torch::Tensor& x) mutable { return single(m(x)); }});
+       }},
+      {"gshard_second_always",
+       [] {
+         // GShard with its second expert always kept: the random policy would draw from the
+         // device's generator, which the CPU twin cannot repeat.
+         torch::manual_seed(19);
+         GShardMoE m(
+             GShardMoEOptions(kD, {kE}).hidden_size(kH).second_policy_train(SecondPolicy::kAll));
          return spread({m.ptr(), [m](const torch::Tensor& x) mutable { return single(m(x)); }});
        }},
       {"mmoe_dense_gates",
